@@ -1,0 +1,122 @@
+"""Typed recipe schema.
+
+A recipe YAML maps one-to-one onto :class:`Recipe`; :mod:`foundation.recipe` loads, validates and
+overrides it.  Defaults here are the embedded synthetic default; paper settings live in
+``recipes/nsd.yaml`` and ``recipes/hcp.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional
+
+field = dataclasses.field
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """One dataset of the recipe.
+
+    ``plugin`` names a registered dataset plugin; ``name`` is the dataset id used in shard keys,
+    subject ids (``name/subject``) and metrics (defaults to the plugin name). ``options`` are
+    validated against the plugin's own ``Options`` dataclass.
+    """
+
+    plugin: str = "synthetic"
+    name: Optional[str] = None
+    root: Optional[str] = None
+    weight: float = 1.0
+    subjects: Optional[list[str]] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.name or self.plugin
+
+
+@dataclasses.dataclass
+class GuidanceConfig:
+    """Which guidance plugin provides the low- and the high-level feature.
+
+    ``options`` maps a plugin name to that plugin's options.
+    """
+
+    low: str = "planted"
+    high: str = "planted"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allow_random_weights: bool = False
+    batch_size: int = 64
+
+
+@dataclasses.dataclass
+class ShardConfig:
+    root: str = "shards"
+    samples_per_shard: int = 2000
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """CLIP-MUSED network.
+
+    ``tokens`` selects the baseline switch: ``subject`` (CLIP-MUSED: a low and a high token per
+    subject), ``shared`` (MS-SMODEL: the same two tokens for every subject), ``identity``
+    (MS-EMB: one identity token per subject whose output feeds the head).
+    """
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    tokens: Literal["subject", "shared", "identity"] = "subject"
+    head_hidden: int = 256
+    volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights of Eq. 16: L = BCE + λ⊥·L⊥ + λ_low·L_low + λ_high·L_high."""
+
+    lambda_orth: float = 0.001
+    lambda_low: float = 0.1
+    lambda_high: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int = 1500
+    grad_accum: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    num_workers: int = 0
+    shuffle_buffer: int = 2000
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    eval_batch_size: int = 256
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where the run lives. ``dir`` defaults to ``runs/<name>-seed<seed>``."""
+
+    dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str = "synthetic"
+    seed: int = 0
+    datasets: list[DatasetConfig] = field(default_factory=lambda: [DatasetConfig()])
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)

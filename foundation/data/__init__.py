@@ -1,0 +1,1 @@
+"""Shards: writing them once (``foundation shard``) and streaming them into training."""

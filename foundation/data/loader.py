@@ -1,0 +1,216 @@
+"""Stream shards into batches.
+
+Training reads an endless, *resampled* stream per dataset: shards are drawn with probability
+proportional to their sample count (so every sample is equally likely), read sequentially and mixed
+in a shuffle buffer.  The stream is cut into *segments* (one per checkpoint interval) whose seeds
+derive from ``(seed, segment, rank, worker)`` only, so a run resumed from a checkpoint sees exactly
+the batches an uninterrupted run would have seen.  Every rank draws its own shards (explicit node
+split by seed), so no rank waits for another and uneven shard counts cannot stall DDP.
+
+Evaluation reads each sample exactly once: the split's shards are dealt round-robin to ranks and
+read in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from foundation.data.index import ShardIndex
+from foundation.errors import ShardError
+
+MEMBERS = ("fmri.npy", "labels.npy", "low.npy", "high.npy", "json")
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch of one dataset.
+
+    Attributes:
+        dataset: dataset id.
+        fmri: ROI ``(B, T, D)`` or volume ``(B, V_max)`` (zero-padded in-mask voxels), float16.
+        labels: ``(B, C)`` float32 multi-hot.
+        low, high: ``(B, D_low)``, ``(B, D_high)`` guidance features, float16.
+        subjects: global subject ids ``dataset/subject``, length B.
+        keys: sample keys ``dataset/subject/index``, length B.
+    """
+
+    dataset: str
+    fmri: torch.Tensor
+    labels: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    subjects: list[str]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = True) -> Batch:
+        move = partial(torch.Tensor.to, device=device, non_blocking=non_blocking)
+        return dataclasses.replace(self, fmri=move(self.fmri), labels=move(self.labels),
+                                   low=move(self.low), high=move(self.high))
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return dataclasses.replace(self, fmri=self.fmri.pin_memory(), labels=self.labels.pin_memory(),
+                                   low=self.low.pin_memory(), high=self.high.pin_memory())
+
+
+def _raise_shard_error(exc: Exception) -> bool:
+    """webdataset handler: re-raise with the shard named (webdataset appends the URL to args)."""
+    if isinstance(exc, ShardError):
+        raise exc
+    raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, exc.args))}") from exc
+
+
+def _load_npy(payload: bytes, *, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except ValueError as exc:
+        raise ShardError(f"{what}: not a plain .npy array ({exc})") from exc
+
+
+def decode(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw tar members (bytes) → arrays; a missing or malformed member names the sample and shard."""
+    key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+    missing = [m for m in MEMBERS if m not in sample]
+    if missing:
+        raise ShardError(f"shard {url}: sample {key} lacks member(s) {missing}")
+    try:
+        meta = json.loads(sample["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardError(f"shard {url}: sample {key} has invalid json metadata ({exc})") from exc
+    out = {m.removesuffix(".npy"): _load_npy(sample[m], what=f"shard {url}: sample {key} member {m}")
+           for m in MEMBERS if m.endswith(".npy")}
+    out.update(key=key, url=url, meta=meta)
+    return out
+
+
+def collate(samples: Sequence[dict[str, Any]], *, dataset: str, fmri_shape: tuple[int, ...] | None,
+            pad_voxels: int | None, num_labels: int) -> Batch:
+    """Stack decoded samples into a :class:`Batch` (volume voxels zero-padded to ``pad_voxels``)."""
+    for s in samples:
+        if s["labels"].shape != (num_labels,):
+            raise ShardError(f"shard {s['url']}: sample {s['key']} has {s['labels'].shape} labels, "
+                             f"index.json declares {num_labels}")
+        if fmri_shape is not None and s["fmri"].shape != fmri_shape:
+            raise ShardError(f"shard {s['url']}: sample {s['key']} has fMRI shape {s['fmri'].shape}, "
+                             f"index.json declares {fmri_shape}")
+    if pad_voxels is None:
+        fmri = torch.from_numpy(np.stack([s["fmri"] for s in samples]))
+    else:
+        fmri = torch.zeros(len(samples), pad_voxels, dtype=torch.float16)
+        for i, s in enumerate(samples):
+            fmri[i, : s["fmri"].shape[0]] = torch.from_numpy(s["fmri"])
+    return Batch(
+        dataset=dataset,
+        fmri=fmri,
+        labels=torch.from_numpy(np.stack([s["labels"] for s in samples]).astype(np.float32)),
+        low=torch.from_numpy(np.stack([s["low"] for s in samples])),
+        high=torch.from_numpy(np.stack([s["high"] for s in samples])),
+        subjects=[f"{dataset}/{s['meta']['subject']}" for s in samples],
+        keys=[s["key"] for s in samples],
+    )
+
+
+class WeightedShardSampler(IterableDataset):
+    """Endless stream of ``{"url": …}`` drawn with replacement, weighted by sample count.
+
+    The RNG seed is ``(seed, segment, rank, worker)``: deterministic, different on every rank and
+    DataLoader worker (the explicit node split that webdataset requires under DDP).
+    """
+
+    def __init__(self, urls: Sequence[str], weights: Sequence[float], *, seed: int, segment: int, rank: int) -> None:
+        if not urls:
+            raise ShardError("no training shards to sample from")
+        self.urls, self.weights = list(urls), list(weights)
+        self.seed, self.segment, self.rank = seed, segment, rank
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = random.Random(f"{self.seed}/{self.segment}/{self.rank}/{worker}")
+        while True:
+            yield {"url": rng.choices(self.urls, weights=self.weights)[0]}
+
+
+class EvalShardList(IterableDataset):
+    """The split's shards dealt round-robin over ``(rank, worker)``: each shard is read once overall."""
+
+    def __init__(self, urls: Sequence[str], *, rank: int, world_size: int) -> None:
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.urls[self.rank :: self.world_size]
+        for url in mine[worker::n_workers]:
+            yield {"url": url}
+
+
+class DatasetStream:
+    """Training and evaluation batches of one dataset's shards (optionally a subset of subjects)."""
+
+    def __init__(self, index: ShardIndex, *, subjects: Iterable[str] | None = None) -> None:
+        self.index = index
+        self.dataset = index.dataset
+        self.subjects = set(subjects) if subjects is not None else None
+        if self.subjects is not None:
+            unknown = sorted(self.subjects - set(index.data["subjects"]))
+            if unknown:
+                raise ShardError(f"dataset {self.dataset!r} has no subject(s) {unknown}; "
+                                 f"it has {index.data['subjects']}")
+        info = index.info
+        self.kind = info.kind
+        self.num_labels = info.num_labels
+        self.fmri_shape = tuple(info.token_shape) if info.kind == "roi" else None
+        self.pad_voxels = max(index.data["voxels"].values()) if info.kind == "volume" else None
+
+    def _collate(self, samples: Sequence[dict[str, Any]]) -> Batch:
+        return collate(samples, dataset=self.dataset, fmri_shape=self.fmri_shape,
+                       pad_voxels=self.pad_voxels, num_labels=self.num_labels)
+
+    def _loader(self, pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool) -> Iterable[Batch]:
+        if num_workers == 0:
+            return pipeline
+        return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+
+    def train_batches(self, batch_size: int, *, seed: int, segment: int, rank: int = 0,
+                      shuffle_buffer: int = 2000, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+        """Endless shuffled training batches of this segment (deterministic given the arguments)."""
+        shards = self.index.shards("train", self.subjects)
+        urls = [str(p) for p, _, _ in shards]
+        pipeline = wds.DataPipeline(
+            WeightedShardSampler(urls, [c for _, c, _ in shards], seed=seed, segment=segment, rank=rank),
+            wds.tarfile_to_samples(handler=_raise_shard_error),
+            wds.shuffle(shuffle_buffer, initial=shuffle_buffer,
+                        rng=random.Random(f"shuffle/{seed}/{segment}/{rank}")),
+            wds.map(decode),
+            wds.batched(batch_size, collation_fn=self._collate, partial=False),
+        )
+        return self._loader(pipeline, num_workers, pin_memory)
+
+    def eval_batches(self, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                     num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+        """Every sample of ``split`` owned by this rank, once, in shard order."""
+        urls = [str(p) for p, _, _ in self.index.shards(split, self.subjects)]
+        pipeline = wds.DataPipeline(
+            EvalShardList(urls, rank=rank, world_size=world_size),
+            wds.tarfile_to_samples(handler=_raise_shard_error),
+            wds.map(decode),
+            wds.batched(batch_size, collation_fn=self._collate, partial=True),
+        )
+        return self._loader(pipeline, min(num_workers, max(1, len(urls) // max(world_size, 1))), pin_memory)
+
+    def count(self, split: str) -> int:
+        return self.index.count(split, self.subjects)

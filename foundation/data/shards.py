@@ -1,0 +1,374 @@
+"""``foundation shard``: convert each dataset of a recipe into WebDataset tars + ``index.json``.
+
+Layout of one dataset's shard directory ``<shards.root>/<dataset>-<hash>/``::
+
+    index.json                 written last: the directory is complete iff it exists
+    train/<subject>-0000.tar   one tar per (split, subject, chunk of samples_per_shard samples)
+    val/…  test/…
+    masks/<subject>.npy        volume datasets: the subject's boolean brain mask (X, Y, Z)
+    _parts/<subject>.json      per-subject manifest, written when all its tars are done
+
+Each sample (one presentation of one stimulus to one subject) has the key
+``<dataset>/<subject>/<index>`` and the members ``fmri.npy`` (float16; ROI ``(tokens, dim)``, volume
+in-mask voxels ``(V,)``), ``labels.npy`` (uint8 multi-hot ``(C,)``), ``low.npy`` / ``high.npy``
+(float16 guidance features) and ``json`` (dataset, subject, stimulus, split, index).
+
+Every file is written atomically; a rerun skips subjects whose manifest exists, so an interrupted
+build resumes where it stopped and a finished one is reused as is.  Tars are byte-reproducible
+(fixed mtime, fixed member order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from foundation.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
+from foundation.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.config import DatasetConfig, Recipe
+from foundation.data.features import FeatureCache
+from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
+from foundation.errors import DataError, PluginError, RecipeError
+from foundation.recipe import from_dict, recipe_hash, to_dict
+
+log = logging.getLogger(__name__)
+
+#: samples gathered before their missing guidance features are encoded and they are written
+_WRITE_BUFFER = 512
+
+
+@dataclasses.dataclass
+class DatasetBuild:
+    """Everything needed to build (or find) one dataset's shards."""
+
+    config: DatasetConfig
+    plugin: DatasetPlugin
+    guidance: dict[str, GuidancePlugin]  # level ("low"/"high") → plugin instance
+    fingerprint: dict[str, Any]
+    directory: Path
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetPlugin:
+    """Instantiate the dataset plugin named by ``cfg`` with validated options."""
+    from foundation.plugins import get_dataset_plugin
+
+    cls = get_dataset_plugin(cfg.plugin)
+    options = from_dict(cls.Options, cfg.options, path=f"{path}.options")
+    root = None
+    if cfg.root is not None:
+        root = Path(cfg.root).expanduser().resolve()
+        if not root.exists():
+            raise RecipeError(f"{path}.root: {root} does not exist (dataset {cfg.id!r}, plugin {cfg.plugin!r})")
+    try:
+        return cls(options, root=root, seed=seed)
+    except (DataError, RecipeError):
+        raise
+    except Exception as exc:
+        raise PluginError(f"dataset plugin {cfg.plugin!r} failed to initialise: {type(exc).__name__}: {exc}") from exc
+
+
+def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
+    """One instance per distinct guidance plugin, mapped per level."""
+    from foundation.plugins import get_guidance_plugin
+
+    g = recipe.guidance
+    unknown = set(g.options) - {g.low, g.high}
+    if unknown:
+        raise RecipeError(f"guidance.options.{sorted(unknown)[0]}: options given for a guidance plugin that "
+                          f"is not used (low: {g.low!r}, high: {g.high!r})")
+    instances: dict[str, GuidancePlugin] = {}
+    for name in dict.fromkeys([g.low, g.high]):
+        cls = get_guidance_plugin(name)
+        options = from_dict(cls.Options, g.options.get(name, {}), path=f"guidance.options.{name}")
+        try:
+            instances[name] = cls(options, device=_device(), allow_random_weights=g.allow_random_weights)
+        except Exception as exc:
+            if isinstance(exc, (DataError, RecipeError, PluginError, FileNotFoundError)):
+                raise
+            raise PluginError(f"guidance plugin {name!r} failed to initialise: {type(exc).__name__}: {exc}") from exc
+    return {"low": instances[g.low], "high": instances[g.high]}
+
+
+def plan(recipe: Recipe) -> list[DatasetBuild]:
+    """Resolve plugins, options and the shard directory of every dataset of the recipe."""
+    guidance = make_guidance_plugins(recipe)
+    builds = []
+    for i, cfg in enumerate(recipe.datasets):
+        plugin = make_dataset_plugin(cfg, seed=recipe.seed, path=f"datasets.{i}")
+        fingerprint = {
+            "format": FORMAT_VERSION,
+            "dataset": cfg.id,
+            "plugin": cfg.plugin,
+            "root": str(plugin.root) if plugin.root else None,
+            "options": to_dict(plugin.options),
+            "guidance": {
+                level: {"plugin": guidance[level].name, "options": to_dict(guidance[level].options),
+                        "allow_random_weights": recipe.guidance.allow_random_weights}
+                for level in ("low", "high")
+            },
+            "samples_per_shard": recipe.shards.samples_per_shard,
+        }
+        directory = Path(recipe.shards.root) / f"{cfg.id}-{recipe_hash(fingerprint)}"
+        builds.append(DatasetBuild(cfg, plugin, guidance, fingerprint, directory))
+    return builds
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+class _TarSink:
+    """Writes one split of one subject into tars of at most ``limit`` samples, each atomically."""
+
+    def __init__(self, directory: Path, split: str, subject: str, limit: int) -> None:
+        self.directory, self.split, self.subject, self.limit = directory, split, subject, limit
+        self.done: list[dict[str, Any]] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+
+    def _open(self) -> None:
+        rel = Path(self.split) / f"{self.subject}-{len(self.done):04d}.tar"
+        self._final = self.directory / rel
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._final.with_name(f"{TMP_PREFIX}{self._final.name}.{os.getpid()}")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if self._tar is None:
+            self._open()
+        for ext, payload in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o444
+            info.uname = info.gname = "foundation"
+            self._tar.addfile(info, io.BytesIO(payload))
+        self._count += 1
+        if self._count >= self.limit:
+            self.close()
+
+    def close(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self._final)
+        self.done.append({"path": str(self._final.relative_to(self.directory)), "count": self._count,
+                          "subject": self.subject})
+        self._tar = None
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = None
+
+
+def check_sample(sample: Sample, info: DatasetInfo, *, n_voxels: int | None, key: str) -> None:
+    """Raise :class:`DataError` naming ``key`` if the sample breaks the dataset's declared shapes."""
+    if sample.split not in SPLITS:
+        raise DataError(f"sample {key}: split {sample.split!r} is not one of {SPLITS}")
+    if not isinstance(sample.stimulus, str) or not sample.stimulus:
+        raise DataError(f"sample {key}: stimulus id must be a non-empty string, got {sample.stimulus!r}")
+    fmri = np.asarray(sample.fmri)
+    expected = tuple(info.token_shape) if info.kind == "roi" else (n_voxels,)
+    if fmri.shape != expected:
+        raise DataError(f"sample {key}: fMRI has shape {fmri.shape}, expected {expected} "
+                        f"({'ROI tokens' if info.kind == 'roi' else 'in-mask voxels of the subject mask'})")
+    if not np.issubdtype(fmri.dtype, np.number):
+        raise DataError(f"sample {key}: fMRI dtype {fmri.dtype} is not numeric")
+    bad = ~np.isfinite(fmri)
+    if bad.any():
+        raise DataError(f"sample {key}: fMRI has {int(np.isnan(fmri).sum())} NaN and "
+                        f"{int(np.isinf(fmri).sum())} Inf values (of {fmri.size})")
+    if np.abs(fmri).max(initial=0) > 65504:
+        raise DataError(f"sample {key}: fMRI values exceed the float16 range (max |x| = {np.abs(fmri).max():.3g}); "
+                        f"normalise them in the dataset plugin")
+    labels = np.asarray(sample.labels)
+    if labels.shape != (info.num_labels,):
+        raise DataError(f"sample {key}: label vector has shape {labels.shape}, expected ({info.num_labels},) "
+                        f"for the dataset's {info.num_labels} label names")
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError(f"sample {key}: labels must be 0/1 multi-hot, got values {np.unique(labels)[:5]}")
+
+
+def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches: dict[str, FeatureCache],
+                   limit: int, progress: bool) -> dict[str, Any]:
+    directory, plugin, ds = build.directory, build.plugin, build.config.id
+    n_voxels = None
+    manifest: dict[str, Any] = {"subject": subject}
+    if info.kind == "volume":
+        mask = plugin.mask(subject)
+        if mask is None or np.asarray(mask).shape != tuple(info.grid):
+            raise DataError(f"dataset {ds!r} subject {subject!r}: mask has shape "
+                            f"{None if mask is None else np.asarray(mask).shape}, expected grid {tuple(info.grid)}")
+        mask = np.asarray(mask, bool)
+        n_voxels = int(mask.sum())
+        if n_voxels == 0:
+            raise DataError(f"dataset {ds!r} subject {subject!r}: mask is empty")
+        with atomic_open(directory / "masks" / f"{subject}.npy") as fh:
+            fh.write(_npy_bytes(mask))
+        manifest["mask"] = f"masks/{subject}.npy"
+        manifest["voxels"] = n_voxels
+
+    sinks = {split: _TarSink(directory, split, subject, limit) for split in SPLITS}
+    seen: set[int] = set()
+    buffer: list[Sample] = []
+
+    def fetch(ids: Sequence[str]) -> list:
+        stimuli = list(plugin.stimuli(ids))
+        if [s.id for s in stimuli] != list(ids):
+            raise PluginError(f"dataset plugin {build.config.plugin!r} returned stimuli out of order or missing "
+                              f"for ids starting at {ids[0]!r}")
+        return stimuli
+
+    def flush() -> None:
+        ids = [s.stimulus for s in buffer]
+        for level in ("low", "high"):
+            caches[level].ensure(ids, build.guidance[level], fetch, batch_size=build.guidance[level].batch_size)
+        low, _ = caches["low"].lookup(ids)
+        _, high = caches["high"].lookup(ids)
+        for s, f_low, f_high in zip(buffer, low, high):
+            key = f"{ds}/{s.subject}/{s.index:07d}"
+            meta = {"dataset": ds, "subject": s.subject, "stimulus": s.stimulus, "split": s.split, "index": s.index}
+            sinks[s.split].write(key, {
+                "fmri.npy": _npy_bytes(np.asarray(s.fmri, np.float16)),
+                "labels.npy": _npy_bytes(np.asarray(s.labels, np.uint8)),
+                "low.npy": _npy_bytes(f_low),
+                "high.npy": _npy_bytes(f_high),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            })
+        buffer.clear()
+
+    try:
+        samples = plugin.samples(subject)
+        for s in tqdm(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, disable=not progress):
+            key = f"{ds}/{subject}/{getattr(s, 'index', '?')}"
+            if s.subject != subject:
+                raise DataError(f"sample {key}: plugin yielded subject {s.subject!r} while reading {subject!r}")
+            if s.index in seen:
+                raise DataError(f"sample {key}: duplicate sample index {s.index} for subject {subject!r}")
+            seen.add(s.index)
+            check_sample(s, info, n_voxels=n_voxels, key=key)
+            buffer.append(s)
+            if len(buffer) >= _WRITE_BUFFER:
+                flush()
+        if buffer:
+            flush()
+        for sink in sinks.values():
+            sink.close()
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        raise
+    if not seen:
+        raise DataError(f"dataset {ds!r} subject {subject!r}: the plugin yielded no samples")
+    manifest["shards"] = {split: sinks[split].done for split in SPLITS}
+    manifest["counts"] = {split: sum(e["count"] for e in sinks[split].done) for split in SPLITS}
+    write_json(directory / "_parts" / f"{subject}.json", manifest)
+    return manifest
+
+
+def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True) -> ShardIndex:
+    """Build (or reuse) one dataset's shards and return its index."""
+    directory = build.directory
+    if (directory / INDEX_NAME).is_file():
+        index = read_index(directory)
+        log.info("reusing finished shards in %s", directory)
+        return index
+    t0 = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    for sub in (directory, *[directory / s for s in SPLITS], directory / "masks", directory / "_parts"):
+        remove_stale_tmp(sub)
+    info = build.plugin.info()
+    feature_root = Path(recipe.shards.root) / "_features"
+    dataset_key = recipe_hash({k: build.fingerprint[k] for k in ("plugin", "root", "options")})
+    by_key: dict[str, FeatureCache] = {}
+    caches: dict[str, FeatureCache] = {}
+    for level in ("low", "high"):
+        g = build.guidance[level]
+        key = f"{build.config.id}-{g.name}-{recipe_hash({'d': dataset_key, 'g': build.fingerprint['guidance'][level]})}"
+        if key not in by_key:  # the same plugin for both levels shares one cache: encoded once
+            by_key[key] = FeatureCache(feature_root / key)
+        caches[level] = by_key[key]
+
+    manifests = {}
+    bar = tqdm(info.subjects, desc=f"shard {build.config.id}", unit="subject", disable=not progress)
+    for subject in bar:
+        part = directory / "_parts" / f"{subject}.json"
+        if part.is_file():
+            manifests[subject] = json.loads(part.read_text())
+            continue
+        manifests[subject] = _write_subject(build, info, subject, caches, recipe.shards.samples_per_shard, progress)
+    build.plugin.artifacts(directory)
+
+    if not len(caches["low"]) or not len(caches["high"]):
+        raise DataError(f"dataset {build.config.id!r}: no stimuli were encoded")
+    dims = {"low": caches["low"].dims()[0], "high": caches["high"].dims()[1]}
+    index = {
+        "format": FORMAT_VERSION,
+        "dataset": build.config.id,
+        "plugin": build.config.plugin,
+        "recipe_hash": recipe_hash(build.fingerprint),
+        "fingerprint": build.fingerprint,
+        "kind": info.kind,
+        "token_shape": list(info.token_shape) if info.token_shape else None,
+        "token_names": list(info.token_names) if info.token_names else None,
+        "grid": list(info.grid) if info.grid else None,
+        "label_names": list(info.label_names),
+        "subjects": list(info.subjects),
+        "extra": info.extra,
+        "guidance": {
+            level: {"plugin": build.guidance[level].name, "dim": dims[level],
+                    "provenance": build.guidance[level].provenance()}
+            for level in ("low", "high")
+        },
+        "counts": {split: {s: manifests[s]["counts"][split] for s in info.subjects} for split in SPLITS},
+        "shards": {split: [e for s in info.subjects for e in manifests[s]["shards"][split]] for split in SPLITS},
+        "masks": {s: manifests[s]["mask"] for s in info.subjects if "mask" in manifests[s]},
+        "voxels": {s: manifests[s]["voxels"] for s in info.subjects if "voxels" in manifests[s]},
+        "stimuli_encoded": {level: len(caches[level]) for level in ("low", "high")},
+    }
+    write_json(directory / INDEX_NAME, index)
+    n = sum(sum(v.values()) for v in index["counts"].values())
+    log.info("wrote %d samples of %s to %s in %.1fs", n, build.config.id, directory, time.perf_counter() - t0)
+    return read_index(directory)
+
+
+def build_shards(recipe: Recipe, *, progress: bool = True) -> dict[str, ShardIndex]:
+    """Build or reuse the shards of every dataset of ``recipe``; returns dataset id → index."""
+    return {b.config.id: build_dataset(b, recipe, progress=progress) for b in plan(recipe)}
+
+
+def find_shards(recipe: Recipe) -> dict[str, ShardIndex] | None:
+    """The finished shard indices of the recipe's datasets, or ``None`` if any is missing."""
+    out = {}
+    for b in plan(recipe):
+        if not (b.directory / INDEX_NAME).is_file():
+            return None
+        out[b.config.id] = read_index(b.directory)
+    return out

@@ -1,0 +1,42 @@
+"""Exceptions raised by foundation.
+
+Every error names its culprit (file, sample key, recipe key, plugin or subject) in its message,
+so a user staring at a traceback from a multi-day run knows what to fix without reading code.
+"""
+
+from __future__ import annotations
+
+
+class FoundationError(Exception):
+    """Base class of all errors foundation raises on purpose."""
+
+
+class RecipeError(FoundationError, ValueError):
+    """A recipe (YAML or command-line override) is invalid; the message names the key path."""
+
+
+class PluginError(FoundationError):
+    """A plugin failed to import, register or run; the message names the plugin and its origin."""
+
+
+class DataError(FoundationError, ValueError):
+    """Input data is malformed (NaN voxels, wrong shapes, corrupt shard); names the file or sample."""
+
+
+class ShardError(DataError):
+    """A shard directory, tar or index.json is missing, corrupt or inconsistent."""
+
+
+class UnknownSubjectError(FoundationError, KeyError):
+    """A subject id is not in the model's token vocabulary."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(FoundationError):
+    """A checkpoint is missing, corrupt, or from a different model shape."""
+
+
+class WeightsMissingError(FoundationError, FileNotFoundError):
+    """A guidance network's weight file is absent; says which file, where it was looked for and how to get it."""

@@ -1,0 +1,20 @@
+"""The CLIP-MUSED network: subject tokens, input adapters, Transformer encoder."""
+
+from .adapters import ROIAdapter, VolumeAdapter
+from .clip_mused import CLIPMUSED, TOKEN_MODES, ModelOutput
+from .encoder import Attention, Block, Encoder, Mlp
+from .tokens import SubjectTokens, SubjectVocab
+
+__all__ = [
+    "CLIPMUSED",
+    "ModelOutput",
+    "TOKEN_MODES",
+    "SubjectTokens",
+    "SubjectVocab",
+    "ROIAdapter",
+    "VolumeAdapter",
+    "Attention",
+    "Mlp",
+    "Block",
+    "Encoder",
+]

@@ -1,0 +1,267 @@
+"""CLIP-MUSED: one Transformer shared across datasets and subjects (Sec. 2.3-2.5, Fig. 3).
+
+Shared by everything: the encoder, the final LayerNorm and the subject token table.
+Per dataset (``nn.ModuleDict`` / ``nn.ParameterDict`` keyed by dataset id): the input adapter
+(ROI or volume), the positional embedding and the classification head.
+
+Sequence layout for a batch of one dataset (``R`` readout tokens, ``M`` patches)::
+
+    z_0 = [readout_1 .. readout_R ; E x^1 .. E x^M] + E_pos          (B, R + M, D)   Eq. 5
+    h   = Encoder(z_0)                                                (B, R + M, D)   Eq. 6-7
+    z_low, z_high = LN(h[:, 0]), LN(h[:, 1])                          (B, D) each     Eq. 8-9
+    logits = MLP(concat(z_low, z_high))                               (B, C)          Eq. 12-13
+
+Readout tokens by ``ModelConfig.tokens``:
+
+* ``"subject"`` (CLIP-MUSED) — a low- and a high-level token per subject (``R = 2``).
+* ``"shared"`` (MS-SMODEL) — the same two tokens for every subject (``R = 2``).
+* ``"identity"`` (MS-EMB) — one token per subject (``R = 1``); ``z = LN(h[:, 0])`` is reported as
+  both ``z_low`` and ``z_high`` and the head sees ``z`` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from foundation.api import DatasetInfo
+from foundation.config import ModelConfig
+from foundation.errors import CheckpointError
+
+from .adapters import ROIAdapter, VolumeAdapter
+from .encoder import Encoder
+from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
+
+__all__ = ["ModelOutput", "CLIPMUSED", "TOKEN_MODES"]
+
+TOKEN_MODES = ("subject", "shared", "identity")
+_INFO_TUPLE_FIELDS = ("label_names", "subjects", "token_shape", "token_names", "grid")
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """What :meth:`CLIPMUSED.forward` returns.
+
+    Attributes:
+        z_low: ``(B, D)`` low-level representation ``z_llv`` (Eq. 8).
+        z_high: ``(B, D)`` high-level representation ``z_hlv`` (Eq. 9); the same tensor as
+            ``z_low`` in ``"identity"`` mode.
+        logits: ``(B, C)`` classification logits (pre-sigmoid).
+        attention: ``(B, heads, T, T)`` last-layer attention weights, or ``None`` unless requested.
+    """
+
+    z_low: Tensor
+    z_high: Tensor
+    logits: Tensor
+    attention: Tensor | None = None
+
+
+def _trunc_normal_(t: Tensor) -> Tensor:
+    return nn.init.trunc_normal_(t, std=TOKEN_INIT_STD, a=-2 * TOKEN_INIT_STD, b=2 * TOKEN_INIT_STD)
+
+
+def _init_transformer_weights(m: nn.Module) -> None:
+    """timm ViT init: Linear ~ trunc_normal(0.02), zero bias; LayerNorm = identity. Convs keep PyTorch's."""
+    if isinstance(m, nn.Linear):
+        _trunc_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _info_to_dict(info: DatasetInfo) -> dict[str, Any]:
+    d = dataclasses.asdict(info)
+    for k in _INFO_TUPLE_FIELDS:
+        if d[k] is not None:
+            d[k] = list(d[k])
+    return d
+
+
+def _info_from_dict(d: Mapping[str, Any]) -> DatasetInfo:
+    d = dict(d)
+    for k in _INFO_TUPLE_FIELDS:
+        if d.get(k) is not None:
+            d[k] = tuple(d[k])
+    return DatasetInfo(**d)
+
+
+class CLIPMUSED(nn.Module):
+    """The CLIP-MUSED network over several datasets.
+
+    Args:
+        cfg: network hyper-parameters (``tokens`` selects CLIP-MUSED or a baseline).
+        datasets: dataset id -> :class:`DatasetInfo` (input kind and shape, labels).
+        subjects: global subject ids ``"dataset/subject"``, the initial token vocabulary (row
+            order).  Every id must start with one of the ``datasets`` ids and a ``/``.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, datasets: Mapping[str, DatasetInfo], subjects: Sequence[str]
+    ) -> None:
+        super().__init__()
+        if cfg.tokens not in TOKEN_MODES:
+            raise ValueError(f"model.tokens must be one of {TOKEN_MODES}, got {cfg.tokens!r}")
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"model.dim={cfg.dim} must be divisible by model.heads={cfg.heads}")
+        if not datasets:
+            raise ValueError("CLIPMUSED needs at least one dataset")
+        for ds in datasets:
+            if not ds or "." in ds or "/" in ds:
+                raise ValueError(f"dataset id {ds!r} must be non-empty and contain neither '.' nor '/'")
+        self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels))
+        self.infos: dict[str, DatasetInfo] = dict(datasets)
+        self.n_readout = 1 if cfg.tokens == "identity" else 2
+        d = cfg.dim
+
+        subjects = list(subjects)
+        self._check_subject_datasets(subjects)
+        if cfg.tokens == "shared":
+            self._vocab = SubjectVocab(subjects)
+            self.shared_tokens = nn.Parameter(_trunc_normal_(torch.empty(1, 2, d)))
+        else:
+            self.subject_tokens = SubjectTokens(subjects, dim=d, tokens_per_subject=self.n_readout)
+
+        self.adapters = nn.ModuleDict()
+        self.pos_embed = nn.ParameterDict()
+        self.heads = nn.ModuleDict()
+        for ds, info in self.infos.items():
+            adapter = self._make_adapter(info)
+            self.adapters[ds] = adapter
+            self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
+            self.heads[ds] = nn.Sequential(
+                nn.Linear(self.n_readout * d, cfg.head_hidden),
+                nn.GELU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.head_hidden, info.num_labels),
+            )
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        self.encoder = Encoder(
+            cfg.depth, dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+        )
+        self.norm = nn.LayerNorm(d)
+
+        self.apply(_init_transformer_weights)
+        for p in self.pos_embed.values():
+            _trunc_normal_(p.data)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeAdapter:
+        if info.kind == "roi":
+            n_tokens, token_dim = info.token_shape  # type: ignore[misc]
+            return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
+        if info.kind == "volume":
+            return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels)  # type: ignore[arg-type]
+        raise ValueError(f"unknown DatasetInfo.kind {info.kind!r} (expected 'roi' or 'volume')")
+
+    def _check_subject_datasets(self, keys: Sequence[str]) -> None:
+        bad = [k for k in keys if not any(k.startswith(ds + "/") and k != ds + "/" for ds in self.infos)]
+        if bad:
+            raise ValueError(
+                f"subject ids {bad[:5]} are not 'dataset/subject' with a dataset among {sorted(self.infos)}"
+            )
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def vocab(self) -> list[str]:
+        """Global subject ids ``"dataset/subject"`` in token-table row order."""
+        return self._vocab.keys if self.cfg.tokens == "shared" else self.subject_tokens.vocab
+
+    def subject_index(self, keys: Sequence[str]) -> Tensor:
+        """``B`` global subject ids -> ``(B,)`` int64 CPU indices; raises :class:`UnknownSubjectError`."""
+        if self.cfg.tokens == "shared":
+            return self._vocab.index(keys)
+        return self.subject_tokens.index(keys)
+
+    def add_subjects(self, keys: Sequence[str]) -> None:
+        """Extend the vocabulary; grows only the token table (``"shared"`` mode: the id list only).
+
+        The token Parameter is replaced, so rebuild the optimizer afterwards.
+        """
+        keys = list(keys)
+        self._check_subject_datasets(keys)
+        if self.cfg.tokens == "shared":
+            self._vocab.extend(keys)
+        else:
+            self.subject_tokens.add_subjects(keys)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def config_dict(self) -> dict[str, Any]:
+        """Everything :meth:`from_config_dict` needs to rebuild this model (JSON-serialisable)."""
+        return {
+            "model": dataclasses.asdict(self.cfg),
+            "datasets": {ds: _info_to_dict(info) for ds, info in self.infos.items()},
+            "vocab": self.vocab,
+        }
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any]) -> CLIPMUSED:
+        """Rebuild an (untrained) model from :meth:`config_dict`; load the state dict afterwards."""
+        try:
+            cfg = ModelConfig(**d["model"])
+            datasets = {ds: _info_from_dict(info) for ds, info in d["datasets"].items()}
+            vocab = list(d["vocab"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(
+                f"model config in checkpoint is malformed or from another version: {e!r}"
+            ) from e
+        return cls(cfg, datasets, vocab)
+
+    # ------------------------------------------------------------------ forward
+    def readout_tokens(self, subject_idx: Tensor) -> Tensor:
+        """``subject_idx`` ``(B,)`` -> readout tokens ``(B, n_readout, D)``."""
+        if self.cfg.tokens == "shared":
+            return self.shared_tokens.expand(subject_idx.shape[0], -1, -1)
+        return self.subject_tokens(subject_idx)
+
+    def forward(
+        self,
+        dataset: str,
+        fmri: Tensor,
+        subject_idx: Tensor,
+        *,
+        voxel_index: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Decode one batch of one dataset.
+
+        Args:
+            dataset: dataset id.
+            fmri: ROI datasets ``(B, n_tokens, token_dim)``; volume datasets ``(B, Vmax)`` padded
+                in-mask voxels.
+            subject_idx: ``(B,)`` int64 rows from :meth:`subject_index`.
+            voxel_index: volume datasets only, ``(B, Vmax)`` int64 flat C-order grid positions,
+                padding = ``X*Y*Z``.
+            return_attention: also return the last layer's attention ``(B, heads, T, T)``,
+                ``T = n_readout + M``.
+        """
+        if dataset not in self.adapters:
+            raise ValueError(f"unknown dataset {dataset!r}; this model has {sorted(self.adapters)}")
+        adapter = self.adapters[dataset]
+        if isinstance(adapter, VolumeAdapter):
+            if voxel_index is None:
+                raise ValueError(f"dataset {dataset!r} is a volume dataset: forward() needs voxel_index")
+            patches = adapter(fmri, voxel_index)  # (B, M, D)
+        else:
+            patches = adapter(fmri)  # (B, M, D)
+        if subject_idx.shape != (patches.shape[0],):
+            raise ValueError(
+                f"subject_idx must have shape ({patches.shape[0]},), got {tuple(subject_idx.shape)}"
+            )
+
+        readout = self.readout_tokens(subject_idx)  # (B, R, D)
+        x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
+        h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
+        z = self.norm(h[:, : self.n_readout])  # (B, R, D)
+        z_low, z_high = z[:, 0], z[:, -1]
+        logits = self.heads[dataset](z.flatten(1))  # (B, C)
+        return ModelOutput(z_low=z_low, z_high=z_high, logits=logits, attention=attention)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.cfg.tokens!r}, datasets={list(self.infos)}, subjects={len(self.vocab)}"

@@ -1,0 +1,385 @@
+"""The Accelerate training loop.
+
+``accelerate launch foundation/train.py RECIPE [key=value ...]`` and ``foundation train RECIPE`` are
+the same thing: build the shards if missing, train with periodic validation and atomic
+checkpoints, resume from the latest checkpoint when rerun, select the best validation step and
+write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from foundation.config import Recipe
+from foundation.errors import RecipeError
+from foundation.recipe import load_recipe, save_recipe, to_dict
+
+log = logging.getLogger("foundation.train")
+
+#: recipe keys that may change between a run and its resumption without changing its results
+RESUMABLE_CHANGES = {"run.dir", "train.num_workers", "train.log_every", "train.eval_batch_size"}
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return Path(recipe.run.dir) if recipe.run.dir else Path("runs") / f"{recipe.name}-seed{recipe.seed}"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run directory that was made by a different recipe."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(to_dict(recipe))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:5])
+        raise RecipeError(f"run directory {run_dir} was created by a different recipe ({shown}); "
+                          f"pass run.dir=<new directory> to start a new run (nothing is deleted)")
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop needs besides Accelerate's state to resume exactly."""
+
+    step: int = 0
+    best_step: int = -1
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Trainer:
+    """Holds the pieces of one run; :meth:`fit` trains, :meth:`test` writes metrics.json."""
+
+    def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from foundation.data.loader import DatasetStream
+        from foundation.data.shards import build_shards, find_shards
+        from foundation.data.voxels import VoxelIndexBank
+        from foundation.model import CLIPMUSED
+
+        self.recipe = recipe
+        self.run_dir = run_dir_for(recipe)
+        self.progress = progress
+        t = recipe.train
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.grad_accum,
+            step_scheduler_with_optimizer=False,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        acc = self.accelerator
+        if acc.is_main_process:
+            check_run_dir(self.run_dir, recipe)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_recipe(recipe, self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+
+        # Shards: built once by the main process, read by all.
+        if acc.is_main_process:
+            indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            indices = find_shards(recipe)
+        self.indices = indices
+
+        self.streams: dict[str, DatasetStream] = {}
+        self.infos = {}
+        self.banks: dict[str, VoxelIndexBank] = {}
+        vocab = []
+        for cfg in recipe.datasets:
+            index = indices[cfg.id]
+            subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
+            self.streams[cfg.id] = DatasetStream(index, subjects=subjects)
+            self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
+            vocab += [f"{cfg.id}/{s}" for s in subjects]
+            if index.info.kind == "volume":
+                self.banks[cfg.id] = VoxelIndexBank(index, subjects, device=acc.device)
+        self.weights = [cfg.weight for cfg in recipe.datasets]
+
+        set_seed(recipe.seed)
+        self.model = CLIPMUSED(recipe.model, self.infos, vocab)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        warmup = max(t.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def core(self):
+        """The unwrapped model (no DDP wrapper)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _forward(self, model, batch):
+        idx = self.core.subject_index(batch.subjects).to(self.accelerator.device)
+        voxel_index = self.banks[batch.dataset](batch.subjects) if batch.dataset in self.banks else None
+        return model(batch.dataset, batch.fmri.float(), idx, voxel_index=voxel_index)
+
+    def _segment_iterators(self, segment: int) -> dict[str, Any]:
+        t, acc = self.recipe.train, self.accelerator
+        return {
+            name: iter(stream.train_batches(
+                t.batch_size, seed=self.recipe.seed, segment=segment, rank=acc.process_index,
+                shuffle_buffer=t.shuffle_buffer, num_workers=t.num_workers, pin_memory=acc.device.type == "cuda"))
+            for name, stream in self.streams.items()
+        }
+
+    def _pick_dataset(self, step: int) -> str:
+        names = list(self.streams)
+        if len(names) == 1:
+            return names[0]
+        # same choice on every rank: seeded by (seed, step) only
+        return random.Random(f"mix/{self.recipe.seed}/{step}").choices(names, weights=self.weights)[0]
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> bool:
+        from foundation.checkpoint import latest_checkpoint, read_state
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        self.accelerator.load_state(str(ckpt))
+        raw = read_state(ckpt)
+        self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
+                                best_score=raw["best_score"], history=raw["history"])
+        if self.accelerator.is_main_process:
+            print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> None:
+        from tqdm.auto import tqdm
+
+        from foundation.checkpoint import save_checkpoint, save_model
+        from foundation.losses import clip_mused_loss
+
+        acc, t, r = self.accelerator, self.recipe.train, self.recipe
+        acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
+        self.resume()
+        bar = tqdm(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
+                   disable=not (self.progress and acc.is_local_main_process), dynamic_ncols=True)
+        iterators = None
+        running: dict[str, torch.Tensor] = {}
+        n_running = 0
+        t0 = time.perf_counter()
+        self.model.train()
+        while self.state.step < t.steps:
+            step = self.state.step
+            if iterators is None or step % t.checkpoint_every == 0:
+                iterators = self._segment_iterators(step // t.checkpoint_every)
+            name = self._pick_dataset(step)
+            for _ in range(t.grad_accum):
+                batch = next(iterators[name]).to(acc.device)
+                with acc.accumulate(self.model):
+                    with acc.autocast():
+                        out = self._forward(self.model, batch)
+                    loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in terms.items():
+                    running[k] = running.get(k, 0) + v.detach().float()
+                n_running += 1
+            self.scheduler.step()
+            self.state.step = step = step + 1
+            bar.update(1)
+
+            if step % t.log_every == 0 or step == t.steps:
+                values = {f"train/{k}": float(v) / n_running for k, v in running.items()}  # syncs here only
+                values["train/lr"] = self.scheduler.get_last_lr()[0]
+                acc.log(values, step=step)
+                bar.set_postfix(loss=f"{values['train/loss']:.4f}")
+                running, n_running = {}, 0
+            if step % t.eval_every == 0 or step == t.steps:
+                metrics = self.evaluate("val")
+                score = metrics["mAP"] if acc.is_main_process else 0.0
+                if acc.is_main_process:
+                    acc.log({"val/mAP": metrics["mAP"], "val/AUC": metrics["AUC"],
+                             "val/hamming": metrics["hamming"]}, step=step)
+                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"]})
+                    if score > self.state.best_score:
+                        self.state.best_score, self.state.best_step = score, step
+                        save_model(self.core, self.run_dir / "best", meta={"step": step, "val": metrics})
+                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} AUC {metrics['AUC']:.4f} "
+                              f"(best {self.state.best_score:.4f} @ {self.state.best_step})")
+                self._sync_state()
+                self.model.train()
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                save_checkpoint(acc, self.run_dir, step, dataclasses.asdict(self.state), keep=t.keep_checkpoints)
+        bar.close()
+        self.train_seconds = time.perf_counter() - t0
+        acc.end_training()
+
+    def _sync_state(self) -> None:
+        """Broadcast the main process' best-score bookkeeping to every rank."""
+        from accelerate.utils import broadcast_object_list
+
+        if self.accelerator.num_processes > 1:
+            box = [dataclasses.asdict(self.state)]
+            broadcast_object_list(box, from_process=0)
+            self.state = TrainState(**box[0])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, split: str) -> dict[str, dict[str, Any]] | None:
+        """Probabilities of every sample of ``split`` (gathered on the main process, else ``None``)."""
+        from foundation.errors import ShardError
+
+        acc, model = self.accelerator, self.core
+        was_training = model.training
+        model.eval()
+        local: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+        for name, stream in self.streams.items():
+            for batch in stream.eval_batches(split, self.recipe.train.eval_batch_size, rank=acc.process_index,
+                                             world_size=acc.num_processes):
+                batch = batch.to(acc.device)
+                with acc.autocast():
+                    out = self._forward(model, batch)
+                probs = torch.sigmoid(out.logits.float()).cpu().numpy()
+                labels = batch.labels.cpu().numpy()
+                local += [(name, k, p, y) for k, p, y in zip(batch.keys, probs, labels)]
+        model.train(was_training)
+        gathered = acc.gather_for_metrics(local, use_gather_object=True)
+        if not acc.is_main_process:
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        for name, stream in self.streams.items():
+            rows = [x for x in gathered if x[0] == name]
+            keys = [x[1] for x in rows]
+            expected = stream.count(split)
+            if len(keys) != expected or len(set(keys)) != expected:
+                raise ShardError(f"evaluation of {name!r} {split} read {len(keys)} samples "
+                                 f"({len(set(keys))} distinct) but the shards hold {expected}")
+            order = np.argsort(keys)
+            out[name] = {
+                "keys": [keys[i] for i in order],
+                "subjects": ["/".join(keys[i].split("/")[:2]) for i in order],
+                "probs": np.stack([rows[i][2] for i in order]),
+                "labels": np.stack([rows[i][3] for i in order]),
+            }
+        return out
+
+    def evaluate(self, split: str) -> dict[str, Any] | None:
+        """Metrics of ``split`` in the metrics.json schema (main process; others get ``None``)."""
+        preds = self.predict(split)
+        return None if preds is None else metrics_from_predictions(preds, self.infos)
+
+    def test(self) -> Path:
+        """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
+        from safetensors.torch import load_file
+
+        from foundation.atomic import write_json
+
+        acc = self.accelerator
+        best = self.run_dir / "best" / "model.safetensors"
+        acc.wait_for_everyone()
+        if best.is_file():
+            self.core.load_state_dict(load_file(str(best), device=str(acc.device)))
+        results = {split: self.evaluate(split) for split in ("val", "test")}
+        path = self.run_dir / "metrics.json"
+        if acc.is_main_process:
+            provenance = {name: idx.data["guidance"] for name, idx in self.indices.items()}
+            random_weights = any(
+                g.get("provenance", {}).get("random_weights", False) for p in provenance.values() for g in p.values())
+            write_json(path, {
+                **results,
+                "best_step": self.state.best_step,
+                "steps": self.recipe.train.steps,
+                "recipe": self.recipe.name,
+                "seed": self.recipe.seed,
+                "model_tokens": self.recipe.model.tokens,
+                "parameters": self.n_params,
+                "num_processes": acc.num_processes,
+                "guidance": provenance,
+                "random_weights": random_weights,
+                "shards": {name: str(idx.root) for name, idx in self.indices.items()},
+            })
+        acc.wait_for_everyone()
+        return path
+
+
+def metrics_from_predictions(preds: dict[str, dict[str, Any]], infos: dict[str, Any]) -> dict[str, Any]:
+    """Overall (mean over datasets), per-dataset and per-subject mAP / AUC / Hamming."""
+    from foundation.metrics import grouped_metrics, multilabel_metrics
+
+    per_dataset, per_subject = {}, {}
+    for name, p in preds.items():
+        probs, labels = torch.from_numpy(p["probs"]), torch.from_numpy(p["labels"]).int()
+        m = multilabel_metrics(probs, labels)
+        prevalence = labels.float().mean(0)
+        m["chance_mAP"] = float(prevalence[prevalence > 0].mean()) if (prevalence > 0).any() else float("nan")
+        per_dataset[name] = m
+        per_subject.update(grouped_metrics(probs, labels, p["subjects"]))
+    keys = ("mAP", "AUC", "hamming", "chance_mAP")
+    overall = {k: float(np.mean([m[k] for m in per_dataset.values()])) for k in keys}
+    overall["n"] = int(sum(m["n"] for m in per_dataset.values()))
+    return {**overall, "per_dataset": per_dataset, "per_subject": per_subject}
+
+
+def train(recipe: Recipe, *, progress: bool = True) -> Path:
+    """Train (or resume) the recipe's run; returns the path of its metrics.json."""
+    trainer = Trainer(recipe, progress=progress)
+    trainer.fit()
+    return trainer.test()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``accelerate launch foundation/train.py RECIPE [key=value ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="foundation/train.py", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/synthetic.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 seed=1")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    path = train(recipe, progress=not args.no_progress)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"metrics: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

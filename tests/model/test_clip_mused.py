@@ -1,0 +1,216 @@
+"""CLIPMUSED: shapes per token mode, subject vocabulary and growth, (de)serialisation, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from foundation.api import DatasetInfo
+from foundation.config import LossConfig, ModelConfig
+from foundation.errors import CheckpointError, UnknownSubjectError
+from foundation.losses import clip_mused_loss
+from foundation.model import CLIPMUSED, Block, ModelOutput, SubjectTokens
+
+DIM = 32
+ROI = DatasetInfo(kind="roi", label_names=("a", "b", "c"), subjects=("s1", "s2"), token_shape=(5, 7))
+VOL = DatasetInfo(kind="volume", label_names=("x", "y"), subjects=("100",), grid=(13, 17, 11))
+DATASETS = {"nsd": ROI, "hcp": VOL}
+SUBJECTS = ["nsd/s1", "nsd/s2", "hcp/100"]
+MODES = ("subject", "shared", "identity")
+
+
+def cfg(tokens: str = "subject", **kw) -> ModelConfig:
+    base = dict(dim=DIM, depth=2, heads=4, head_hidden=16, tokens=tokens, volume_channels=[4, 8])
+    return ModelConfig(**{**base, **kw})
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def volume_batch(b: int, grid=(13, 17, 11), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(grid))
+    vmax = 300
+    index = np.full((b, vmax), n, np.int64)
+    for i in range(b):
+        k = 150 + 25 * i
+        index[i, :k] = np.sort(rng.choice(n, k, replace=False))
+    voxels = rng.standard_normal((b, vmax)).astype(np.float32)
+    return torch.from_numpy(voxels), torch.from_numpy(index)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_roi_shapes(mode):
+    m = CLIPMUSED(cfg(mode), DATASETS, SUBJECTS)
+    out = m("nsd", torch.randn(4, 5, 7), m.subject_index(["nsd/s1", "nsd/s2", "nsd/s2", "nsd/s1"]))
+    assert isinstance(out, ModelOutput)
+    assert out.z_low.shape == out.z_high.shape == (4, DIM)
+    assert out.logits.shape == (4, 3) and out.attention is None
+    r = 1 if mode == "identity" else 2
+    assert m.n_readout == r and m.pos_embed["nsd"].shape == (1, r + 5, DIM)
+    assert m.heads["nsd"][0].in_features == r * DIM
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_volume_shapes_and_attention(mode):
+    m = CLIPMUSED(cfg(mode), DATASETS, SUBJECTS).eval()
+    voxels, index = volume_batch(3)
+    idx = m.subject_index(["hcp/100"] * 3)
+    out = m("hcp", voxels, idx, voxel_index=index, return_attention=True)
+    t = m.n_readout + 4 * 5 * 3  # ceil(13/4) * ceil(17/4) * ceil(11/4) patches
+    assert out.logits.shape == (3, 2) and out.z_low.shape == (3, DIM)
+    assert out.attention is not None and out.attention.shape == (3, 4, t, t)
+    assert torch.allclose(out.attention.sum(-1), torch.ones(3, 4, t), atol=1e-5)
+    plain = m("hcp", voxels, idx, voxel_index=index)  # fused SDPA path gives the same result
+    assert torch.allclose(plain.logits, out.logits, atol=1e-5)
+    with pytest.raises(ValueError, match="voxel_index"):
+        m("hcp", voxels, idx)
+
+
+def test_z_low_and_z_high_are_the_normed_readout_tokens():
+    m = CLIPMUSED(cfg("subject"), DATASETS, SUBJECTS).eval()
+    out = m("nsd", torch.randn(2, 5, 7), m.subject_index(["nsd/s1", "nsd/s2"]))
+    assert torch.allclose(out.z_low.mean(-1), torch.zeros(2), atol=1e-5)  # LN output (affine = id at init)
+    assert not torch.allclose(out.z_low, out.z_high)
+    ident = CLIPMUSED(cfg("identity"), DATASETS, SUBJECTS).eval()
+    out = ident("nsd", torch.randn(2, 5, 7), ident.subject_index(["nsd/s1", "nsd/s2"]))
+    assert torch.equal(out.z_low, out.z_high)
+
+
+def test_hcp_model_has_392_patch_tokens():
+    hcp = DatasetInfo(kind="volume", label_names=tuple("abc"), subjects=("1",), grid=(112, 128, 112))
+    m = CLIPMUSED(cfg(dim=16, heads=2, volume_channels=[16, 32, 64, 128]), {"hcp": hcp}, ["hcp/1"])
+    assert m.adapters["hcp"].num_tokens == 392
+    assert m.pos_embed["hcp"].shape == (1, 2 + 392, 16)
+
+
+@pytest.mark.parametrize(("mode", "per_subject"), [("subject", 2 * DIM), ("identity", DIM), ("shared", 0)])
+def test_parameter_count_grows_only_by_tokens(mode, per_subject):
+    few = CLIPMUSED(cfg(mode), {"nsd": ROI}, [f"nsd/s{i}" for i in range(9)])
+    many = CLIPMUSED(cfg(mode), {"nsd": ROI}, [f"nsd/s{i}" for i in range(1000)])
+    assert n_params(many) - n_params(few) == 991 * per_subject
+    if mode == "subject":
+        tables = [mod for mod in many.modules() if isinstance(mod, SubjectTokens)]
+        assert len(tables) == 1 and tables[0].weight.shape == (1000, 2, DIM)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_add_subjects_touches_nothing_else(mode):
+    torch.manual_seed(0)
+    m = CLIPMUSED(cfg(mode), DATASETS, SUBJECTS)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    n0 = n_params(m)
+    m.add_subjects(["nsd/s3", "hcp/200"])
+    per_subject = {"subject": 2 * DIM, "identity": DIM, "shared": 0}[mode]
+    assert n_params(m) - n0 == 2 * per_subject
+    assert m.vocab == SUBJECTS + ["nsd/s3", "hcp/200"]
+    after = m.state_dict()
+    assert after.keys() == before.keys()
+    for k, old in before.items():
+        new = after[k]
+        if k == "subject_tokens.weight":
+            assert new.shape[0] == old.shape[0] + 2
+            new = new[: old.shape[0]]
+        assert new.shape == old.shape and torch.equal(new, old), k  # byte-identical
+    out = m("nsd", torch.randn(2, 5, 7), m.subject_index(["nsd/s3", "nsd/s1"]))
+    assert out.logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="nsd/s1"):
+        m.add_subjects(["nsd/s1"])
+    with pytest.raises(ValueError, match="other/x"):
+        m.add_subjects(["other/x"])  # no such dataset
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_subject_raises_naming_it(mode):
+    m = CLIPMUSED(cfg(mode), DATASETS, SUBJECTS)
+    with pytest.raises(UnknownSubjectError, match=r"nsd/s9.*3 known"):
+        m.subject_index(["nsd/s1", "nsd/s9"])
+
+
+def test_subjects_must_belong_to_a_dataset():
+    with pytest.raises(ValueError, match="s1"):
+        CLIPMUSED(cfg(), DATASETS, ["s1"])
+
+
+def test_shared_tokens_ignore_subject_but_subject_tokens_do_not():
+    x = torch.randn(1, 5, 7).expand(2, -1, -1)
+    for mode, same in (("shared", True), ("subject", False), ("identity", False)):
+        m = CLIPMUSED(cfg(mode), DATASETS, SUBJECTS).eval()
+        out = m("nsd", x, m.subject_index(["nsd/s1", "nsd/s2"]))
+        assert torch.allclose(out.logits[0], out.logits[1]) is same, mode
+
+
+def test_config_dict_round_trip_through_json():
+    torch.manual_seed(0)
+    m = CLIPMUSED(cfg("subject"), DATASETS, SUBJECTS).eval()
+    d = json.loads(json.dumps(m.config_dict()))
+    assert d["vocab"] == SUBJECTS and d["model"]["tokens"] == "subject"
+    m2 = CLIPMUSED.from_config_dict(d).eval()
+    assert m2.infos == m.infos and m2.cfg == m.cfg
+    m2.load_state_dict(m.state_dict())
+    x = torch.randn(2, 5, 7)
+    idx = m.subject_index(["nsd/s2", "nsd/s1"])
+    assert torch.equal(m("nsd", x, idx).logits, m2("nsd", x, idx).logits)
+    with pytest.raises(CheckpointError):
+        CLIPMUSED.from_config_dict({"model": {"nope": 1}, "datasets": {}, "vocab": []})
+    grown = CLIPMUSED(cfg("subject"), DATASETS, SUBJECTS + ["nsd/s3"])
+    with pytest.raises(CheckpointError, match="3 subjects"):
+        grown.load_state_dict(m.state_dict())
+
+
+def test_block_mlp_residual_adds_to_post_attention_state():
+    """Eq. 3 (z_l = MLP(LN(z'_l)) + z'_l), not Eq. 7's typo (+ z_{l-1})."""
+    torch.manual_seed(0)
+    blk = Block(16, 2, 2.0, 0.0, 0.0).eval()
+    torch.nn.init.zeros_(blk.mlp.fc2.weight)
+    torch.nn.init.zeros_(blk.mlp.fc2.bias)  # MLP branch is now exactly 0
+    x = torch.randn(2, 5, 16)
+    y, _ = blk(x)
+    a, _ = blk.attn(blk.norm1(x))
+    assert torch.allclose(y, x + a, atol=1e-6)
+    assert not torch.allclose(y, x, atol=1e-3)
+
+
+@pytest.mark.parametrize("dataset", ["nsd", "hcp"])
+def test_model_trains_on_a_tiny_batch(dataset):
+    torch.manual_seed(0)
+    m = CLIPMUSED(cfg("subject", dropout=0.0), DATASETS, SUBJECTS)
+    b = 6
+    if dataset == "nsd":
+        fmri, vidx = torch.randn(b, 5, 7), None
+        subj = ["nsd/s1", "nsd/s2"] * 3
+    else:
+        fmri, vidx = volume_batch(b, seed=1)
+        subj = ["hcp/100"] * b
+    labels = (torch.rand(b, DATASETS[dataset].num_labels) > 0.5).float()
+    feat_low, feat_high = torch.randn(b, 10).half(), torch.randn(b, 12).half()
+    idx = m.subject_index(subj)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    losses, bces = [], []
+    for _ in range(30):
+        out = m(dataset, fmri, idx, voxel_index=vidx)
+        loss, terms = clip_mused_loss(out, labels, feat_low, feat_high, LossConfig(0.001, 0.1, 0.1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+        bces.append(terms["bce"].item())
+        assert np.isfinite(losses[-1])
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert bces[-1] < 0.9 * bces[0], bces
+    assert m.subject_tokens.weight.grad is not None
+
+
+def test_config_is_not_mutated_and_checked():
+    c = cfg()
+    CLIPMUSED(c, DATASETS, SUBJECTS)
+    assert c == cfg()
+    with pytest.raises(ValueError, match="heads"):
+        CLIPMUSED(dataclasses.replace(c, heads=5), DATASETS, SUBJECTS)
+    with pytest.raises(ValueError, match="tokens"):
+        CLIPMUSED(dataclasses.replace(c, tokens="nope"), DATASETS, SUBJECTS)
