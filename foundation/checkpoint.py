@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
 
-from foundation.api import DatasetInfo
-from foundation.atomic import atomic_dir, atomic_open, remove_stale_tmp, write_json
+from foundation.atomic import atomic_open, remove_stale_tmp, write_json
 from foundation.config import ModelConfig
 from foundation.errors import CheckpointError
-from foundation.recipe import from_dict
+from foundation.recipe import from_dict, to_dict
 
 STATE_NAME = "trainer_state.json"
 
@@ -89,14 +89,8 @@ def save_model(model: torch.nn.Module, directory: Path, *, meta: dict[str, Any])
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_open(directory / "model.safetensors") as fh:
-        fh.write(_safetensors_bytes(tensors))
+        fh.write(safetensors_save(tensors))
     write_json(directory / "model.json", {**meta, "model": model.config_dict()})
-
-
-def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save(tensors)
 
 
 def load_model(directory: Path, *, device: str | torch.device = "cpu"):
@@ -110,13 +104,12 @@ def load_model(directory: Path, *, device: str | torch.device = "cpu"):
             raise CheckpointError(f"{p} not found: {directory} is not a saved model directory")
     try:
         meta = json.loads(meta_path.read_text())
-        spec = meta["model"]
-        cfg = from_dict(ModelConfig, spec["config"], path="model")
-        infos = {name: DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-                 for name, d in spec["datasets"].items()}
-        model = CLIPMUSED(cfg, infos, spec["vocab"])
-    except (ValueError, KeyError, TypeError) as exc:
+        spec = dict(meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{meta_path} does not describe a model: {exc}") from exc
+    # validate the architecture with the recipe machinery (unknown keys, wrong types are named)
+    spec["model"] = to_dict(from_dict(ModelConfig, spec.get("model"), path=f"{meta_path.name}:model"))
+    model = CLIPMUSED.from_config_dict(spec)
     try:
         state = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError) as exc:

@@ -248,7 +248,6 @@ class Trainer:
                 save_checkpoint(acc, self.run_dir, step, dataclasses.asdict(self.state), keep=t.keep_checkpoints)
         bar.close()
         self.train_seconds = time.perf_counter() - t0
-        acc.end_training()
 
     def _sync_state(self) -> None:
         """Broadcast the main process' best-score bookkeeping to every rank."""
@@ -314,7 +313,7 @@ class Trainer:
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
         if best.is_file():
-            self.core.load_state_dict(load_file(str(best), device=str(acc.device)))
+            self.core.load_state_dict(load_file(str(best)))  # CPU tensors, copied onto the device
         results = {split: self.evaluate(split) for split in ("val", "test")}
         path = self.run_dir / "metrics.json"
         if acc.is_main_process:
@@ -360,7 +359,9 @@ def train(recipe: Recipe, *, progress: bool = True) -> Path:
     """Train (or resume) the recipe's run; returns the path of its metrics.json."""
     trainer = Trainer(recipe, progress=progress)
     trainer.fit()
-    return trainer.test()
+    path = trainer.test()
+    trainer.accelerator.end_training()  # closes trackers and the process group: last
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

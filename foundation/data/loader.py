@@ -73,11 +73,29 @@ def _raise_shard_error(exc: Exception) -> bool:
     raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, exc.args))}") from exc
 
 
+def _read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """Raw samples of each tar named by ``src``, checked against the sample count index.json lists.
+
+    Python's streaming tarfile stops silently at a tar cut short at a member boundary, so without
+    this check a truncated shard would just lose samples (and evaluation would not be exact-once).
+    """
+    for item in src:
+        url = item["url"]
+        n = 0
+        for sample in wds.tarfile_samples([item], handler=_raise_shard_error):
+            n += 1
+            yield sample
+        want = expected.get(url)
+        if want is not None and n != want:
+            raise ShardError(f"shard {url}: holds {n} samples but index.json lists {want} "
+                             f"(truncated or replaced tar; rebuild the shards with `foundation shard RECIPE`)")
+
+
 def _load_npy(payload: bytes, *, what: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(payload), allow_pickle=False)
-    except ValueError as exc:
-        raise ShardError(f"{what}: not a plain .npy array ({exc})") from exc
+    except (ValueError, EOFError, OSError) as exc:  # EOFError: an empty member
+        raise ShardError(f"{what}: not a plain .npy array ({type(exc).__name__}: {exc})") from exc
 
 
 def decode(sample: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +210,7 @@ class DatasetStream:
         urls = [str(p) for p, _, _ in shards]
         pipeline = wds.DataPipeline(
             WeightedShardSampler(urls, [c for _, c, _ in shards], seed=seed, segment=segment, rank=rank),
-            wds.tarfile_to_samples(handler=_raise_shard_error),
+            partial(_read_tars, expected={str(p): c for p, c, _ in shards}),
             wds.shuffle(shuffle_buffer, initial=shuffle_buffer,
                         rng=random.Random(f"shuffle/{seed}/{segment}/{rank}")),
             wds.map(decode),
@@ -203,10 +221,11 @@ class DatasetStream:
     def eval_batches(self, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                      num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
         """Every sample of ``split`` owned by this rank, once, in shard order."""
-        urls = [str(p) for p, _, _ in self.index.shards(split, self.subjects)]
+        shards = self.index.shards(split, self.subjects)
+        urls = [str(p) for p, _, _ in shards]
         pipeline = wds.DataPipeline(
             EvalShardList(urls, rank=rank, world_size=world_size),
-            wds.tarfile_to_samples(handler=_raise_shard_error),
+            partial(_read_tars, expected={str(p): c for p, c, _ in shards}),
             wds.map(decode),
             wds.batched(batch_size, collation_fn=self._collate, partial=True),
         )

@@ -27,7 +27,7 @@ import logging
 import os
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from foundation.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_j
 from foundation.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
-from foundation.errors import DataError, PluginError, RecipeError
+from foundation.errors import DataError, FoundationError, PluginError, RecipeError
 from foundation.recipe import from_dict, recipe_hash, to_dict
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,29 @@ class _TarSink:
             self._tar = None
 
 
+def sample_key(dataset: str, subject: str, index: Any) -> str:
+    """The key ``dataset/subject/index`` of a sample, exactly as stored in the tars (index padded to 7 digits)."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+        return f"{dataset}/{subject}/{int(index):07d}"
+    return f"{dataset}/{subject}/{index!r}"
+
+
+def _plugin_samples(build: DatasetBuild, subject: str) -> Iterator[Sample]:
+    """The plugin's samples of ``subject``; an unexpected exception raised inside the plugin becomes a
+    :class:`PluginError` naming the plugin and the subject (foundation's own errors pass through)."""
+    last = None
+    try:
+        for s in build.plugin.samples(subject):
+            last = getattr(s, "index", None)
+            yield s
+    except FoundationError:
+        raise
+    except Exception as exc:
+        after = "" if last is None else f" after sample {sample_key(build.config.id, subject, last)}"
+        raise PluginError(f"dataset plugin {build.config.plugin!r} (dataset {build.config.id!r}) raised while "
+                          f"reading subject {subject!r}{after}: {type(exc).__name__}: {exc}") from exc
+
+
 def check_sample(sample: Sample, info: DatasetInfo, *, n_voxels: int | None, key: str) -> None:
     """Raise :class:`DataError` naming ``key`` if the sample breaks the dataset's declared shapes."""
     if sample.split not in SPLITS:
@@ -253,8 +276,9 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
         low, _ = caches["low"].lookup(ids)
         _, high = caches["high"].lookup(ids)
         for s, f_low, f_high in zip(buffer, low, high):
-            key = f"{ds}/{s.subject}/{s.index:07d}"
-            meta = {"dataset": ds, "subject": s.subject, "stimulus": s.stimulus, "split": s.split, "index": s.index}
+            key = sample_key(ds, s.subject, s.index)
+            meta = {"dataset": ds, "subject": s.subject, "stimulus": s.stimulus, "split": s.split,
+                    "index": int(s.index)}
             sinks[s.split].write(key, {
                 "fmri.npy": _npy_bytes(np.asarray(s.fmri, np.float16)),
                 "labels.npy": _npy_bytes(np.asarray(s.labels, np.uint8)),
@@ -265,9 +289,12 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
         buffer.clear()
 
     try:
-        samples = plugin.samples(subject)
+        samples = _plugin_samples(build, subject)
         for s in tqdm(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, disable=not progress):
-            key = f"{ds}/{subject}/{getattr(s, 'index', '?')}"
+            key = sample_key(ds, subject, getattr(s, "index", "?"))
+            index = getattr(s, "index", None)
+            if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)) or index < 0:
+                raise DataError(f"sample {key}: index must be a non-negative integer, got {index!r}")
             if s.subject != subject:
                 raise DataError(f"sample {key}: plugin yielded subject {s.subject!r} while reading {subject!r}")
             if s.index in seen:

@@ -1,0 +1,242 @@
+"""The loader: exact-once evaluation, the resampled training stream, and corrupt shards named."""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from foundation.data.index import read_index
+from foundation.data.loader import DatasetStream, collate
+from foundation.data.shards import build_shards
+from foundation.errors import ShardError
+
+from .conftest import VOLUME, make_recipe, rewrite_tar, tar_keys
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """Read-only ROI shards (tars of 7 samples: per subject 4 train, 1 val, 2 test) and every key per split."""
+    recipe = make_recipe(tmp_path_factory.mktemp("shards"))
+    index = build_shards(recipe, progress=False)["synthetic"]
+    keys = {split: set() for split in SPLITS}
+    for split in SPLITS:
+        for path, _, _ in index.shards(split):
+            keys[split].update(tar_keys(path))
+    return index, keys
+
+
+@pytest.fixture
+def fresh(tmp_path: Path):
+    """ROI shards of our own, to damage."""
+    return build_shards(make_recipe(tmp_path), progress=False)["synthetic"]
+
+
+def _eval_keys(index, split: str, batch_size: int, **kw) -> list[str]:
+    keys = []
+    for batch in DatasetStream(index).eval_batches(split, batch_size, **kw):
+        assert 0 < len(batch) <= batch_size
+        keys.extend(batch.keys)
+    return keys
+
+
+# ----------------------------------------------------------------------------- exact-once evaluation
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("split", SPLITS)
+def test_evaluation_reads_every_sample_exactly_once(built, split: str, world_size: int) -> None:
+    index, expected = built
+    assert len(expected[split]) == index.count(split) == {"train": 81, "val": 9, "test": 30}[split]
+    per_rank = [_eval_keys(index, split, 5, rank=r, world_size=world_size) for r in range(world_size)]
+    union = [k for keys in per_rank for k in keys]
+    assert len(union) == len(set(union)), [k for k, n in collections.Counter(union).items() if n > 1][:5]
+    assert set(union) == expected[split]
+    if world_size <= len(index.shards(split)):
+        assert all(per_rank), "a rank with shards to read got nothing"
+
+
+def test_evaluation_with_dataloader_workers(built) -> None:
+    index, expected = built
+    keys = _eval_keys(index, "test", 5, num_workers=2)
+    assert len(keys) == len(set(keys)) and set(keys) == expected["test"]
+
+
+def test_evaluation_of_a_subject_subset(built) -> None:
+    index, expected = built
+    stream = DatasetStream(index, subjects=["sub-03"])
+    keys = [k for b in stream.eval_batches("test", 4) for k in b.keys]
+    assert sorted(keys) == sorted(k for k in expected["test"] if "/sub-03/" in k)
+    assert stream.count("test") == 10
+    with pytest.raises(ShardError, match=r"sub-09"):
+        DatasetStream(index, subjects=["sub-09"])
+
+
+# ----------------------------------------------------------------------------- training stream
+
+
+def _take(index, n: int, **kw) -> list:
+    kw = {"seed": 0, "segment": 0, "rank": 0, "shuffle_buffer": 20, **kw}
+    return list(itertools.islice(iter(DatasetStream(index).train_batches(6, **kw)), n))
+
+
+def test_training_batches_are_full_typed_and_deterministic(built) -> None:
+    index, expected = built
+    batches = _take(index, 8)
+    assert len(batches) == 8
+    for b in batches:
+        assert b.dataset == "synthetic" and len(b) == 6
+        assert b.fmri.shape == (6, 3, 8) and b.fmri.dtype == torch.float16
+        assert b.labels.shape == (6, 12) and b.labels.dtype == torch.float32
+        assert set(b.labels.unique().tolist()) <= {0.0, 1.0}
+        assert b.low.shape == (6, 16) and b.low.dtype == torch.float16
+        assert b.high.shape == (6, 16) and b.high.dtype == torch.float16
+        assert set(b.keys) <= expected["train"]
+        assert b.subjects == ["synthetic/" + k.split("/")[1] for k in b.keys]
+    subjects = {s for b in batches for s in b.subjects}
+    assert subjects == {"synthetic/sub-01", "synthetic/sub-02", "synthetic/sub-03"}
+
+    keys = [b.keys for b in batches]
+    again = _take(index, 8)
+    assert [b.keys for b in again] == keys
+    for a, b in zip(batches, again):
+        assert torch.equal(a.fmri, b.fmri) and torch.equal(a.labels, b.labels) and torch.equal(a.low, b.low)
+    assert [b.keys for b in _take(index, 8, rank=1)] != keys
+    assert [b.keys for b in _take(index, 8, segment=1)] != keys
+    assert [b.keys for b in _take(index, 8, seed=1)] != keys
+
+
+def test_training_batches_of_a_volume_dataset_are_padded(tmp_path: Path) -> None:
+    index = build_shards(make_recipe(tmp_path, VOLUME, samples_per_shard=16), progress=False)["synthetic"]
+    pad = max(index.data["voxels"].values())
+    (batch,) = _take(index, 1)
+    assert batch.fmri.shape == (6, pad) and batch.fmri.dtype == torch.float16
+    for i, subject in enumerate(batch.subjects):
+        n = index.data["voxels"][subject.split("/")[1]]
+        assert not batch.fmri[i, n:].any()
+
+
+# ----------------------------------------------------------------------------- corrupt shards
+
+
+def _test_tar(index) -> Path:
+    return index.root / "test" / "sub-02-0000.tar"
+
+
+def _read_all(index, split: str = "test") -> int:
+    return len(_eval_keys(index, split, 4))
+
+
+def test_garbage_tar_is_named(fresh) -> None:
+    tar = _test_tar(fresh)
+    tar.write_bytes(np.random.default_rng(0).bytes(tar.stat().st_size))
+    with pytest.raises(ShardError, match=re.escape(str(tar))):
+        _read_all(fresh)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3, 0.75])
+def test_truncated_tar_is_named(fresh, fraction: float) -> None:
+    tar = _test_tar(fresh)
+    data = tar.read_bytes()
+    tar.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ShardError, match=re.escape(str(tar))):
+        _read_all(fresh)
+
+
+def test_tar_missing_a_member_names_the_sample(fresh) -> None:
+    tar = _test_tar(fresh)
+    first = tar_keys(tar)[0]
+    rewrite_tar(tar, lambda name, payload: None if name.endswith(".low.npy") else payload)
+    with pytest.raises(ShardError, match=re.escape(first) + r".*low\.npy") as err:
+        _read_all(fresh)
+    assert str(tar) in str(err.value)
+
+
+def _replace_member(tar: Path, member: str, payload: bytes) -> None:
+    rewrite_tar(tar, lambda name, data: payload if name == member else data)
+
+
+def test_pickled_npy_member_is_refused(fresh) -> None:
+    tar = _test_tar(fresh)
+    key = tar_keys(tar)[3]
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": "payload"}], dtype=object), allow_pickle=True)
+    _replace_member(tar, f"{key}.fmri.npy", buf.getvalue())
+    with pytest.raises(ShardError, match=re.escape(key) + r" member fmri\.npy: not a plain \.npy"):
+        _read_all(fresh)
+
+
+def test_empty_npy_member_is_named(fresh) -> None:
+    tar = _test_tar(fresh)
+    key = tar_keys(tar)[1]
+    _replace_member(tar, f"{key}.high.npy", b"")
+    with pytest.raises(ShardError, match=re.escape(key) + r" member high\.npy"):
+        _read_all(fresh)
+
+
+def test_wrong_label_width_in_a_shard_names_the_sample(fresh) -> None:
+    tar = _test_tar(fresh)
+    key = tar_keys(tar)[2]
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(5, np.uint8))
+    _replace_member(tar, f"{key}.labels.npy", buf.getvalue())
+    with pytest.raises(ShardError, match=re.escape(key) + r".*index\.json declares 12"):
+        _read_all(fresh)
+
+
+def test_index_whose_counts_disagree_with_its_shards_is_refused(fresh) -> None:
+    path = fresh.root / "index.json"
+    data = json.loads(path.read_text())
+    data["counts"]["val"]["sub-01"] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ShardError, match=re.escape(str(path)) + r".*'val'"):
+        read_index(fresh.root)
+
+
+def test_index_listing_a_missing_tar_is_refused(fresh) -> None:
+    tar = fresh.root / "train" / "sub-03-0001.tar"
+    tar.unlink()
+    with pytest.raises(ShardError, match=re.escape(str(tar))):
+        read_index(fresh.root)
+
+
+def test_missing_or_broken_index_is_named(tmp_path: Path, fresh) -> None:
+    with pytest.raises(ShardError, match=re.escape(str(tmp_path / "nowhere" / "index.json"))):
+        read_index(tmp_path / "nowhere")
+    copy = tmp_path / "copy"
+    shutil.copytree(fresh.root, copy)
+    (copy / "index.json").write_text('{"format": 1, "dataset": ')
+    with pytest.raises(ShardError, match=re.escape(str(copy / "index.json")) + " is not valid JSON"):
+        read_index(copy)
+
+
+# ----------------------------------------------------------------------------- collate
+
+
+def _decoded(key: str, *, labels: int = 4, fmri: tuple[int, ...] = (3, 8)) -> dict:
+    return {"key": key, "url": "/shards/test/sub-01-0000.tar", "meta": {"subject": key.split("/")[1]},
+            "fmri": np.zeros(fmri, np.float16), "labels": np.zeros(labels, np.uint8),
+            "low": np.zeros(16, np.float16), "high": np.zeros(16, np.float16)}
+
+
+def test_collate_checks_label_width_and_fmri_shape() -> None:
+    good = [_decoded("ds/sub-01/0000000"), _decoded("ds/sub-02/0000001")]
+    batch = collate(good, dataset="ds", fmri_shape=(3, 8), pad_voxels=None, num_labels=4)
+    assert batch.fmri.shape == (2, 3, 8) and batch.labels.dtype == torch.float32
+    assert batch.subjects == ["ds/sub-01", "ds/sub-02"]
+    with pytest.raises(ShardError, match=r"sample ds/sub-02/0000007 has \(5,\) labels.*declares 4"):
+        collate([*good, _decoded("ds/sub-02/0000007", labels=5)], dataset="ds", fmri_shape=(3, 8),
+                pad_voxels=None, num_labels=4)
+    with pytest.raises(ShardError, match=r"sample ds/sub-01/0000009 has fMRI shape \(3, 9\)"):
+        collate([_decoded("ds/sub-01/0000009", fmri=(3, 9))], dataset="ds", fmri_shape=(3, 8),
+                pad_voxels=None, num_labels=4)
