@@ -113,6 +113,12 @@ class DatasetPlugin(ABC):
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
+    #: bump when the samples a plugin produces change for the same options: it is part of the shard
+    #: fingerprint, so shards written by an older version are rebuilt rather than silently reused
+    version: ClassVar[str] = "1"
+    #: whether the samples depend on the recipe ``seed`` (e.g. a seeded validation split); if so the
+    #: seed is part of the shard fingerprint
+    seed_dependent: ClassVar[bool] = False
 
     def __init__(self, options: Any, *, root: Path | None, seed: int) -> None:
         self.options = options
@@ -160,6 +166,8 @@ class GuidancePlugin(ABC):
     Options: ClassVar[type] = NoOptions
     needs: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: bump when the features change for the same options (part of the shard fingerprint)
+    version: ClassVar[str] = "1"
     batch_size: int = 64
 
     def __init__(self, options: Any, *, device: str = "cpu", allow_random_weights: bool = False) -> None:

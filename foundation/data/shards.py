@@ -119,10 +119,13 @@ def plan(recipe: Recipe) -> list[DatasetBuild]:
             "format": FORMAT_VERSION,
             "dataset": cfg.id,
             "plugin": cfg.plugin,
+            "plugin_version": plugin.version,
+            "seed": recipe.seed if plugin.seed_dependent else None,
             "root": str(plugin.root) if plugin.root else None,
             "options": to_dict(plugin.options),
             "guidance": {
-                level: {"plugin": guidance[level].name, "options": to_dict(guidance[level].options),
+                level: {"plugin": guidance[level].name, "version": guidance[level].version,
+                        "options": to_dict(guidance[level].options),
                         "allow_random_weights": recipe.guidance.allow_random_weights}
                 for level in ("low", "high")
             },
@@ -333,7 +336,7 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         remove_stale_tmp(sub)
     info = build.plugin.info()
     feature_root = Path(recipe.shards.root) / "_features"
-    dataset_key = recipe_hash({k: build.fingerprint[k] for k in ("plugin", "root", "options")})
+    dataset_key = recipe_hash({k: build.fingerprint[k] for k in ("plugin", "plugin_version", "seed", "root", "options")})
     by_key: dict[str, FeatureCache] = {}
     caches: dict[str, FeatureCache] = {}
     for level in ("low", "high"):
@@ -388,7 +391,12 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
 
 def build_shards(recipe: Recipe, *, progress: bool = True) -> dict[str, ShardIndex]:
     """Build or reuse the shards of every dataset of ``recipe``; returns dataset id → index."""
-    return {b.config.id: build_dataset(b, recipe, progress=progress) for b in plan(recipe)}
+    from threadpoolctl import threadpool_limits
+
+    # Plugins do their linear algebra (PCA, z-scoring) in numpy; with torch loaded, a multi-threaded
+    # BLAS fights torch's OpenMP threads for the cores and runs many times slower than one thread.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return {b.config.id: build_dataset(b, recipe, progress=progress) for b in plan(recipe)}
 
 
 def find_shards(recipe: Recipe) -> dict[str, ShardIndex] | None:

@@ -144,14 +144,22 @@ class World:
 
     def _image_stimuli(self) -> StimulusSet:
         o = self.o
-        r = _rng(o.world_seed, "stimuli")
-        n = o.shared_test + o.n_subjects * o.stimuli_per_subject
-        labels = self._draw_labels(r, n)
-        low, high = self._codes(r, labels)
-        ids = [f"shared-{i:05d}" for i in range(o.shared_test)] + [
-            f"{s}-{i:05d}" for s in self.subjects for i in range(o.stimuli_per_subject)
-        ]
-        return StimulusSet(ids, labels, low.astype(np.float32), high.astype(np.float32))
+        # one stream for the shared test set and one per subject: a subject's stimuli do not depend
+        # on how many other subjects the world has
+        blocks = [("shared", o.shared_test, [f"shared-{i:05d}" for i in range(o.shared_test)])]
+        blocks += [(s, o.stimuli_per_subject, [f"{s}-{i:05d}" for i in range(o.stimuli_per_subject)])
+                   for s in self.subjects]
+        ids, labels, low, high = [], [], [], []
+        for owner, n, names in blocks:
+            r = _rng(o.world_seed, "stimuli", owner)
+            lab = self._draw_labels(r, n)
+            lo, hi = self._codes(r, lab)
+            ids += names
+            labels.append(lab)
+            low.append(lo)
+            high.append(hi)
+        return StimulusSet(ids, np.concatenate(labels), np.concatenate(low).astype(np.float32),
+                           np.concatenate(high).astype(np.float32))
 
     def _movie_stimuli(self) -> StimulusSet:
         o = self.o
