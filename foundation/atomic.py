@@ -38,7 +38,8 @@ def _fsync_dir(path: Path) -> None:
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears only once complete (flush + fsync + rename).
 
-    On any exception the temporary file is removed and nothing appears at ``path``.
+    On any exception the temporary file is removed and nothing appears at ``path``; a file that is
+    replaced keeps its permission bits.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if path.exists():  # a replaced file keeps its permissions
+            os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

@@ -23,9 +23,7 @@ import difflib
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -34,6 +32,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from foundation.atomic import atomic_open
 from foundation.config import Recipe
 from foundation.errors import RecipeError
 
@@ -448,46 +447,10 @@ def validate_recipe(recipe: Recipe) -> None:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved ``recipe`` to ``path`` as YAML, atomically.
-
-    The YAML goes to a temporary file in the same directory, which is flushed, fsynced and then
-    moved over ``path`` with :func:`os.replace`, so readers see the old file or the new one,
-    never a partial one.  Missing parent directories are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the resolved ``recipe`` to ``path`` as YAML, atomically (see :mod:`foundation.atomic`)."""
     text = yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; keep the mode of the file we replace, else rw-r--r--.
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename on POSIX by fsyncing its directory (best effort; no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
 
 
 # ---------------------------------------------------------------------------------------------
