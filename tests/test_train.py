@@ -141,3 +141,20 @@ def test_volume_mode_end_to_end(tiny_recipe):
     metrics = json.loads(Path(train(recipe, progress=False)).read_text())
     assert metrics["test"]["n"] == 2 * 12  # 20 % of 60 seconds per subject
     assert set(metrics["test"]["per_subject"]) == {"synthetic/sub-01", "synthetic/sub-02"}
+
+
+@pytest.mark.slow
+def test_accelerate_launch_script_without_config(tmp_path):
+    """`accelerate launch foundation/train.py RECIPE` works with no accelerate config file."""
+    d = tiny_recipe_dict(tmp_path)
+    d["train"].update({"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    script = Path(__file__).parents[1] / "foundation" / "train.py"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                           str(script), str(recipe), "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"metrics: {tmp_path / 'run' / 'metrics.json'}" in proc.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_processes"] == 1
