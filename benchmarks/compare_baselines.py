@@ -61,15 +61,18 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra recipe overrides for every run (e.g. datasets.0.options.noise=2)")
+    p.add_argument("--ss-subjects", nargs="*", help="train single-subject models only for these subjects")
     args = p.parse_args()
     name = Path(args.recipe).stem
     subjects = subjects_of(args.recipe)
     jobs = []  # (method, seed, subject|None, run dir, overrides)
     for method in args.methods:
         for seed in args.seeds:
-            base = [f"seed={seed}", *METHODS[method]]
+            base = [f"seed={seed}", *args.set, *METHODS[method]]
             if method == "ss":
-                for s in subjects:
+                for s in args.ss_subjects or subjects:
                     jobs.append((method, seed, s, Path(args.out) / name / f"ss-{s}-seed{seed}",
                                  [*base, f"datasets.0.subjects=[{s}]"]))
             else:
@@ -88,6 +91,8 @@ def main() -> None:
         seconds.setdefault(method, []).append(secs)
         per = table.setdefault(method, {}).setdefault(seed, {"mAP": [], "AUC": [], "hamming": []})
         for sub, values in m["test"]["per_subject"].items():
+            if args.ss_subjects and "ss" in args.methods and sub.split("/")[-1] not in args.ss_subjects:
+                continue  # compare every method on the same subjects
             for k in per:
                 per[k].append(values[k])
         if subject is None:
@@ -106,7 +111,8 @@ def main() -> None:
         secs = f"{statistics.mean(ran):.0f}" if ran else "reused"
         print(f"| {method} | {' | '.join(cols)} | {pool_col} | {secs} |")
     print(f"\nwall time {wall:.0f} s with {args.jobs} parallel jobs × {threads} threads; rerun: "
-          f"python benchmarks/compare_baselines.py {args.recipe} --seeds {' '.join(map(str, args.seeds))}")
+          f"python benchmarks/compare_baselines.py {args.recipe} --seeds {' '.join(map(str, args.seeds))}"
+          + (f" --set {' '.join(args.set)}" if args.set else ""))
 
 
 if __name__ == "__main__":

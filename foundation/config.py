@@ -38,14 +38,16 @@ class DatasetConfig:
 class GuidanceConfig:
     """Which guidance plugin provides the low- and the high-level feature.
 
-    ``options`` maps a plugin name to that plugin's options.
+    ``options`` maps a plugin name to that plugin's options (each plugin's ``batch_size`` option
+    sets how many stimuli it encodes at once). ``allow_random_weights`` lets a plugin run a randomly
+    initialised network when its weights are absent; such runs are flagged in index.json and
+    metrics.json.
     """
 
     low: str = "planted"
     high: str = "planted"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     allow_random_weights: bool = False
-    batch_size: int = 64
 
 
 @dataclasses.dataclass

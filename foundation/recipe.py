@@ -431,7 +431,6 @@ def validate_recipe(recipe: Recipe) -> None:
         "train.eval_batch_size": recipe.train.eval_batch_size,
         "train.steps": recipe.train.steps,
         "train.grad_accum": recipe.train.grad_accum,
-        "guidance.batch_size": recipe.guidance.batch_size,
         "shards.samples_per_shard": recipe.shards.samples_per_shard,
         "model.dim": recipe.model.dim,
         "model.depth": recipe.model.depth,

@@ -143,37 +143,28 @@ def test_volume_mode_is_temporally_correlated(world_seed: int) -> None:
 # ----------------------------------------------------------------------------- subject variability
 
 
-def _rdm(x: np.ndarray) -> np.ndarray:
-    """Correlation distances between the rows of ``x`` (upper triangle)."""
-    x = x - x.mean(1, keepdims=True)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return 1 - (x @ x.T)[np.triu_indices(len(x), 1)]
+def _token_agreement(variability: float, world_seed: int) -> float:
+    """Mean over ROIs of the correlation between two subjects' tokens for the same shared stimuli.
 
-
-def _representational_agreement(variability: float, world_seed: int) -> float:
-    """Mean over ROIs of the correlation of two subjects' RDMs on the shared test stimuli.
-
-    RDMs compare the geometry of the responses, so they are blind to each subject's own PCA basis
-    (token coordinates); they differ only if the subjects' functional topographies differ.
+    Tokens live in each ROI's canonical coordinates, so identical topographies give correlated
+    tokens (up to noise); subject-specific levels, gains, mirrored components and map distortions
+    decorrelate them.
     """
-    # Few voxels per ROI keep the per-ROI PCA cheap (numpy's threaded SVD crawls on 2 busy cores once
-    # torch is loaded); less noise makes up for the fewer voxels. The property also holds with the
-    # defaults (48-128 voxels, noise 1): about 0.7 vs 0.3.
-    w = world(ROI, n_subjects=2, stimuli_per_subject=100, shared_test=60, n_rois=4, voxels_per_roi=(24, 32),
+    w = world(ROI, n_subjects=2, stimuli_per_subject=100, shared_test=60, n_rois=6,
               noise=0.5, subject_variability=variability, world_seed=world_seed)
     a, b = (w.subject(s) for s in w.subjects)
     assert a.splits[-60:] == b.splits[-60:] == ["test"] * 60
     np.testing.assert_array_equal(a.stimulus_rows[-60:], b.stimulus_rows[-60:])
     a, b = a.fmri[-60:], b.fmri[-60:]
-    return float(np.mean([np.corrcoef(_rdm(a[:, k]), _rdm(b[:, k]))[0, 1] for k in range(4)]))
+    return float(np.mean([np.corrcoef(a[:, k].ravel(), b[:, k].ravel())[0, 1] for k in range(a.shape[1])]))
 
 
 def test_subject_variability_controls_how_alike_subjects_are() -> None:
-    alike = [_representational_agreement(0.0, seed) for seed in range(3)]
-    varied = [_representational_agreement(1.0, seed) for seed in range(3)]
-    assert all(a > v for a, v in zip(alike, varied)), (alike, varied)
-    assert np.mean(alike) > 0.55, alike
-    assert np.mean(varied) < np.mean(alike) - 0.25, (alike, varied)
+    alike = [_token_agreement(0.0, seed) for seed in range(3)]
+    varied = [_token_agreement(1.0, seed) for seed in range(3)]
+    assert all(a > v + 0.2 for a, v in zip(alike, varied)), (alike, varied)
+    assert np.mean(alike) > 0.6, alike
+    assert np.mean(varied) < np.mean(alike) - 0.4, (alike, varied)
 
 
 # ----------------------------------------------------------------------------- rendering

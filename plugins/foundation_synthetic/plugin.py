@@ -29,7 +29,7 @@ class SyntheticDataset(DatasetPlugin):
     """Seeded multi-subject fMRI world (ROI or volume mode); the default when no real data is here."""
 
     name = "synthetic"
-    version = "2"  # 2: per-subject stimulus streams (a subject's data no longer depend on n_subjects)
+    version = "5"  # 2: per-subject stimulus streams; 3: ROI tokens in canonical ROI coordinates
     Options = SyntheticOptions
     description = "seeded multi-subject synthetic fMRI (ROI tokens or small volumes), planted codes"
 

@@ -5,11 +5,14 @@ derived from their multi-label categories.  Subjects respond through their *own*
 topography, so pooling subjects naively hurts and subject-specific tokens help:
 
 * **ROI mode** (NSD-like): ``n_rois`` regions ordered from early (driven by ``l``) to late (driven
-  by ``h``); each subject has its own number of voxels per ROI, its own voxel mixing matrix, ROI
-  gains and noise level, and its own *functional topography*: which region carries which code is
-  shifted per subject. Voxels are reduced per subject and ROI by PCA fitted on the subject's
-  training trials (as the paper does on NSD), so each subject's token coordinates are its own.
-  Most stimuli are seen by one subject only; a shared set seen by everyone is the test set.
+  by ``h``), each emitting one token of ``token_dim`` components, as per-subject PCA of the ROI's
+  voxels would.  Each subject has its own *functional topography*: every ROI's place on the
+  low→high hierarchy moves, its gain and size (hence signal-to-noise) vary, its components may come
+  out mirrored (PCA fixes axes only up to sign), and its code→response map is partly its own.
+  These differences are few numbers per subject (cheap to encode in subject tokens) but they make
+  the same token mean different things in different subjects, so naive pooling hurts.  Most
+  stimuli are seen by one subject only (few per subject, so single-subject models starve); a
+  shared set seen by everyone is the test set.
 * **Volume mode** (HCP-like): everyone watches the same "movie", a sequence of scenes whose codes
   drift smoothly from second to second.  Functional areas are smooth blobs on a small 3-D grid whose
   centres, widths and gains move per subject; the signal is smoothed over time like a haemodynamic
@@ -40,11 +43,11 @@ class SyntheticOptions:
 
     mode: Literal["roi", "volume"] = "roi"
     world_seed: int = 0
-    n_subjects: int = 8
+    n_subjects: int = 10
     n_categories: int = 12
     low_dim: int = 16
     high_dim: int = 16
-    noise: float = 1.0
+    noise: float = 1.5
     # How much the functional topography differs between subjects (0 = identical subjects).
     subject_variability: float = 1.0
     image_size: int = 32
@@ -52,7 +55,7 @@ class SyntheticOptions:
     n_rois: int = 8
     token_dim: int = 32
     voxels_per_roi: tuple[int, int] = (48, 128)
-    stimuli_per_subject: int = 400
+    stimuli_per_subject: int = 250
     val_fraction: float = 0.1
     shared_test: int = 120
     # Volume mode
@@ -222,28 +225,34 @@ class World:
                  r.normal(size=(o.token_dim, o.high_dim)) / np.sqrt(o.high_dim)) for _ in range(o.n_rois)]
 
     def _roi_responses(self, subject: str, rows: np.ndarray, splits: list[str]) -> np.ndarray:
+        """ROI tokens ``(N, R, D)`` of one subject, in each ROI's canonical coordinates.
+
+        The tokens stand for what per-subject PCA of ROI voxels gives: ``D`` components per ROI.
+        What differs between subjects is the functional topography: each ROI's place on the
+        low→high hierarchy, its gain (signal strength), its size (bigger ROIs give cleaner
+        components) and a subject-specific distortion of the ROI's code→response map.
+        """
         o = self.o
         v = o.subject_variability
         r = _rng(o.world_seed, "subject", subject)
         st = self.stimuli
         low, high = st.low[rows].astype(np.float64), st.high[rows].astype(np.float64)
-        # Functional topography: each ROI's position on the low→high hierarchy, shifted per subject.
-        level = np.clip(np.linspace(0.0, 1.0, o.n_rois) + v * r.normal(0, 0.25, o.n_rois), 0, 1)
-        gains = np.exp(v * r.normal(0, 0.4, o.n_rois))
-        noise_sd = o.noise * np.exp(v * r.normal(0, 0.25))
+        level = np.clip(np.linspace(0.0, 1.0, o.n_rois) + v * r.normal(0, 0.8, o.n_rois), 0, 1)
+        gains = np.exp(v * r.normal(0, 0.8, o.n_rois))
+        # PCA leaves each component's sign arbitrary: a subject's ROI may come out mirrored
+        signs = np.where(r.random(o.n_rois) < 0.5 * min(v, 1.0), -1.0, 1.0)
+        n_vox = r.integers(o.voxels_per_roi[0], o.voxels_per_roi[1] + 1, o.n_rois)
+        noise_sd = o.noise * np.sqrt(np.mean(o.voxels_per_roi) / n_vox) * np.exp(v * r.normal(0, 0.2))
         train = np.array([s == "train" for s in splits])
         out = np.zeros((len(rows), o.n_rois, o.token_dim), np.float32)
+        w = 0.3 * min(v, 1.0)  # weight of the subject-specific part of each map
         for k, (map_low, map_high) in enumerate(self._roi_templates):
-            # subject-specific deviation from the canonical maps
-            dl = r.normal(size=map_low.shape) / np.sqrt(o.low_dim)
-            dh = r.normal(size=map_high.shape) / np.sqrt(o.high_dim)
-            ml = np.sqrt(1 - v**2 / 2) * map_low + v / np.sqrt(2) * dl if v <= 1 else dl
-            mh = np.sqrt(1 - v**2 / 2) * map_high + v / np.sqrt(2) * dh if v <= 1 else dh
+            ml = np.sqrt(1 - w**2) * map_low + w * r.normal(size=map_low.shape) / np.sqrt(o.low_dim)
+            mh = np.sqrt(1 - w**2) * map_high + w * r.normal(size=map_high.shape) / np.sqrt(o.high_dim)
             source = (1 - level[k]) * low @ ml.T + level[k] * high @ mh.T  # (N, D)
-            n_vox = int(r.integers(o.voxels_per_roi[0], o.voxels_per_roi[1] + 1))
-            voxel_map = r.normal(size=(n_vox, o.token_dim)) / np.sqrt(o.token_dim)
-            voxels = gains[k] * source @ voxel_map.T + noise_sd * r.normal(size=(len(rows), n_vox))
-            out[:, k] = _pca_tokens(voxels, train, o.token_dim)
+            tokens = signs[k] * gains[k] * source + noise_sd[k] * r.normal(size=source.shape)
+            mean, std = tokens[train].mean(0), tokens[train].std(0) + 1e-8  # standardised on train
+            out[:, k] = (tokens - mean) / std
         return out
 
     def _volume_responses(self, subject: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,21 +288,3 @@ class World:
         fmri = drive @ maps.T + 0.5 * noise
         fmri = (fmri - fmri.mean(0)) / (fmri.std(0) + 1e-6)  # z-score each voxel over time
         return fmri.astype(np.float32), mask
-
-
-def _pca_tokens(voxels: np.ndarray, fit_rows: np.ndarray, dim: int) -> np.ndarray:
-    """Project ``(N, V)`` voxels onto the top ``dim`` principal axes of the ``fit_rows`` samples.
-
-    Components keep their relative variance (one common scale gives the kept components unit mean
-    variance on the fit rows); ROIs with fewer voxels than ``dim`` are zero-padded (as the paper
-    does on NSD).
-    """
-    fit = voxels[fit_rows]
-    mean = fit.mean(0)
-    _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    k = min(dim, vt.shape[0])
-    scale = s[:k] / np.sqrt(max(len(fit) - 1, 1))
-    proj = (voxels - mean) @ vt[:k].T / max(float(np.sqrt((scale**2).mean())), 1e-8)
-    out = np.zeros((len(voxels), dim), np.float32)
-    out[:, :k] = proj
-    return out

@@ -270,7 +270,7 @@ def test_shard_directory_follows_the_options(tmp_path: Path) -> None:
     base = directory()
     assert base.parent == tmp_path and base.name.startswith("synthetic-")
     assert directory() == base
-    assert directory({**ROI, "noise": 1.0}) == base  # spelling out a default changes nothing
+    assert directory({**ROI, "noise": 1.5}) == base  # spelling out a default changes nothing
     assert plan(make_recipe(tmp_path / "elsewhere"))[0].directory.name == base.name  # root is not hashed
     changed = {
         directory({**ROI, "token_dim": 9}),
