@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from foundation.config import Recipe
-from foundation.errors import RecipeError
+from foundation.errors import FoundationError, RecipeError
 from foundation.recipe import load_recipe, save_recipe, to_dict
 
 log = logging.getLogger("foundation.train")
@@ -71,6 +71,25 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _on_main_then_everyone(accelerator, fn) -> None:
+    """Run ``fn`` on the main process; if it raises, every rank raises (no rank waits forever)."""
+    from accelerate.utils import broadcast_object_list
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below on the main process with its traceback
+            error = exc
+    if accelerator.num_processes > 1:
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        broadcast_object_list(box, from_process=0)
+        if box[0] is not None and error is None:
+            raise FoundationError(f"the main process failed while preparing the run: {box[0]}")
+    if error is not None:
+        raise error
+
+
 @dataclasses.dataclass
 class TrainState:
     """What the loop needs besides Accelerate's state to resume exactly."""
@@ -105,26 +124,23 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         acc = self.accelerator
-        if acc.is_main_process:
-            check_run_dir(self.run_dir, recipe)
+        check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
+
+        def prepare_files() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run_dir / "config.yaml")
-        acc.wait_for_everyone()
+            find_shards(recipe) or build_shards(recipe, progress=progress)
 
-        # Shards: built once by the main process, read by all.
-        if acc.is_main_process:
-            indices = find_shards(recipe) or build_shards(recipe, progress=progress)
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            indices = find_shards(recipe)
-        self.indices = indices
+        # Shards and run directory: made once by the main process, read by all.
+        _on_main_then_everyone(acc, prepare_files)
+        self.indices = find_shards(recipe)
 
         self.streams: dict[str, DatasetStream] = {}
         self.infos = {}
         self.banks: dict[str, VoxelIndexBank] = {}
         vocab = []
         for cfg in recipe.datasets:
-            index = indices[cfg.id]
+            index = self.indices[cfg.id]
             subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
             self.streams[cfg.id] = DatasetStream(index, subjects=subjects)
             self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
@@ -365,21 +381,11 @@ def train(recipe: Recipe, *, progress: bool = True) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``accelerate launch foundation/train.py RECIPE [key=value ...]``."""
-    import argparse
+    """Entry point of ``accelerate launch foundation/train.py RECIPE [key=value ...]``: the same as
+    ``foundation train`` (same arguments, messages and exit codes)."""
+    from foundation.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="foundation/train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/synthetic.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 seed=1")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    recipe = load_recipe(args.recipe, args.overrides)
-    path = train(recipe, progress=not args.no_progress)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        print(f"metrics: {path}")
-    return 0
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
