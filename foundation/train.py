@@ -24,7 +24,7 @@ import yaml
 
 from foundation.config import Recipe
 from foundation.errors import FoundationError, RecipeError
-from foundation.recipe import load_recipe, save_recipe, to_dict
+from foundation.recipe import save_recipe, to_dict
 
 log = logging.getLogger("foundation.train")
 
