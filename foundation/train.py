@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from foundation.config import Recipe
-from foundation.errors import FoundationError, RecipeError
+from foundation.errors import CheckpointError, FoundationError, RecipeError
 from foundation.recipe import save_recipe, to_dict
 
 log = logging.getLogger("foundation.train")
@@ -192,8 +192,16 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        self.accelerator.load_state(str(ckpt))
         raw = read_state(ckpt)
+        saved = raw.get("model", {})
+        if saved.get("vocab") != self.core.vocab or saved.get("datasets") != self.core.config_dict()["datasets"]:
+            raise CheckpointError(f"{ckpt} holds a model for other subjects or datasets than this recipe builds "
+                                  f"({len(saved.get('vocab', []))} vs {len(self.core.vocab)} subjects); "
+                                  f"pass run.dir=<new directory>")
+        try:
+            self.accelerator.load_state(str(ckpt))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {exc}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
                                 best_score=raw["best_score"], history=raw["history"])
         if self.accelerator.is_main_process:
@@ -261,7 +269,8 @@ class Trainer:
                 self._sync_state()
                 self.model.train()
             if step % t.checkpoint_every == 0 or step == t.steps:
-                save_checkpoint(acc, self.run_dir, step, dataclasses.asdict(self.state), keep=t.keep_checkpoints)
+                save_checkpoint(acc, self.run_dir, step, {**dataclasses.asdict(self.state), "model": self.core.config_dict()},
+                                keep=t.keep_checkpoints)
         bar.close()
         self.train_seconds = time.perf_counter() - t0
 

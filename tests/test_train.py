@@ -158,3 +158,19 @@ def test_accelerate_launch_script_without_config(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"metrics: {tmp_path / 'run' / 'metrics.json'}" in proc.stdout
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_processes"] == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny_recipe, tmp_path):
+    """A checkpoint whose subject vocabulary differs from the model the recipe builds is refused."""
+    from foundation.checkpoint import STATE_NAME, latest_checkpoint
+    from foundation.errors import CheckpointError
+    from foundation.train import Trainer, train
+
+    train(tiny_recipe(), progress=False)
+    state_file = latest_checkpoint(tmp_path / "run") / STATE_NAME
+    state = json.loads(state_file.read_text())
+    state["model"]["vocab"] = state["model"]["vocab"][:-1]
+    state_file.write_text(json.dumps(state))
+    trainer = Trainer(tiny_recipe(), progress=False)
+    with pytest.raises(CheckpointError, match="other subjects"):
+        trainer.resume()
