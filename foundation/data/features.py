@@ -4,18 +4,24 @@ A cache is a directory of ``chunk-NNNNN.npz`` files (``ids``, ``low``, ``high``;
 each written atomically; loading concatenates them.  Killing a build loses at most the chunk being
 written.  The cache key covers the dataset (plugin + options) and the guidance plugin (+ options), so
 changing either starts a fresh cache while other caches stay reusable.
+
+``provenance.json`` records what produced the cached features (the guidance plugin's
+:meth:`~foundation.api.GuidancePlugin.provenance`: weights file or random initialisation).  It
+travels with the features into ``index.json``, and a plugin whose provenance differs (say, real
+weights appeared where random ones were used) may not add features to the cache.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from foundation.api import GuidancePlugin, Stimulus
-from foundation.atomic import atomic_open, remove_stale_tmp
+from foundation.atomic import atomic_open, remove_stale_tmp, write_json
 from foundation.errors import DataError, PluginError
 
 
@@ -39,6 +45,8 @@ class FeatureCache:
             self._append([str(i) for i in ids], low, high)
             self._chunks += 1
         self.encoded_now = 0  # stimuli encoded by this process (the rest came from disk)
+        prov = self.directory / "provenance.json"
+        self.provenance: dict | None = json.loads(prov.read_text()) if prov.is_file() else None
 
     def __len__(self) -> int:
         return len(self._row)
@@ -64,6 +72,23 @@ class FeatureCache:
         self._chunks += 1
         self._append(ids, low, high)
 
+    #: provenance facts that must agree for features to share one cache
+    IDENTITY_KEYS = ("random_weights", "weights", "weights_bytes")
+
+    def _check_provenance(self, plugin: GuidancePlugin) -> None:
+        now = json.loads(json.dumps(plugin.provenance(), default=str))
+        if self.provenance is None:
+            write_json(self.directory / "provenance.json", now)
+            self.provenance = now
+            return
+        differs = {k: (self.provenance.get(k), now.get(k)) for k in self.IDENTITY_KEYS
+                   if self.provenance.get(k) != now.get(k)}
+        if differs:
+            raise PluginError(
+                f"feature cache {self.directory} holds {plugin.name!r} features made with {differs} "
+                f"(cached → now); mixing them would be silently wrong. Delete {self.directory} to recompute "
+                f"every feature with the current weights")
+
     def dims(self) -> tuple[int, int]:
         """``(D_low, D_high)`` of the cached features."""
         return int(self._low[0].shape[1]), int(self._high[0].shape[1])
@@ -79,6 +104,8 @@ class FeatureCache:
                fetch: Callable[[Sequence[str]], list[Stimulus]], *, batch_size: int) -> None:
         """Encode (in batches) every id not yet cached; each unique id is encoded once."""
         todo = list(dict.fromkeys(s for s in ids if s not in self._row))
+        if todo:
+            self._check_provenance(plugin)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             stimuli = fetch(chunk)

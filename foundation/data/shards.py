@@ -374,7 +374,7 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         "extra": info.extra,
         "guidance": {
             level: {"plugin": build.guidance[level].name, "dim": dims[level],
-                    "provenance": build.guidance[level].provenance()}
+                    "provenance": caches[level].provenance or build.guidance[level].provenance()}
             for level in ("low", "high")
         },
         "counts": {split: {s: manifests[s]["counts"][split] for s in info.subjects} for split in SPLITS},

@@ -291,3 +291,33 @@ def test_index_records_the_recipe_hash(tmp_path: Path) -> None:
     assert json.loads((index.root / "index.json").read_text())["fingerprint"] == build.fingerprint
     assert read_index(index.root).data == index.data
     assert shards_module.FORMAT_VERSION == index.data["format"]
+
+
+def test_feature_cache_keeps_provenance_and_refuses_mixed_weights(tmp_path: Path) -> None:
+    """Features cached with one set of weights are labelled by what made them, and a plugin whose
+    weights changed may not add to that cache."""
+    from foundation.api import GuidanceFeatures, GuidancePlugin, Stimulus
+    from foundation.data.features import FeatureCache
+    from foundation.errors import PluginError
+
+    class Fake(GuidancePlugin):
+        name = "fake"
+        weights = None
+
+        def encode(self, stimuli):
+            return GuidanceFeatures(low=np.ones((len(stimuli), 2)), high=np.ones((len(stimuli), 3)))
+
+        def provenance(self):
+            return {"random_weights": self.weights is None, "weights": self.weights}
+
+    fetch = lambda ids: [Stimulus(id=i) for i in ids]  # noqa: E731
+    plugin = Fake(None)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.ensure(["a", "b"], plugin, fetch, batch_size=8)
+    again = FeatureCache(tmp_path / "cache")
+    assert again.provenance == {"random_weights": True, "weights": None}
+    plugin.weights = "/models/real.bin"
+    again.ensure(["a"], plugin, fetch, batch_size=8)  # nothing to encode: nothing mixed
+    with pytest.raises(PluginError, match="random_weights"):
+        again.ensure(["c"], plugin, fetch, batch_size=8)
+    assert len(again) == 2
