@@ -74,13 +74,9 @@ def read_instance_categories(path: Path) -> tuple[dict[int, set[int]], list[tupl
     """``(cocoId → set of category ids, categories)`` from an ``instances_*2017.json`` file."""
     require_file(path, "COCO instances annotations")
     data = _load(path, _instances_hook)
-    anns = data.get("annotations")
-    if not isinstance(anns, list):
-        raise DataError(f"COCO instances annotations {path} have no 'annotations' list")
     per_image: dict[int, set[int]] = defaultdict(set)
-    for a in anns:
-        if isinstance(a, tuple):
-            per_image[a[0]].add(a[1])
+    for image_id, category in _annotation_pairs(data, path, "COCO instances annotations"):
+        per_image[image_id].add(category)
     return dict(per_image), _check_categories(data.get("categories"), path)
 
 
@@ -89,11 +85,15 @@ def read_captions(path: Path) -> dict[int, list[str]]:
     require_file(path, "COCO captions annotations")
     data = _load(path, lambda d: (int(d["image_id"]), str(d["caption"]).strip())
                  if "caption" in d and "image_id" in d else (None if "file_name" in d else d))
+    out: dict[int, list[str]] = defaultdict(list)
+    for image_id, caption in _annotation_pairs(data, path, "COCO captions annotations"):
+        out[image_id].append(caption)
+    return dict(out)
+
+
+def _annotation_pairs(data: dict, path: Path, what: str) -> list[tuple]:
+    """The ``(image id, value)`` pairs the decoding hook made of ``data['annotations']``."""
     anns = data.get("annotations")
     if not isinstance(anns, list):
-        raise DataError(f"COCO captions annotations {path} have no 'annotations' list")
-    out: dict[int, list[str]] = defaultdict(list)
-    for a in anns:
-        if isinstance(a, tuple):
-            out[a[0]].append(a[1])
-    return dict(out)
+        raise DataError(f"{what} {path} have no 'annotations' list")
+    return [a for a in anns if isinstance(a, tuple)]
