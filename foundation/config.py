@@ -27,6 +27,7 @@ class DatasetConfig:
     root: Optional[str] = None
     weight: float = 1.0
     subjects: Optional[list[str]] = None
+    train_fraction: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
     @property

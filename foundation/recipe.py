@@ -409,7 +409,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 def validate_recipe(recipe: Recipe) -> None:
     """Check the facts that involve several fields or ranges; raise :class:`RecipeError` if not.
 
-    Checks: at least one dataset, unique dataset ids, finite positive dataset weights, positive
+    Checks: at least one dataset, unique dataset ids, finite positive dataset weights, train fractions
+    in (0, 1], no repeated subject, positive
     batch sizes, ``train.steps``, ``train.grad_accum``, ``shards.samples_per_shard`` and model
     sizes, and ``model.dim`` divisible by ``model.heads``.
     """
@@ -425,6 +426,11 @@ def validate_recipe(recipe: Recipe) -> None:
         seen[ds.id] = i
         if not (math.isfinite(ds.weight) and ds.weight > 0):
             raise RecipeError(f"datasets.{i}.weight: must be a finite number > 0, got {ds.weight!r}")
+        if not (math.isfinite(ds.train_fraction) and 0 < ds.train_fraction <= 1):
+            raise RecipeError(f"datasets.{i}.train_fraction: must be in (0, 1], got {ds.train_fraction!r}")
+        if ds.subjects is not None and len(set(ds.subjects)) != len(ds.subjects):
+            dupes = sorted({s for s in ds.subjects if ds.subjects.count(s) > 1})
+            raise RecipeError(f"datasets.{i}.subjects: duplicate subject id(s) {dupes}")
 
     positive = {
         "train.batch_size": recipe.train.batch_size,

@@ -142,7 +142,7 @@ class Trainer:
         for cfg in recipe.datasets:
             index = self.indices[cfg.id]
             subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
-            self.streams[cfg.id] = DatasetStream(index, subjects=subjects)
+            self.streams[cfg.id] = DatasetStream(index, subjects=subjects, train_fraction=cfg.train_fraction)
             self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
             vocab += [f"{cfg.id}/{s}" for s in subjects]
             if index.info.kind == "volume":
@@ -169,12 +169,21 @@ class Trainer:
         voxel_index = self.banks[batch.dataset](batch.subjects) if batch.dataset in self.banks else None
         return model(batch.dataset, batch.fmri.float(), idx, voxel_index=voxel_index)
 
-    def _segment_iterators(self, segment: int) -> dict[str, Any]:
+    def _segment_iterators(self, segment: int) -> dict[str, list[Any]]:
+        """One endless batch iterator per (dataset, micro-batch) of this rank.
+
+        Every micro-batch of a step reads its own stream, seeded by its *global slot*
+        ``micro * num_processes + rank``.  A step therefore sees the same ``grad_accum ×
+        num_processes`` batches however they are spread over processes: 2 processes with
+        ``grad_accum=1`` train on exactly the batches of 1 process with ``grad_accum=2``.
+        """
         t, acc = self.recipe.train, self.accelerator
         return {
-            name: iter(stream.train_batches(
-                t.batch_size, seed=self.recipe.seed, segment=segment, rank=acc.process_index,
+            name: [iter(stream.train_batches(
+                t.batch_size, seed=self.recipe.seed, segment=segment,
+                rank=micro * acc.num_processes + acc.process_index,
                 shuffle_buffer=t.shuffle_buffer, num_workers=t.num_workers, pin_memory=acc.device.type == "cuda"))
+                for micro in range(t.grad_accum)]
             for name, stream in self.streams.items()
         }
 
@@ -230,8 +239,8 @@ class Trainer:
             if iterators is None or step % t.checkpoint_every == 0:
                 iterators = self._segment_iterators(step // t.checkpoint_every)
             name = self._pick_dataset(step)
-            for _ in range(t.grad_accum):
-                batch = next(iterators[name]).to(acc.device)
+            for micro in range(t.grad_accum):
+                batch = next(iterators[name][micro]).to(acc.device)
                 with acc.accumulate(self.model):
                     with acc.autocast():
                         out = self._forward(self.model, batch)

@@ -14,9 +14,12 @@ read in order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import math
 import random
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -176,10 +179,38 @@ class EvalShardList(IterableDataset):
             yield {"url": url}
 
 
-class DatasetStream:
-    """Training and evaluation batches of one dataset's shards (optionally a subset of subjects)."""
+def _tar_keys(path: str) -> list[str]:
+    """Sample keys of one tar from its member names alone (no payload is decoded)."""
+    keys: dict[str, None] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for name in tar.getnames():
+                base, _ = wds.tariterators.base_plus_ext(name)
+                if base is not None:
+                    keys[base] = None
+    except (OSError, tarfile.TarError) as exc:
+        raise ShardError(f"cannot list shard {path}: {type(exc).__name__}: {exc}") from exc
+    return list(keys)
 
-    def __init__(self, index: ShardIndex, *, subjects: Iterable[str] | None = None) -> None:
+
+def _stable_rank(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
+class DatasetStream:
+    """Training and evaluation batches of one dataset's shards (optionally a subset of subjects).
+
+    ``train_fraction`` < 1 trains on that fraction of every subject's training samples (at least
+    one): a fixed subset chosen by a hash of the sample key, so the same fraction always keeps the
+    same samples and a larger fraction keeps a superset of a smaller one.  Evaluation always reads
+    every sample.
+    """
+
+    def __init__(self, index: ShardIndex, *, subjects: Iterable[str] | None = None,
+                 train_fraction: float = 1.0) -> None:
+        if not 0.0 < train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = train_fraction
         self.index = index
         self.dataset = index.dataset
         self.subjects = set(subjects) if subjects is not None else None
@@ -203,14 +234,47 @@ class DatasetStream:
             return pipeline
         return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
+    def train_keys(self) -> dict[str, list[str]]:
+        """``{tar path: kept sample keys}`` of the training shards under ``train_fraction`` (cached)."""
+        if getattr(self, "_train_keys", None) is None:
+            by_subject: dict[str, list[tuple[str, str]]] = {}
+            for path, _, subject in self.index.shards("train", self.subjects):
+                by_subject.setdefault(subject, []).extend((str(path), k) for k in _tar_keys(str(path)))
+            kept: dict[str, list[str]] = {}
+            for rows in by_subject.values():
+                n = max(1, math.ceil(self.train_fraction * len(rows)))
+                for url, key in sorted(rows, key=lambda r: _stable_rank(r[1]))[:n]:
+                    kept.setdefault(url, []).append(key)
+            self._train_keys = kept
+        return self._train_keys
+
+    def train_count(self) -> int:
+        """Training samples this stream draws from (after ``train_fraction``)."""
+        if self.train_fraction >= 1.0:
+            return self.count("train")
+        return sum(len(v) for v in self.train_keys().values())
+
     def train_batches(self, batch_size: int, *, seed: int, segment: int, rank: int = 0,
                       shuffle_buffer: int = 2000, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
-        """Endless shuffled training batches of this segment (deterministic given the arguments)."""
+        """Endless shuffled training batches of this segment (deterministic given the arguments).
+
+        ``rank`` is the stream's slot: the trainer gives every (process, micro-batch) its own.
+        """
         shards = self.index.shards("train", self.subjects)
-        urls = [str(p) for p, _, _ in shards]
+        expected = {str(p): c for p, c, _ in shards}
+        stages: list[Any] = []
+        if self.train_fraction >= 1.0:
+            urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
+        else:
+            kept = self.train_keys()
+            urls = [str(p) for p, _, _ in shards if str(p) in kept]
+            weights = [len(kept[u]) for u in urls]
+            keep = {k for keys in kept.values() for k in keys}
+            stages.append(wds.select(lambda sample: sample["__key__"] in keep))
         pipeline = wds.DataPipeline(
-            WeightedShardSampler(urls, [c for _, c, _ in shards], seed=seed, segment=segment, rank=rank),
-            partial(_read_tars, expected={str(p): c for p, c, _ in shards}),
+            WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
+            partial(_read_tars, expected=expected),
+            *stages,
             wds.shuffle(shuffle_buffer, initial=shuffle_buffer,
                         rng=random.Random(f"shuffle/{seed}/{segment}/{rank}")),
             wds.map(decode),

@@ -240,3 +240,40 @@ def test_collate_checks_label_width_and_fmri_shape() -> None:
     with pytest.raises(ShardError, match=r"sample ds/sub-01/0000009 has fMRI shape \(3, 9\)"):
         collate([_decoded("ds/sub-01/0000009", fmri=(3, 9))], dataset="ds", fmri_shape=(3, 8),
                 pad_voxels=None, num_labels=4)
+
+
+# ----------------------------------------------------------------------------- train_fraction
+
+
+def _fraction_keys(index, fraction: float) -> set[str]:
+    stream = DatasetStream(index, train_fraction=fraction)
+    return {k for keys in stream.train_keys().values() for k in keys}
+
+
+def test_train_fraction_keeps_a_fixed_nested_subset_per_subject(built) -> None:
+    index, expected = built
+    per_subject = collections.Counter(k.split("/")[1] for k in expected["train"])  # 27 per subject
+    small, half, full = (_fraction_keys(index, f) for f in (0.01, 0.5, 1.0))
+    assert full == expected["train"]
+    assert collections.Counter(k.split("/")[1] for k in small) == {s: 1 for s in per_subject}  # at least one each
+    assert collections.Counter(k.split("/")[1] for k in half) == {s: 14 for s in per_subject}  # ceil(0.5 * 27)
+    assert small < half < full  # nested: more data keeps what less data had
+    assert _fraction_keys(index, 0.5) == half  # fixed, not random per call
+    assert DatasetStream(index, train_fraction=0.5).train_count() == 42
+
+
+def test_train_fraction_stream_draws_only_kept_samples(built) -> None:
+    index, _ = built
+    kept = _fraction_keys(index, 0.2)
+    stream = DatasetStream(index, train_fraction=0.2)
+    seen = {k for b in itertools.islice(iter(stream.train_batches(6, seed=0, segment=0, shuffle_buffer=10)), 30)
+            for k in b.keys}
+    assert seen == kept  # 30 batches of 6 from 18 kept samples: all of them, nothing else
+    with pytest.raises(ValueError, match="train_fraction"):
+        DatasetStream(index, train_fraction=0.0)
+
+
+def test_stream_slots_read_different_batches(built) -> None:
+    index, _ = built
+    a, b = _take(index, 3, rank=0), _take(index, 3, rank=1)
+    assert [x.keys for x in a] != [x.keys for x in b]
