@@ -20,8 +20,10 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", output: str | Path
     if not config.is_file():
         raise CheckpointError(f"{config} not found: {run_dir} is not a run directory")
     recipe = load_recipe(config, [f"run.dir={run_dir}"])
+    from foundation.finetune import read_spec
+
     model, _ = load_model(run_dir / "best")
-    trainer = Trainer(recipe, progress=False)
+    trainer = Trainer(recipe, progress=False, finetune=read_spec(run_dir))
     if model.vocab != trainer.core.vocab:
         raise CheckpointError(f"{run_dir / 'best'} was trained on subjects {model.vocab[:3]}… but the run's "
                               f"recipe now yields {trainer.core.vocab[:3]}…")

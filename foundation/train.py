@@ -22,8 +22,11 @@ import numpy as np
 import torch
 import yaml
 
+from foundation.atomic import write_json
 from foundation.config import Recipe
 from foundation.errors import CheckpointError, FoundationError, RecipeError
+from foundation.finetune import SPEC_NAME as FINETUNE_SPEC
+from foundation.finetune import FinetuneSpec
 from foundation.recipe import save_recipe, to_dict
 
 log = logging.getLogger("foundation.train")
@@ -103,9 +106,11 @@ class TrainState:
 class Trainer:
     """Holds the pieces of one run; :meth:`fit` trains, :meth:`test` writes metrics.json."""
 
-    def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, *, progress: bool = True, finetune: FinetuneSpec | None = None) -> None:
+        """``finetune``: start from a trained run's model, add the recipe's new subjects and train only
+        their tokens (see :mod:`foundation.finetune`); the recipe's ``model`` section is then unused."""
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         from foundation.data.loader import DatasetStream
         from foundation.data.shards import build_shards, find_shards
@@ -113,6 +118,7 @@ class Trainer:
         from foundation.model import CLIPMUSED
 
         self.recipe = recipe
+        self.finetune_spec = finetune
         self.run_dir = run_dir_for(recipe)
         self.progress = progress
         t = recipe.train
@@ -121,6 +127,8 @@ class Trainer:
             gradient_accumulation_steps=t.grad_accum,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard",
+            # a step uses one dataset's adapter and head: the others get no gradient that step
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(recipe.datasets) > 1)],
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         acc = self.accelerator
@@ -129,6 +137,8 @@ class Trainer:
         def prepare_files() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run_dir / "config.yaml")
+            if finetune is not None:
+                write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
             find_shards(recipe) or build_shards(recipe, progress=progress)
 
         # Shards and run directory: made once by the main process, read by all.
@@ -150,9 +160,17 @@ class Trainer:
         self.weights = [cfg.weight for cfg in recipe.datasets]
 
         set_seed(recipe.seed)
-        self.model = CLIPMUSED(recipe.model, self.infos, vocab)
+        self.finetune = None
+        if finetune is None:
+            self.model = CLIPMUSED(recipe.model, self.infos, vocab)
+            param_groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        else:
+            from foundation.finetune import prepare
+
+            self.finetune = prepare(finetune, self.infos, vocab, weight_decay=t.weight_decay)
+            self.model, param_groups = self.finetune.model, self.finetune.param_groups
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = torch.optim.Adam(param_groups, lr=t.lr, weight_decay=t.weight_decay)
         warmup = max(t.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
@@ -278,10 +296,14 @@ class Trainer:
                 self._sync_state()
                 self.model.train()
             if step % t.checkpoint_every == 0 or step == t.steps:
-                save_checkpoint(acc, self.run_dir, step, {**dataclasses.asdict(self.state), "model": self.core.config_dict()},
-                                keep=t.keep_checkpoints)
+                state = {**dataclasses.asdict(self.state), "model": self.core.config_dict()}
+                save_checkpoint(acc, self.run_dir, step, state, keep=t.keep_checkpoints)
         bar.close()
         self.train_seconds = time.perf_counter() - t0
+        if self.finetune is not None:
+            from foundation.finetune import check_frozen
+
+            check_frozen(self.finetune, self.core.state_dict())
 
     def _sync_state(self) -> None:
         """Broadcast the main process' best-score bookkeeping to every rank."""
@@ -341,8 +363,6 @@ class Trainer:
         """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
         from safetensors.torch import load_file
 
-        from foundation.atomic import write_json
-
         acc = self.accelerator
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
@@ -362,10 +382,13 @@ class Trainer:
                 "seed": self.recipe.seed,
                 "model_tokens": self.recipe.model.tokens,
                 "parameters": self.n_params,
+                "train_seconds": getattr(self, "train_seconds", None),
                 "num_processes": acc.num_processes,
                 "guidance": provenance,
                 "random_weights": random_weights,
                 "shards": {name: str(idx.root) for name, idx in self.indices.items()},
+                **({"finetune": {**self.finetune.info(), "source": str(self.finetune_spec.source),
+                                 "unfreeze": list(self.finetune_spec.unfreeze)}} if self.finetune else {}),
             })
         acc.wait_for_everyone()
         return path
