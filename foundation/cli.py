@@ -2,7 +2,9 @@
 
 ``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json
 ``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards
+``foundation finetune RUN_DIR RECIPE``          add RECIPE's new subjects to RUN_DIR's model, train only their tokens
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
+``foundation predict RUN_DIR INPUT [--subject S]`` decode labels of new scans of known subjects
 ``foundation plugins``                         list dataset and guidance plugins and their origin
 """
 
@@ -34,6 +36,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from foundation.finetune import finetune
+
+    unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
+    path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, progress=not args.no_progress)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _print_summary(path)
+    return 0
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     from foundation.data.shards import build_shards
 
@@ -48,6 +62,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, split=args.split, output=args.output)
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_subject",)}, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from foundation.predict import format_predictions, predict_run, resolve_format
+
+    records = predict_run(args.run_dir, args.input, subject=args.subject, dataset=args.dataset, output=args.output,
+                          fmt=args.format, batch_size=args.batch_size, threshold=args.threshold, device=args.device,
+                          progress=not args.no_progress)
+    if args.output is None:
+        sys.stdout.write(format_predictions(records, resolve_format(args.format, None)))
+    else:
+        print(f"{len(records)} predictions: {args.output}", file=sys.stderr)
     return 0
 
 
@@ -79,11 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.set_defaults(fn=fn)
 
+    text = "add the recipe's new subjects to a trained run's model and train only their tokens"
+    p = sub.add_parser("finetune", help=text, description=text + " (backbone frozen; writes a new run directory)")
+    p.add_argument("run_dir", help="the pre-trained run directory (holds best/)")
+    p.add_argument("recipe", help="recipe naming the new subjects (datasets[].subjects) and the fine-tuning schedule")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 run.dir=runs/ft")
+    p.add_argument("--unfreeze", action="append", default=[], metavar="PART",
+                   help="also train this part for the recipe's datasets: head, adapter (repeat or comma-separate)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_finetune)
+
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best weights")
     p.add_argument("run_dir", help="run directory (holds config.yaml and best/)")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="decode labels of new scans of subjects the run was trained on")
+    p.add_argument("run_dir", help="run directory (holds best/)")
+    p.add_argument("input", help="shard .tar or directory of them, .npy array (N, tokens, dim) or NIfTI (X, Y, Z, N)")
+    p.add_argument("--subject", help="subject of a .npy/NIfTI input ('dataset/subject', or the bare id with one "
+                                     "dataset); for shards: keep only this subject")
+    p.add_argument("--dataset", help="the model's dataset the input belongs to (default: from the shards' "
+                                     "index.json, or the model's only dataset)")
+    p.add_argument("--output", help="write the predictions to this file (.json or .csv); default: JSON to stdout")
+    p.add_argument("--format", choices=["json", "csv"], help="output format (default: from --output's suffix)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--threshold", type=float, default=0.5, help="labels above this probability are 'predicted'")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("plugins", help="list registered dataset and guidance plugins")
     p.set_defaults(fn=cmd_plugins)
