@@ -14,12 +14,16 @@ import yaml
 from safetensors.numpy import load_file
 
 from tests.conftest import tiny_recipe_dict
+from tests.test_multi_dataset import VOLUME
 
 SCRIPT = Path(__file__).parents[1] / "foundation" / "train.py"
 
 
-def _write(tmp_path: Path, name: str, **train) -> Path:
+def _write(tmp_path: Path, name: str, *, datasets: str, **train) -> Path:
     d = tiny_recipe_dict(tmp_path)
+    if datasets == "two":  # a step uses one dataset: DDP must tolerate the other's unused parameters
+        d["datasets"].append(VOLUME)
+        d["model"]["volume_channels"] = [4, 8]
     d["model"]["dropout"] = 0.0  # dropout masks are per process: keep the comparison exact
     d["train"].update(train)
     d["run"]["dir"] = str(tmp_path / f"run-{name}")
@@ -40,10 +44,11 @@ def _launch(tmp_path: Path, recipe: Path, *, processes: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("datasets", ["one", "two"])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, datasets):
     # 1 process × 2 micro-batches of 8 and 2 processes × 1 batch of 8 read the same two streams
-    one = _launch(tmp_path, _write(tmp_path, "one", grad_accum=2), processes=1)
-    two = _launch(tmp_path, _write(tmp_path, "two", grad_accum=1), processes=2)
+    one = _launch(tmp_path, _write(tmp_path, "one", datasets=datasets, grad_accum=2), processes=1)
+    two = _launch(tmp_path, _write(tmp_path, "two", datasets=datasets, grad_accum=1), processes=2)
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     for split in ("val", "test"):
         assert two[split]["n"] == one[split]["n"]  # every sample evaluated exactly once across ranks
