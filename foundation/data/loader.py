@@ -262,6 +262,7 @@ class DatasetStream:
         """
         shards = self.index.shards("train", self.subjects)
         expected = {str(p): c for p, c, _ in shards}
+        n_train = max(1, self.train_count())
         stages: list[Any] = []
         if self.train_fraction >= 1.0:
             urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
@@ -275,7 +276,8 @@ class DatasetStream:
             WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
             partial(_read_tars, expected=expected),
             *stages,
-            wds.shuffle(shuffle_buffer, initial=shuffle_buffer,
+            # a buffer larger than the data would read it several times over before the first batch
+            wds.shuffle(min(shuffle_buffer, n_train), initial=min(shuffle_buffer, n_train),
                         rng=random.Random(f"shuffle/{seed}/{segment}/{rank}")),
             wds.map(decode),
             wds.batched(batch_size, collation_fn=self._collate, partial=False),
