@@ -53,8 +53,18 @@ class GuidanceConfig:
 
 @dataclasses.dataclass
 class ShardConfig:
+    """Where shards live.
+
+    ``url`` reads the tars from elsewhere (an object store, a web server) through any URL webdataset
+    opens: a template in which ``{dir}`` is the dataset's shard directory name and ``{path}`` the tar's
+    path inside it, e.g. ``pipe:aws s3 cp s3://bucket/shards/{dir}/{path} -`` or
+    ``https://host/shards/{dir}/{path}``.  The directory under ``root`` then only needs ``index.json``
+    (and ``masks/`` for volume datasets), copied from where the shards were built.
+    """
+
     root: str = "shards"
     samples_per_shard: int = 2000
+    url: Optional[str] = None
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ import yaml
 
 from foundation.atomic import write_json
 from foundation.config import Recipe
-from foundation.errors import CheckpointError, FoundationError, RecipeError
+from foundation.errors import CheckpointError, FoundationError, RecipeError, ShardError
 from foundation.finetune import SPEC_NAME as FINETUNE_SPEC
 from foundation.finetune import FinetuneSpec
 from foundation.recipe import save_recipe, to_dict
@@ -113,7 +113,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         from foundation.data.loader import DatasetStream
-        from foundation.data.shards import build_shards, find_shards
+        from foundation.data.shards import build_shards, find_shards, plan
         from foundation.data.voxels import VoxelIndexBank
         from foundation.model import CLIPMUSED
 
@@ -139,7 +139,13 @@ class Trainer:
             save_recipe(recipe, self.run_dir / "config.yaml")
             if finetune is not None:
                 write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
-            find_shards(recipe) or build_shards(recipe, progress=progress)
+            if find_shards(recipe) is None:
+                if recipe.shards.url:
+                    missing = [str(b.directory / "index.json") for b in plan(recipe)
+                               if not (b.directory / "index.json").is_file()]
+                    raise ShardError(f"shards.url is set but {missing[0]} is missing: copy each dataset's "
+                                     f"index.json (and masks/) from where the shards were built")
+                build_shards(recipe, progress=progress)
 
         # Shards and run directory: made once by the main process, read by all.
         _on_main_then_everyone(acc, prepare_files)
@@ -318,7 +324,6 @@ class Trainer:
     @torch.no_grad()
     def predict(self, split: str) -> dict[str, dict[str, Any]] | None:
         """Probabilities of every sample of ``split`` (gathered on the main process, else ``None``)."""
-        from foundation.errors import ShardError
 
         acc, model = self.accelerator, self.core
         was_training = model.training

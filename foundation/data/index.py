@@ -27,6 +27,14 @@ class ShardIndex:
 
     root: Path
     data: dict[str, Any]
+    #: ``shards.url`` template (``{dir}``, ``{path}``): tars are read from there instead of ``root``
+    url: str | None = None
+
+    def locate(self, rel: str) -> Path | str:
+        """Where the tar ``rel`` (a path relative to ``root``) is read from: a local path or a URL."""
+        if self.url is None:
+            return self.root / rel
+        return self.url.format(dir=self.root.name, path=rel)
 
     @property
     def dataset(self) -> str:
@@ -45,13 +53,13 @@ class ShardIndex:
             extra=d.get("extra", {}),
         )
 
-    def shards(self, split: str, subjects: set[str] | None = None) -> list[tuple[Path, int, str]]:
-        """``(tar path, sample count, subject)`` for every shard of ``split``, optionally filtered."""
+    def shards(self, split: str, subjects: set[str] | None = None) -> list[tuple[Path | str, int, str]]:
+        """``(tar path or URL, sample count, subject)`` for every shard of ``split``, optionally filtered."""
         out = []
         for entry in self.data["shards"].get(split, []):
             if subjects is not None and entry["subject"] not in subjects:
                 continue
-            out.append((self.root / entry["path"], int(entry["count"]), entry["subject"]))
+            out.append((self.locate(entry["path"]), int(entry["count"]), entry["subject"]))
         return out
 
     def count(self, split: str, subjects: set[str] | None = None) -> int:
@@ -73,8 +81,11 @@ class ShardIndex:
         return int(self.data["guidance"][level]["dim"])
 
 
-def read_index(root: str | Path, *, check_files: bool = True) -> ShardIndex:
-    """Read and check ``root/index.json``; names the file and what is wrong on failure."""
+def read_index(root: str | Path, *, check_files: bool = True, url: str | None = None) -> ShardIndex:
+    """Read and check ``root/index.json``; names the file and what is wrong on failure.
+
+    ``url``: the ``shards.url`` template the tars are read from (then they are not looked for locally).
+    """
     root = Path(root)
     path = root / INDEX_NAME
     if not path.is_file():
@@ -89,7 +100,12 @@ def read_index(root: str | Path, *, check_files: bool = True) -> ShardIndex:
             raise ShardError(f"{path} lacks the key {key!r}")
     if data["format"] != FORMAT_VERSION:
         raise ShardError(f"{path} has shard format {data['format']}, this foundation reads {FORMAT_VERSION}")
-    index = ShardIndex(root, data)
+    if url is not None:
+        bad = _template_problem(url)
+        if bad:
+            raise ShardError(f"shards.url {url!r}: {bad}")
+        check_files = False
+    index = ShardIndex(root, data, url=url)
     for split in SPLITS:
         listed = sum(int(e["count"]) for e in data["shards"].get(split, []))
         counted = sum(int(n) for n in data["counts"].get(split, {}).values())
@@ -101,3 +117,19 @@ def read_index(root: str | Path, *, check_files: bool = True) -> ShardIndex:
                 if not tar.is_file():
                     raise ShardError(f"{path} lists {tar.name} (split {split!r}) but {tar} does not exist")
     return index
+
+
+def _template_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable ``shards.url`` template, or ``None``."""
+    import string
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(url) if name is not None}
+    except ValueError as exc:
+        return f"not a format template ({exc})"
+    if "path" not in fields:
+        return "must contain {path} (the tar's path inside the dataset's shard directory)"
+    unknown = sorted(fields - {"dir", "path"})
+    if unknown:
+        return f"unknown field(s) {unknown}; use {{dir}} and {{path}}"
+    return None

@@ -180,12 +180,12 @@ class EvalShardList(IterableDataset):
 
 
 def _tar_keys(path: str) -> list[str]:
-    """Sample keys of one tar from its member names alone (no payload is decoded)."""
+    """Sample keys of one tar (a path or any URL webdataset opens) from its member names alone."""
     keys: dict[str, None] = {}
     try:
-        with tarfile.open(path) as tar:
-            for name in tar.getnames():
-                base, _ = wds.tariterators.base_plus_ext(name)
+        with wds.gopen(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                base, _ = wds.tariterators.base_plus_ext(member.name)
                 if base is not None:
                     keys[base] = None
     except (OSError, tarfile.TarError) as exc:

@@ -405,5 +405,5 @@ def find_shards(recipe: Recipe) -> dict[str, ShardIndex] | None:
     for b in plan(recipe):
         if not (b.directory / INDEX_NAME).is_file():
             return None
-        out[b.config.id] = read_index(b.directory)
+        out[b.config.id] = read_index(b.directory, url=recipe.shards.url)
     return out
