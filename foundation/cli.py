@@ -3,8 +3,10 @@
 ``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json
 ``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards
 ``foundation finetune RUN_DIR RECIPE``          add RECIPE's new subjects to RUN_DIR's model, train only their tokens
+``foundation bench RECIPE [--methods …]``      baselines, ablations and statistics over seeds
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
 ``foundation predict RUN_DIR INPUT [--subject S]`` decode labels of new scans of known subjects
+``foundation plot RUN_DIR [--compare OTHER]``  paper figures of a finished run (curves, attention, token RSMs)
 ``foundation plugins``                         list dataset and guidance plugins and their origin
 """
 
@@ -48,6 +50,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from foundation.bench import bench
+
+    seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    path = bench(args.recipe, methods=args.methods, seeds=seeds, out=args.out, overrides=args.overrides,
+                 subjects=args.subjects, jobs=args.jobs)
+    print(f"results: {path}")
+    return 0
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     from foundation.data.shards import build_shards
 
@@ -75,6 +87,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sys.stdout.write(format_predictions(records, resolve_format(args.format, None)))
     else:
         print(f"{len(records)} predictions: {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    from foundation.plots import plot_run
+
+    paths = plot_run(args.run_dir, out=args.out, compare=args.compare, split=args.split, fmt=args.format,
+                     device=args.device, max_subjects=args.max_subjects or None)
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -116,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_finetune)
 
+    from foundation.bench import DEFAULT_METHODS, METHODS
+
+    text = "train CLIP-MUSED, its baselines and ablations over seeds and compare them (resumable)"
+    p = sub.add_parser("bench", help=text, description=text)
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                   help=f"rows: {', '.join(METHODS)}, or guidance:NAME[,HIGH] (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[3],
+                   help="one number N: seeds 0..N-1; several: those seeds (default: 3)")
+    p.add_argument("--subjects", nargs="+", help="per-subject methods: only these 'dataset/subject' ids")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
+    p.add_argument("--out", default="runs/bench", help="where runs and results go (default: %(default)s)")
+    p.set_defaults(fn=cmd_bench)
+
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best weights")
     p.add_argument("run_dir", help="run directory (holds config.yaml and best/)")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -136,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("plot", help="paper figures of a finished run (curves, token attention, token RSMs)")
+    p.add_argument("run_dir", help="run directory (holds config.yaml, best/, metrics.json, checkpoints/)")
+    p.add_argument("--out", help="folder for the figures (default RUN_DIR/plots)")
+    p.add_argument("--compare", metavar="OTHER_RUN_DIR", help="also plot per-subject mAP against this run's")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="samples to average attention over and metrics to compare (default test)")
+    p.add_argument("--format", choices=["png", "pdf"], default="png", help="figure file format (default png)")
+    p.add_argument("--device", default="cpu", help="torch device for the attention pass (default cpu)")
+    p.add_argument("--max-subjects", type=int, default=8,
+                   help="subjects per attention figure (default 8; 0 = all); the token RSMs show all")
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("plugins", help="list registered dataset and guidance plugins")
     p.set_defaults(fn=cmd_plugins)

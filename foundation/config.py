@@ -60,11 +60,17 @@ class ShardConfig:
     path inside it, e.g. ``pipe:aws s3 cp s3://bucket/shards/{dir}/{path} -`` or
     ``https://host/shards/{dir}/{path}``.  The directory under ``root`` then only needs ``index.json``
     (and ``masks/`` for volume datasets), copied from where the shards were built.
+
+    ``on_bad_sample``: what a sample that fails the checks (NaN/Inf, wrong shape or dtype, wrong label
+    width, bad or duplicate index) does to the build: ``error`` (default) stops it with an error naming
+    the sample; ``skip`` leaves the sample out, logs it and counts and names it in ``index.json``
+    (``skipped``).  Errors of whole files or of the plugin itself always stop the build.
     """
 
     root: str = "shards"
     samples_per_shard: int = 2000
     url: Optional[str] = None
+    on_bad_sample: Literal["error", "skip"] = "error"
 
 
 @dataclasses.dataclass
@@ -73,7 +79,10 @@ class ModelConfig:
 
     ``tokens`` selects the baseline switch: ``subject`` (CLIP-MUSED: a low and a high token per
     subject), ``shared`` (MS-SMODEL: the same two tokens for every subject), ``identity``
-    (MS-EMB: one identity token per subject whose output feeds the head).
+    (MS-EMB: one identity token per subject whose output feeds the head).  ``backbone: mlp``
+    replaces readout tokens and Transformer by one hidden layer over the adapter's flattened tokens
+    (with ``tokens: shared``: SS-MLP / MS-SMODEL-MLP on ROI datasets, SS-CNN / MS-SMODEL-CNN on
+    volume datasets, whose adapter is the 3-D CNN).
     """
 
     dim: int = 128
@@ -83,6 +92,7 @@ class ModelConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.0
     tokens: Literal["subject", "shared", "identity"] = "subject"
+    backbone: Literal["transformer", "mlp"] = "transformer"
     head_hidden: int = 256
     volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
 

@@ -411,8 +411,9 @@ def validate_recipe(recipe: Recipe) -> None:
 
     Checks: at least one dataset, unique dataset ids, finite positive dataset weights, train fractions
     in (0, 1], no repeated subject, positive
-    batch sizes, ``train.steps``, ``train.grad_accum``, ``shards.samples_per_shard`` and model
-    sizes, and ``model.dim`` divisible by ``model.heads``.
+    batch sizes, ``train.steps``, ``train.grad_accum``, intervals (``train.eval_every``,
+    ``checkpoint_every``, ``log_every``), ``train.keep_checkpoints``, ``shards.samples_per_shard`` and
+    model sizes, and ``model.dim`` divisible by ``model.heads``.
     """
     if not recipe.datasets:
         raise RecipeError("datasets: a recipe needs at least one dataset")
@@ -437,6 +438,10 @@ def validate_recipe(recipe: Recipe) -> None:
         "train.eval_batch_size": recipe.train.eval_batch_size,
         "train.steps": recipe.train.steps,
         "train.grad_accum": recipe.train.grad_accum,
+        "train.eval_every": recipe.train.eval_every,
+        "train.checkpoint_every": recipe.train.checkpoint_every,
+        "train.log_every": recipe.train.log_every,
+        "train.keep_checkpoints": recipe.train.keep_checkpoints,
         "shards.samples_per_shard": recipe.shards.samples_per_shard,
         "model.dim": recipe.model.dim,
         "model.depth": recipe.model.depth,
@@ -445,6 +450,9 @@ def validate_recipe(recipe: Recipe) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise RecipeError(f"{key}: must be > 0, got {value}")
+    if recipe.model.backbone == "mlp" and recipe.model.tokens != "shared":
+        raise RecipeError(f"model.backbone: 'mlp' reads no tokens; it needs model.tokens=shared, "
+                          f"got {recipe.model.tokens!r}")
     if recipe.model.dim % recipe.model.heads:
         raise RecipeError(
             f"model.dim: {recipe.model.dim} is not divisible by model.heads={recipe.model.heads}"

@@ -109,6 +109,11 @@ class CLIPMUSED(nn.Module):
             raise ValueError(f"model.tokens must be one of {TOKEN_MODES}, got {cfg.tokens!r}")
         if cfg.dim % cfg.heads:
             raise ValueError(f"model.dim={cfg.dim} must be divisible by model.heads={cfg.heads}")
+        if cfg.backbone not in ("transformer", "mlp"):
+            raise ValueError(f"model.backbone must be 'transformer' or 'mlp', got {cfg.backbone!r}")
+        if cfg.backbone == "mlp" and cfg.tokens != "shared":
+            raise ValueError("model.backbone=mlp has no tokens to read out: it needs model.tokens=shared "
+                             "(the SS-MLP / MS-SMODEL-MLP baselines)")
         if not datasets:
             raise ValueError("CLIPMUSED needs at least one dataset")
         for ds in datasets:
@@ -121,19 +126,28 @@ class CLIPMUSED(nn.Module):
 
         subjects = list(subjects)
         self._check_subject_datasets(subjects)
+        self.mlp = cfg.backbone == "mlp"
         if cfg.tokens == "shared":
             self._vocab = SubjectVocab(subjects)
-            self.shared_tokens = nn.Parameter(_trunc_normal_(torch.empty(1, 2, d)))
+            if not self.mlp:
+                self.shared_tokens = nn.Parameter(_trunc_normal_(torch.empty(1, 2, d)))
         else:
             self.subject_tokens = SubjectTokens(subjects, dim=d, tokens_per_subject=self.n_readout)
 
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
+        # backbone=mlp (SS-MLP / SS-CNN / MS-SMODEL-MLP baselines): the adapter's tokens, flattened,
+        # through one hidden layer per dataset, instead of readout tokens and the Transformer
+        self.mlps = nn.ModuleDict()
         for ds, info in self.infos.items():
             adapter = self._make_adapter(info)
             self.adapters[ds] = adapter
-            self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
+            if self.mlp:
+                self.mlps[ds] = nn.Sequential(
+                    nn.Linear(adapter.num_tokens * d, self.n_readout * d), nn.GELU(), nn.Dropout(cfg.dropout))
+            else:
+                self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
             self.heads[ds] = nn.Sequential(
                 nn.Linear(self.n_readout * d, cfg.head_hidden),
                 nn.GELU(),
@@ -141,7 +155,7 @@ class CLIPMUSED(nn.Module):
                 nn.Linear(cfg.head_hidden, info.num_labels),
             )
         self.pos_drop = nn.Dropout(cfg.dropout)
-        self.encoder = Encoder(
+        self.encoder = None if self.mlp else Encoder(
             cfg.depth, dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
             dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
         )
@@ -255,10 +269,14 @@ class CLIPMUSED(nn.Module):
                 f"subject_idx must have shape ({patches.shape[0]},), got {tuple(subject_idx.shape)}"
             )
 
-        readout = self.readout_tokens(subject_idx)  # (B, R, D)
-        x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
-        h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
-        z = self.norm(h[:, : self.n_readout])  # (B, R, D)
+        if self.mlp:
+            h = self.mlps[dataset](patches.flatten(1))  # (B, R * D)
+            z, attention = self.norm(h.view(h.shape[0], self.n_readout, -1)), None  # (B, R, D)
+        else:
+            readout = self.readout_tokens(subject_idx)  # (B, R, D)
+            x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
+            h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
+            z = self.norm(h[:, : self.n_readout])  # (B, R, D)
         z_low, z_high = z[:, 0], z[:, -1]
         logits = self.heads[dataset](z.flatten(1))  # (B, C)
         return ModelOutput(z_low=z_low, z_high=z_high, logits=logits, attention=attention)

@@ -214,3 +214,27 @@ def test_config_is_not_mutated_and_checked():
         CLIPMUSED(dataclasses.replace(c, heads=5), DATASETS, SUBJECTS)
     with pytest.raises(ValueError, match="tokens"):
         CLIPMUSED(dataclasses.replace(c, tokens="nope"), DATASETS, SUBJECTS)
+
+
+def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
+    import torch
+
+    from foundation.api import DatasetInfo
+    from foundation.config import ModelConfig
+    from foundation.model import CLIPMUSED
+
+    infos = {"roi": DatasetInfo(kind="roi", label_names=("a", "b", "c"), subjects=("s1", "s2"), token_shape=(4, 6)),
+             "vol": DatasetInfo(kind="volume", label_names=("a", "b"), subjects=("s1",), grid=(6, 7, 6))}
+    cfg = ModelConfig(dim=16, depth=2, heads=2, head_hidden=8, tokens="shared", backbone="mlp", volume_channels=[4])
+    model = CLIPMUSED(cfg, infos, ["roi/s1", "roi/s2", "vol/s1"])
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith(("encoder.", "pos_embed.", "shared_tokens")) for n in names)
+    out = model("roi", torch.randn(5, 4, 6), model.subject_index(["roi/s1"] * 5), return_attention=True)
+    assert out.logits.shape == (5, 3) and out.z_low.shape == (5, 16) and out.attention is None
+    out.logits.sum().backward()  # every parameter used by its dataset gets a gradient
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".vol" not in n and not n.endswith("vol"))
+    vox = torch.randn(2, 30)
+    index = torch.stack([torch.randperm(6 * 7 * 6)[:30] for _ in range(2)])
+    assert model("vol", vox, model.subject_index(["vol/s1"] * 2), voxel_index=index).logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="tokens=shared"):
+        CLIPMUSED(ModelConfig(dim=16, heads=2, backbone="mlp", tokens="subject"), infos, ["roi/s1"])
