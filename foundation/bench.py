@@ -39,6 +39,7 @@ class Method:
     overrides: tuple[str, ...]
     per_subject: bool = False
     description: str = ""
+    kind: str = "train"  # "train": foundation train; "srm": foundation.srm (no network training)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -56,6 +57,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="all subjects pooled into one MLP (volumes: 3-D CNN), BCE only"),
     Method("clip-ss-vit", "CLIP-SS-ViT", ("model.tokens=subject",), per_subject=True,
            description="CLIP-MUSED's model and losses trained on one subject (Table D5)"),
+    Method("srm", "SRM", (), kind="srm",
+           description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
     Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),
            description="ablation: no orthogonality loss (Table 3)"),
     Method("no-low", "CLIP-MUSED w/o RSA_low", ("model.tokens=subject", "loss.lambda_low=0"),
@@ -136,7 +139,9 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
     metrics = job.run_dir / "metrics.json"
     if not metrics.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
+        module = "foundation.srm" if job.method.kind == "srm" else "foundation"
+        cmd = [sys.executable, "-m", module, *(["train"] if module == "foundation" else []),
+               str(job.recipe_file), "--no-progress"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
