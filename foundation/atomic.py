@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from foundation.errors import FoundationError, write_error
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -38,8 +40,10 @@ def _fsync_dir(path: Path) -> None:
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears only once complete (flush + fsync + rename).
 
-    On any exception the temporary file is removed and nothing appears at ``path``; a file that is
-    replaced keeps its permission bits.
+    On any exception the temporary file is removed and nothing appears at ``path`` (a previous
+    version stays as it was); an ``OSError`` (disk full, permissions) becomes a
+    :class:`~foundation.errors.WriteError` naming ``path``.  A file that is replaced keeps its
+    permission bits.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +57,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FoundationError):
+            raise write_error(path, exc) from exc
         raise
 
 

@@ -3,7 +3,12 @@
 ``checkpoints/step-NNNNNNNN/`` holds Accelerate's full training state (model, optimizer, scheduler,
 RNG states) plus ``trainer_state.json``; it is written under a temporary name and renamed, so any
 directory with that name is complete.  The latest checkpoint is chosen by the step recorded *inside*
-``trainer_state.json``, never by file times.
+``trainer_state.json``, never by file times.  A save that fails (disk full) removes its temporary
+directory and raises :class:`~foundation.errors.WriteError`; the earlier checkpoints stay as they were.
+
+Nothing is unpickled unsafely: Accelerate reads the optimizer, scheduler and RNG files with
+``torch.load(weights_only=True)``, and :func:`check_rng_states` makes a refused RNG file an error
+(Accelerate itself would skip it silently and resume with the wrong random state).
 
 ``best/`` holds the weights selected on validation as ``model.safetensors`` plus ``model.json``
 (architecture, dataset descriptions, subject vocabulary): enough to rebuild the model anywhere
@@ -13,6 +18,7 @@ without pickle.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from safetensors.torch import save as safetensors_save
 
 from foundation.atomic import atomic_open, remove_stale_tmp, write_json
 from foundation.config import ModelConfig
-from foundation.errors import CheckpointError
+from foundation.errors import CheckpointError, FoundationError, write_error
 from foundation.recipe import from_dict, to_dict
 
 STATE_NAME = "trainer_state.json"
@@ -64,15 +70,58 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
     accelerator.wait_for_everyone()
     if final.exists():
         return final
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, FoundationError):
+            raise
+        raise write_error(final, exc) from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / STATE_NAME, {**state, "step": step})
-        tmp.rename(final)
+        try:
+            write_json(tmp / STATE_NAME, {**state, "step": step})
+            tmp.rename(final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, FoundationError):
+                raise
+            raise write_error(final, exc) from exc
         for _, old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+#: what Accelerate's ``random_states_<rank>.pkl`` must hold for an exact resume
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def check_rng_states(checkpoint: Path, process_index: int) -> None:
+    """Raise :class:`CheckpointError` unless ``random_states_<rank>.pkl`` loads as plain data.
+
+    It is read exactly as Accelerate reads it (``torch.load(weights_only=True)`` with Accelerate's
+    allow-list: numbers, arrays, RNG tuples), so a file that would run code when unpickled is refused
+    without running it.  Accelerate itself ignores an unreadable RNG file and resumes with the
+    current random state, which would silently break exact resumption.
+    """
+    from accelerate.utils import load
+
+    path = Path(checkpoint) / f"random_states_{process_index}.pkl"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: checkpoint {checkpoint} is incomplete, or was written by fewer "
+                              f"processes (no RNG state for process {process_index}); resume with as many "
+                              f"processes as wrote it, or pass run.dir=<new directory>")
+    try:
+        states = load(path)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise CheckpointError(f"{path} is not a plain RNG state file and was not loaded ({type(exc).__name__}: "
+                              f"{detail}); a checkpoint holds data only, never code") from exc
+    missing = [k for k in RNG_KEYS if not (isinstance(states, dict) and k in states)]
+    if missing:
+        raise CheckpointError(f"{path} lacks the RNG state(s) {missing}: not a checkpoint written by foundation")
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

@@ -38,5 +38,23 @@ class CheckpointError(FoundationError):
     """A checkpoint is missing, corrupt, or from a different model shape."""
 
 
+class WriteError(FoundationError, OSError):
+    """A file could not be written (disk full, no permission): names the file; the previous complete
+    version (if any) is intact and no temporary file is left behind.  ``errno`` is the cause's."""
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]" and append the filename again
+        return str(self.args[0]) if self.args else ""
+
+
+def write_error(path, exc: BaseException) -> WriteError:
+    """A :class:`WriteError` naming ``path`` for the OS error ``exc`` (its errno is kept)."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    err = WriteError(f"cannot write {path}: {reason}; nothing half-written was left behind "
+                     f"(free some space or fix the permissions and rerun the same command)")
+    err.errno = getattr(exc, "errno", None)
+    err.filename = str(path)
+    return err
+
+
 class WeightsMissingError(FoundationError, FileNotFoundError):
     """A guidance network's weight file is absent; says which file, where it was looked for and how to get it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pickle
 import random
 import sys
 import time
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 import yaml
 
-from foundation.atomic import write_json
+from foundation.atomic import remove_stale_tmp, write_json
 from foundation.config import Recipe
-from foundation.errors import CheckpointError, FoundationError, RecipeError, ShardError
+from foundation.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
 from foundation.finetune import SPEC_NAME as FINETUNE_SPEC
 from foundation.finetune import FinetuneSpec
 from foundation.recipe import save_recipe, to_dict
@@ -54,16 +55,43 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
-    """Refuse to resume a run directory that was made by a different recipe."""
+    """Refuse to resume a run directory that was made by a different recipe (or is not a run directory)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(f"run.dir: {run_dir} exists and is not a directory")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    old, new = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(to_dict(recipe))
+    try:
+        raw = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"run directory {run_dir}: {saved} is unreadable ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); pass run.dir=<new directory> "
+                          f"(nothing is deleted)") from exc
+    try:  # keys added to the schema since the run was made take their defaults
+        from foundation.recipe import from_dict
+
+        raw = to_dict(from_dict(Recipe, raw))
+    except (RecipeError, TypeError):
+        pass  # compared as written: the difference is reported below
+    old, new = _flatten(raw), _flatten(to_dict(recipe))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:5])
         raise RecipeError(f"run directory {run_dir} was created by a different recipe ({shown}); "
                           f"pass run.dir=<new directory> to start a new run (nothing is deleted)")
+
+
+def check_subjects(recipe: Recipe, indices: dict[str, Any]) -> None:
+    """Every subject a recipe names (``datasets[].subjects``) must be in its dataset's shards."""
+    for i, cfg in enumerate(recipe.datasets):
+        if not cfg.subjects:
+            continue
+        index = indices[cfg.id]
+        known = list(index.data["subjects"])
+        unknown = [s for s in cfg.subjects if s not in known]
+        if unknown:
+            raise UnknownSubjectError(f"datasets.{i}.subjects: {unknown} not in dataset {cfg.id!r}, whose shards "
+                                      f"{index.root} hold the subjects {known}")
 
 
 def _mixed_precision(choice: str) -> str:
@@ -134,11 +162,7 @@ class Trainer:
         acc = self.accelerator
         check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
 
-        def prepare_files() -> None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_recipe(recipe, self.run_dir / "config.yaml")
-            if finetune is not None:
-                write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
+        def prepare_shards() -> None:
             if find_shards(recipe) is None:
                 if recipe.shards.url:
                     missing = [str(b.directory / "index.json") for b in plan(recipe)
@@ -147,9 +171,20 @@ class Trainer:
                                      f"index.json (and masks/) from where the shards were built")
                 build_shards(recipe, progress=progress)
 
-        # Shards and run directory: made once by the main process, read by all.
-        _on_main_then_everyone(acc, prepare_files)
+        def prepare_run_dir() -> None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
+                remove_stale_tmp(folder)
+            save_recipe(recipe, self.run_dir / "config.yaml")
+            if finetune is not None:
+                write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
+
+        # Shards: made once by the main process, read by all.  The run directory is written only once
+        # the recipe has proven buildable (subjects, model), so a failed start leaves nothing that would
+        # block the corrected rerun.
+        _on_main_then_everyone(acc, prepare_shards)
         self.indices = find_shards(recipe)
+        check_subjects(recipe, self.indices)
 
         self.streams: dict[str, DatasetStream] = {}
         self.infos = {}
@@ -181,6 +216,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
         self.state = TrainState()
+        _on_main_then_everyone(acc, prepare_run_dir)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -220,7 +256,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> bool:
-        from foundation.checkpoint import latest_checkpoint, read_state
+        from safetensors import SafetensorError
+
+        from foundation.checkpoint import check_rng_states, latest_checkpoint, read_state
 
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
@@ -231,10 +269,25 @@ class Trainer:
             raise CheckpointError(f"{ckpt} holds a model for other subjects or datasets than this recipe builds "
                                   f"({len(saved.get('vocab', []))} vs {len(self.core.vocab)} subjects); "
                                   f"pass run.dir=<new directory>")
+        ours, theirs = self.core.config_dict()["model"], saved.get("model")
+        if isinstance(theirs, dict):  # keys added to ModelConfig since the checkpoint take their defaults
+            from foundation.config import ModelConfig
+
+            theirs = {**dataclasses.asdict(ModelConfig()), **theirs}
+        if theirs != ours:
+            theirs = theirs if isinstance(theirs, dict) else {}
+            diff = ", ".join(f"model.{k}: {theirs.get(k)!r} in the checkpoint, {v!r} now"
+                             for k, v in ours.items() if theirs.get(k) != v)
+            raise CheckpointError(f"{ckpt} holds a model of another shape ({diff}); pass run.dir=<new directory>")
+        for rank in range(self.accelerator.num_processes):  # every rank checks all: all raise, none waits
+            check_rng_states(ckpt, rank)
         try:
             self.accelerator.load_state(str(ckpt))
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {exc}") from exc
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError,
+                SafetensorError) as exc:  # weights_only refuses a pickle that would run code
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
                                 best_score=raw["best_score"], history=raw["history"])
         if self.accelerator.is_main_process:

@@ -77,7 +77,7 @@ class FeatureCache:
 
     def _check_provenance(self, plugin: GuidancePlugin) -> None:
         now = json.loads(json.dumps(plugin.provenance(), default=str))
-        if self.provenance is None:
+        if self.provenance is None or not len(self):  # no feature cached yet: nothing to mix with
             write_json(self.directory / "provenance.json", now)
             self.provenance = now
             return

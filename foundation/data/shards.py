@@ -39,7 +39,7 @@ from foundation.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_j
 from foundation.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
-from foundation.errors import DataError, FoundationError, PluginError, RecipeError
+from foundation.errors import DataError, FoundationError, PluginError, RecipeError, write_error
 from foundation.recipe import from_dict, recipe_hash, to_dict
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
 
 def plan(recipe: Recipe) -> list[DatasetBuild]:
     """Resolve plugins, options and the shard directory of every dataset of the recipe."""
+    root = Path(recipe.shards.root)
+    if root.exists() and not root.is_dir():
+        raise RecipeError(f"shards.root: {root} exists and is not a directory")
     guidance = make_guidance_plugins(recipe)
     builds = []
     for i, cfg in enumerate(recipe.datasets):
@@ -130,6 +133,8 @@ def plan(recipe: Recipe) -> list[DatasetBuild]:
                 for level in ("low", "high")
             },
             "samples_per_shard": recipe.shards.samples_per_shard,
+            # only when lenient, so the directories of strict (default) builds keep their names
+            **({"on_bad_sample": "skip"} if recipe.shards.on_bad_sample == "skip" else {}),
         }
         directory = Path(recipe.shards.root) / f"{cfg.id}-{recipe_hash(fingerprint)}"
         builds.append(DatasetBuild(cfg, plugin, guidance, fingerprint, directory))
@@ -143,7 +148,11 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class _TarSink:
-    """Writes one split of one subject into tars of at most ``limit`` samples, each atomically."""
+    """Writes one split of one subject into tars of at most ``limit`` samples, each atomically.
+
+    A write that fails (disk full...) raises :class:`~foundation.errors.WriteError` naming the tar;
+    the temporary file is removed and tars already renamed into place are complete.
+    """
 
     def __init__(self, directory: Path, split: str, subject: str, limit: int) -> None:
         self.directory, self.split, self.subject, self.limit = directory, split, subject, limit
@@ -156,19 +165,27 @@ class _TarSink:
     def _open(self) -> None:
         rel = Path(self.split) / f"{self.subject}-{len(self.done):04d}.tar"
         self._final = self.directory / rel
-        self._final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self._final.with_name(f"{TMP_PREFIX}{self._final.name}.{os.getpid()}")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        try:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise write_error(self._final, exc) from exc
         self._count = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if self._tar is None:
             self._open()
-        for ext, payload in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o444
-            info.uname = info.gname = "foundation"
-            self._tar.addfile(info, io.BytesIO(payload))
+        try:
+            for ext, payload in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o444
+                info.uname = info.gname = "foundation"
+                self._tar.addfile(info, io.BytesIO(payload))
+        except OSError as exc:
+            self.abort()
+            raise write_error(self._final, exc) from exc
         self._count += 1
         if self._count >= self.limit:
             self.close()
@@ -176,19 +193,29 @@ class _TarSink:
     def close(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()
-        with open(self._tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self._tmp, self._final)
+        tar, self._tar = self._tar, None
+        try:
+            tar.close()
+            with open(self._tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self._final)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise write_error(self._final, exc) from exc
         self.done.append({"path": str(self._final.relative_to(self.directory)), "count": self._count,
                           "subject": self.subject})
-        self._tar = None
 
     def abort(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
+        """Discard the tar being written (its temporary file); never raises for a failing close."""
+        if self._tar is None:
+            return
+        tar, self._tar = self._tar, None
+        try:
+            tar.close()  # writes the end blocks: may fail again on a full disk
+        except OSError:
+            pass
+        finally:
             self._tmp.unlink(missing_ok=True)
-            self._tar = None
 
 
 def sample_key(dataset: str, subject: str, index: Any) -> str:
@@ -225,8 +252,8 @@ def check_sample(sample: Sample, info: DatasetInfo, *, n_voxels: int | None, key
     if fmri.shape != expected:
         raise DataError(f"sample {key}: fMRI has shape {fmri.shape}, expected {expected} "
                         f"({'ROI tokens' if info.kind == 'roi' else 'in-mask voxels of the subject mask'})")
-    if not np.issubdtype(fmri.dtype, np.number):
-        raise DataError(f"sample {key}: fMRI dtype {fmri.dtype} is not numeric")
+    if not (np.issubdtype(fmri.dtype, np.floating) or np.issubdtype(fmri.dtype, np.integer)):
+        raise DataError(f"sample {key}: fMRI dtype {fmri.dtype} is not a real number type (expected float or int)")
     bad = ~np.isfinite(fmri)
     if bad.any():
         raise DataError(f"sample {key}: fMRI has {int(np.isnan(fmri).sum())} NaN and "
@@ -243,7 +270,10 @@ def check_sample(sample: Sample, info: DatasetInfo, *, n_voxels: int | None, key
 
 
 def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches: dict[str, FeatureCache],
-                   limit: int, progress: bool) -> dict[str, Any]:
+                   limit: int, progress: bool, on_bad_sample: str = "error") -> dict[str, Any]:
+    """Write one subject's tars and manifest.  ``on_bad_sample="skip"``: a sample that fails the checks
+    (:func:`check_sample`, index, subject) is left out, logged and listed in the manifest's ``skipped``;
+    ``"error"`` (default): it stops the build with a :class:`DataError` naming it."""
     directory, plugin, ds = build.directory, build.plugin, build.config.id
     n_voxels = None
     manifest: dict[str, Any] = {"subject": subject}
@@ -263,6 +293,7 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
 
     sinks = {split: _TarSink(directory, split, subject, limit) for split in SPLITS}
     seen: set[int] = set()
+    skipped: list[dict[str, str]] = []
     buffer: list[Sample] = []
 
     def fetch(ids: Sequence[str]) -> list:
@@ -295,15 +326,22 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
         samples = _plugin_samples(build, subject)
         for s in tqdm(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, disable=not progress):
             key = sample_key(ds, subject, getattr(s, "index", "?"))
-            index = getattr(s, "index", None)
-            if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)) or index < 0:
-                raise DataError(f"sample {key}: index must be a non-negative integer, got {index!r}")
-            if s.subject != subject:
-                raise DataError(f"sample {key}: plugin yielded subject {s.subject!r} while reading {subject!r}")
-            if s.index in seen:
-                raise DataError(f"sample {key}: duplicate sample index {s.index} for subject {subject!r}")
+            try:
+                index = getattr(s, "index", None)
+                if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)) or index < 0:
+                    raise DataError(f"sample {key}: index must be a non-negative integer, got {index!r}")
+                if s.subject != subject:
+                    raise DataError(f"sample {key}: plugin yielded subject {s.subject!r} while reading {subject!r}")
+                if s.index in seen:
+                    raise DataError(f"sample {key}: duplicate sample index {s.index} for subject {subject!r}")
+                check_sample(s, info, n_voxels=n_voxels, key=key)
+            except DataError as exc:
+                if on_bad_sample != "skip":
+                    raise
+                log.warning("shards.on_bad_sample=skip: leaving out %s", exc)
+                skipped.append({"key": key, "reason": str(exc)})
+                continue
             seen.add(s.index)
-            check_sample(s, info, n_voxels=n_voxels, key=key)
             buffer.append(s)
             if len(buffer) >= _WRITE_BUFFER:
                 flush()
@@ -316,9 +354,13 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
             sink.abort()
         raise
     if not seen:
+        if skipped:
+            raise DataError(f"dataset {ds!r} subject {subject!r}: all {len(skipped)} samples are bad and were "
+                            f"skipped (shards.on_bad_sample: skip); the first: {skipped[0]['reason']}")
         raise DataError(f"dataset {ds!r} subject {subject!r}: the plugin yielded no samples")
     manifest["shards"] = {split: sinks[split].done for split in SPLITS}
     manifest["counts"] = {split: sum(e["count"] for e in sinks[split].done) for split in SPLITS}
+    manifest["skipped"] = skipped
     write_json(directory / "_parts" / f"{subject}.json", manifest)
     return manifest
 
@@ -353,7 +395,8 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         if part.is_file():
             manifests[subject] = json.loads(part.read_text())
             continue
-        manifests[subject] = _write_subject(build, info, subject, caches, recipe.shards.samples_per_shard, progress)
+        manifests[subject] = _write_subject(build, info, subject, caches, recipe.shards.samples_per_shard, progress,
+                                            recipe.shards.on_bad_sample)
     build.plugin.artifacts(directory)
 
     if not len(caches["low"]) or not len(caches["high"]):
@@ -382,11 +425,24 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         "masks": {s: manifests[s]["mask"] for s in info.subjects if "mask" in manifests[s]},
         "voxels": {s: manifests[s]["voxels"] for s in info.subjects if "voxels" in manifests[s]},
         "stimuli_encoded": {level: len(caches[level]) for level in ("low", "high")},
+        "on_bad_sample": recipe.shards.on_bad_sample,
+        "skipped": _skipped_summary(manifests, info.subjects),
     }
     write_json(directory / INDEX_NAME, index)
     n = sum(sum(v.values()) for v in index["counts"].values())
     log.info("wrote %d samples of %s to %s in %.1fs", n, build.config.id, directory, time.perf_counter() - t0)
     return read_index(directory)
+
+
+#: at most this many skipped samples are listed by key in index.json (all are counted)
+_SKIPPED_LISTED = 1000
+
+
+def _skipped_summary(manifests: dict[str, dict[str, Any]], subjects: Sequence[str]) -> dict[str, Any]:
+    """``index.json["skipped"]``: samples left out by ``shards.on_bad_sample: skip``, counted and named."""
+    per_subject = {s: len(manifests[s].get("skipped", [])) for s in subjects}
+    listed = [e for s in subjects for e in manifests[s].get("skipped", [])][:_SKIPPED_LISTED]
+    return {"count": sum(per_subject.values()), "per_subject": per_subject, "samples": listed}
 
 
 def build_shards(recipe: Recipe, *, progress: bool = True) -> dict[str, ShardIndex]:

@@ -179,6 +179,9 @@ def derive_mask(runs: list[tuple[Path, str]], rule: str, crop: Crop | None) -> n
             first = _read(img, 0, 1, path, what)[..., 0]
             first = first[crop] if crop is not None else first
             in_run = first != 0
+            if not in_run.any():
+                raise DataError(f"{what}: {path} is 0 everywhere (in the crop) in its first volume: an all-zero "
+                                f"run gives no brain mask; re-download or fix the run")
         elif rule == "nonconstant":
             lo = hi = None
             step = _step(grid)
@@ -193,6 +196,9 @@ def derive_mask(runs: list[tuple[Path, str]], rule: str, crop: Crop | None) -> n
                 lo = b_lo if lo is None else np.minimum(lo, b_lo)
                 hi = b_hi if hi is None else np.maximum(hi, b_hi)
             in_run = hi > lo
+            if not in_run.any():
+                raise DataError(f"{what}: {path} is constant over time in every voxel (in the crop): an "
+                                f"all-zero or constant run gives no brain mask; re-download or fix the run")
         else:  # pragma: no cover - Options validates the rule
             raise ValueError(f"unknown mask rule {rule!r}")
         del img

@@ -321,7 +321,8 @@ def preprocess(raw: np.ndarray, *, zscore: bool, where: str) -> np.ndarray:
     """Scale file units to % signal change, check for NaN/Inf, z-score each voxel over the trials.
 
     ``raw`` is ``(T, V)`` of one session; modified in place and returned.  A voxel that is constant
-    over the session (zero variance, e.g. zeros outside the brain mask) becomes all zeros.
+    over the session (zero variance, e.g. zeros outside the brain mask) becomes all zeros; a session whose
+    ROI voxels are all zero is an error (a broken file, not data).
     ``where`` names the file and session in errors.
     """
     bad = ~np.isfinite(raw)
@@ -329,6 +330,9 @@ def preprocess(raw: np.ndarray, *, zscore: bool, where: str) -> np.ndarray:
         trials, cols = np.nonzero(bad)
         raise DataError(f"{where}: {int(bad.sum())} NaN/Inf values in ROI voxels (first at trial {int(trials[0])} of "
                         f"the session, ROI voxel {int(cols[0])}); refusing to z-score or project them")
+    if raw.size and not raw.any():
+        raise DataError(f"{where}: every ROI voxel is 0 in all {raw.shape[0]} trials (an all-zero session: a failed "
+                        f"download or conversion?); re-download the file rather than train on zeros")
     raw /= np.float32(BETA_SCALE)
     if zscore:
         mean = raw.mean(axis=0, dtype=np.float64)

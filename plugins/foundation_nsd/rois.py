@@ -142,8 +142,11 @@ def subject_rois(layout: NSDLayout, subject: str, groups: Mapping[str, Sequence[
     indices = resolve_groups(groups, read_ctab(ctab_path), ctab_path)
     labels, source = load_roi_volume(layout, subject)
     if tuple(labels.shape) != tuple(betas_grid):
+        hint = ("options.resolution must be the same for both" if Path(betas_file).suffix != ".hdf5" else
+                "options.resolution must be the same for both, and the HDF5 dataset 'betas' must have NSD's axis "
+                "order (trials, Z, Y, X); a file written as (X, Y, Z, trials) reads with its axes reversed")
         raise DataError(f"subject {subject!r}: ROI grid {tuple(labels.shape)} of {source} does not match the betas grid "
-                        f"{tuple(betas_grid)} of {betas_file} (options.resolution must be the same for both)")
+                        f"{tuple(betas_grid)} of {betas_file} ({hint})")
     flat = labels.reshape(-1)
     masks = {}
     taken = np.zeros(flat.shape, dtype=bool)
