@@ -72,6 +72,17 @@ def test_checkpoint_from_a_different_model_shape(run, request):
     assert tree_bytes(copy) == before
 
 
+def test_checkpoint_older_than_a_new_model_option_still_resumes(run):
+    """A key added to ModelConfig after the checkpoint was written takes its default on resume."""
+    copy, trainer = run
+    ckpt = copy / "checkpoints" / "step-00000004"
+    state = json.loads((ckpt / STATE_NAME).read_text())
+    del state["model"]["model"]["backbone"]  # as written before model.backbone existed
+    (ckpt / STATE_NAME).write_text(json.dumps(state))
+    t = trainer()
+    assert t.resume() and t.state.step == 4
+
+
 def test_checkpoint_weights_of_another_shape_behind_a_matching_state_file(run, request):
     """Only the weights were swapped: Accelerate's strict load catches it, named as this checkpoint."""
     from foundation.model import CLIPMUSED
