@@ -12,7 +12,14 @@
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# Before torch is imported: OpenMP threads that spin-wait for each other collapse when other processes
+# share the cores (3x slower training steps on 2 shared cores, docs/PERFORMANCE.md). A value the user
+# set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import json
 import logging
 import sys

@@ -8,7 +8,12 @@ write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
 
 from __future__ import annotations
 
-import dataclasses
+import os
+
+if __name__ == "__main__":  # `accelerate launch foundation/train.py`: before torch is imported (see cli.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import dataclasses  # noqa: E402
 import logging
 import math
 import pickle

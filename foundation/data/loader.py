@@ -73,7 +73,12 @@ def _raise_shard_error(exc: Exception) -> bool:
     """webdataset handler: re-raise with the shard named (webdataset appends the URL to args)."""
     if isinstance(exc, ShardError):
         raise exc
-    raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, exc.args))}") from exc
+    args = list(exc.args)
+    urls = [a for a in args[1:] if isinstance(a, str)]
+    if not urls:
+        raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, args))}") from exc
+    raise ShardError(f"shard {urls[-1]}: cannot read it ({type(exc).__name__}: {args[0]}); the tar is corrupt or "
+                     f"not a tar (rebuild the shards with `foundation shard RECIPE`)") from exc
 
 
 def _read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Iterator[dict[str, Any]]:
@@ -94,9 +99,55 @@ def _read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> It
                              f"(truncated or replaced tar; rebuild the shards with `foundation shard RECIPE`)")
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+#: npy header bytes -> (dtype, shape, fortran_order, data offset).  A shard's members repeat a handful
+#: of headers (one per array shape), so after the first sample a member is decoded without parsing
+#: its header (``np.load`` evaluates it as a Python literal: the larger part of its cost at 10 kB).
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+_NPY_HEADERS_MAX = 4096
+
+
+def _npy_header(payload: bytes) -> tuple[bytes, int] | None:
+    """``(header bytes, data offset)`` of an .npy payload, or ``None`` when it is not one."""
+    if len(payload) < 10 or payload[:6] != _NPY_MAGIC:
+        return None
+    major = payload[6]
+    if major == 1:
+        start, length = 10, int.from_bytes(payload[8:10], "little")
+    elif major in (2, 3) and len(payload) >= 12:
+        start, length = 12, int.from_bytes(payload[8:12], "little")
+    else:
+        return None
+    if len(payload) < start + length:
+        return None
+    return payload[start : start + length], start + length
+
+
 def _load_npy(payload: bytes, *, what: str) -> np.ndarray:
+    """One .npy member → a read-only array that *views* ``payload`` (no copy of the data).
+
+    The first payload with a given header goes through ``np.load(allow_pickle=False)`` (full
+    validation; object arrays are refused); later ones with the same header are checked for length
+    and viewed with ``np.frombuffer``.  ``collate`` copies the views into the batch tensors, once.
+    """
     try:
-        return np.load(io.BytesIO(payload), allow_pickle=False)
+        head = _npy_header(payload)
+        info = _NPY_HEADERS.get(head[0]) if head is not None else None
+        if info is None:
+            arr = np.load(io.BytesIO(payload), allow_pickle=False)
+            if head is None or arr.dtype.hasobject:
+                return arr
+            fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+            info = (arr.dtype, arr.shape, fortran, head[1])
+            if len(_NPY_HEADERS) >= _NPY_HEADERS_MAX:
+                _NPY_HEADERS.clear()
+            _NPY_HEADERS[head[0]] = info
+        dtype, shape, fortran, offset = info
+        count = math.prod(shape)
+        if len(payload) - offset < count * dtype.itemsize:
+            raise ValueError(f"{len(payload) - offset} data bytes for {count} x {dtype} (truncated)")
+        flat = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+        return flat.reshape(shape, order="F" if fortran else "C")
     except (ValueError, EOFError, OSError) as exc:  # EOFError: an empty member
         raise ShardError(f"{what}: not a plain .npy array ({type(exc).__name__}: {exc})") from exc
 
@@ -111,8 +162,15 @@ def decode(sample: dict[str, Any]) -> dict[str, Any]:
         meta = json.loads(sample["json"])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShardError(f"shard {url}: sample {key} has invalid json metadata ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("subject"), str):
+        raise ShardError(f"shard {url}: sample {key} has json metadata without a 'subject' ({meta!r:.80})")
     out = {m.removesuffix(".npy"): _load_npy(sample[m], what=f"shard {url}: sample {key} member {m}")
            for m in MEMBERS if m.endswith(".npy")}
+    for name, kinds, expected in (("fmri", "f", "float"), ("low", "f", "float"), ("high", "f", "float"),
+                                  ("labels", "uib", "0/1 integer")):
+        if out[name].dtype.kind not in kinds:
+            raise ShardError(f"shard {url}: sample {key} member {name}.npy has dtype {out[name].dtype}, "
+                             f"expected a {expected} array")
     out.update(key=key, url=url, meta=meta)
     return out
 
@@ -127,16 +185,19 @@ def collate(samples: Sequence[dict[str, Any]], *, dataset: str, fmri_shape: tupl
         if fmri_shape is not None and s["fmri"].shape != fmri_shape:
             raise ShardError(f"shard {s['url']}: sample {s['key']} has fMRI shape {s['fmri'].shape}, "
                              f"index.json declares {fmri_shape}")
+    # Each member is copied exactly once, from its (read-only) view of the tar bytes into the batch.
     if pad_voxels is None:
-        fmri = torch.from_numpy(np.stack([s["fmri"] for s in samples]))
+        fmri = np.stack([s["fmri"] for s in samples])
     else:
-        fmri = torch.zeros(len(samples), pad_voxels, dtype=torch.float16)
+        fmri = np.empty((len(samples), pad_voxels), dtype=np.float16)
         for i, s in enumerate(samples):
-            fmri[i, : s["fmri"].shape[0]] = torch.from_numpy(s["fmri"])
+            n = s["fmri"].shape[0]
+            fmri[i, :n] = s["fmri"]
+            fmri[i, n:] = 0
     return Batch(
         dataset=dataset,
-        fmri=fmri,
-        labels=torch.from_numpy(np.stack([s["labels"] for s in samples]).astype(np.float32)),
+        fmri=torch.from_numpy(fmri),
+        labels=torch.from_numpy(np.stack([s["labels"] for s in samples], dtype=np.float32)),
         low=torch.from_numpy(np.stack([s["low"] for s in samples])),
         high=torch.from_numpy(np.stack([s["high"] for s in samples])),
         subjects=[f"{dataset}/{s['meta']['subject']}" for s in samples],
@@ -197,6 +258,29 @@ def _stable_rank(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=8).digest()
 
 
+#: ``train_fraction`` subsets up to this many samples are held in memory (raw bytes) while training
+CACHE_KEPT_SAMPLES = 20_000
+
+
+class CachedSamples(IterableDataset):
+    """Endless seeded reshuffles of an in-memory list of raw samples (seed per segment, slot, worker)."""
+
+    def __init__(self, samples: Sequence[dict[str, Any]], *, seed: int, segment: int, rank: int) -> None:
+        if not samples:
+            raise ShardError("no training samples to draw from")
+        self.samples, self.seed, self.segment, self.rank = samples, seed, segment, rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = random.Random(f"cached/{self.seed}/{self.segment}/{self.rank}/{worker}")
+        order = list(range(len(self.samples)))
+        while True:
+            rng.shuffle(order)
+            for i in order:
+                yield self.samples[i]
+
+
 class DatasetStream:
     """Training and evaluation batches of one dataset's shards (optionally a subset of subjects).
 
@@ -248,6 +332,16 @@ class DatasetStream:
             self._train_keys = kept
         return self._train_keys
 
+    def _kept_raw_samples(self) -> list[dict[str, Any]]:
+        """Raw (undecoded) training samples kept by ``train_fraction``, in a fixed order (cached)."""
+        if getattr(self, "_kept_raw", None) is None:
+            kept = self.train_keys()
+            keep = {k for keys in kept.values() for k in keys}
+            shards = [(str(p), c) for p, c, _ in self.index.shards("train", self.subjects) if str(p) in kept]
+            raw = _read_tars(({"url": u} for u, _ in shards), expected=dict(shards))
+            self._kept_raw = sorted((x for x in raw if x["__key__"] in keep), key=lambda x: x["__key__"])
+        return self._kept_raw
+
     def train_count(self) -> int:
         """Training samples this stream draws from (after ``train_fraction``)."""
         if self.train_fraction >= 1.0:
@@ -266,15 +360,21 @@ class DatasetStream:
         stages: list[Any] = []
         if self.train_fraction >= 1.0:
             urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
+            source: list[Any] = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
+                                 partial(_read_tars, expected=expected)]
+        elif n_train <= CACHE_KEPT_SAMPLES:
+            # a small subset: read its raw samples once, then draw from memory (re-reading whole tars for
+            # a few kept samples each would make every batch cost dozens of tar reads)
+            source = [CachedSamples(self._kept_raw_samples(), seed=seed, segment=segment, rank=rank)]
         else:
             kept = self.train_keys()
             urls = [str(p) for p, _, _ in shards if str(p) in kept]
             weights = [len(kept[u]) for u in urls]
             keep = {k for keys in kept.values() for k in keys}
-            stages.append(wds.select(lambda sample: sample["__key__"] in keep))
+            source = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
+                      partial(_read_tars, expected=expected), wds.select(lambda sample: sample["__key__"] in keep)]
         pipeline = wds.DataPipeline(
-            WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-            partial(_read_tars, expected=expected),
+            *source,
             *stages,
             # a buffer larger than the data would read it several times over before the first batch
             wds.shuffle(min(shuffle_buffer, n_train), initial=min(shuffle_buffer, n_train),
