@@ -57,6 +57,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="all subjects pooled into one MLP (volumes: 3-D CNN), BCE only"),
     Method("clip-ss-vit", "CLIP-SS-ViT", ("model.tokens=subject",), per_subject=True,
            description="CLIP-MUSED's model and losses trained on one subject (Table D5)"),
+    Method("mapping", "Mapping-based", ("model.tokens=subject", "loss.guidance_loss=mapping"),
+           description="Table B4: the tokens regress the guidance features (MSE) instead of the RSA losses"),
     Method("srm", "SRM", (), kind="srm",
            description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
     Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),

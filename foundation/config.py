@@ -93,6 +93,9 @@ class ModelConfig:
     attn_dropout: float = 0.0
     tokens: Literal["subject", "shared", "identity"] = "subject"
     backbone: Literal["transformer", "mlp"] = "transformer"
+    #: ``[D_low, D_high]``: linear maps from the tokens to the guidance features (set by the trainer
+    #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
+    mapping_dims: Optional[list[int]] = None
     head_hidden: int = 256
     volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
 
@@ -104,6 +107,9 @@ class LossConfig:
     lambda_orth: float = 0.001
     lambda_low: float = 0.1
     lambda_high: float = 0.1
+    #: ``rsa`` (CLIP-MUSED) or ``mapping``: regress the guidance features from the tokens (MSE through
+    #: a linear map per level) instead of matching similarity matrices (the paper's Table B4 baseline)
+    guidance_loss: Literal["rsa", "mapping"] = "rsa"
 
 
 @dataclasses.dataclass

@@ -18,13 +18,13 @@ from torch import Tensor
 if TYPE_CHECKING:
     from foundation.model import ModelOutput
 
-__all__ = ["cosine_rsm", "rsa_loss", "orth_loss", "bce_loss", "clip_mused_loss", "LOSS_TERMS"]
+__all__ = ["cosine_rsm", "rsa_loss", "orth_loss", "mapping_loss", "bce_loss", "clip_mused_loss", "LOSS_TERMS"]
 
 LOSS_TERMS = ("loss", "bce", "orth", "rsa_low", "rsa_high")
 NORM_EPS = 1e-8
 
 
-class _Weights(Protocol):  # foundation.config.LossConfig satisfies this
+class _Weights(Protocol):  # foundation.config.LossConfig satisfies this (and may set guidance_loss)
     lambda_orth: float
     lambda_low: float
     lambda_high: float
@@ -83,6 +83,17 @@ def orth_loss(z_low: Tensor, z_high: Tensor) -> Tensor:
         return (z_low.float() @ z_high.float().T).pow(2).sum() / b**2
 
 
+def mapping_loss(mapped: Tensor, feat: Tensor) -> Tensor:
+    """Mean squared error between mapped tokens ``(B, D_f)`` and guidance features ``(B, D_f)`` -> scalar.
+
+    The mapping-based alternative to RSA (paper Appendix B, Table B4).
+    """
+    if mapped.shape != feat.shape:
+        raise ValueError(f"mapping_loss: mapped {tuple(mapped.shape)} and features {tuple(feat.shape)} differ")
+    with _fp32(mapped.device):
+        return F.mse_loss(mapped.float(), feat.float())
+
+
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Binary cross-entropy with logits (Eq. 14), averaged over classes and batch.
 
@@ -135,9 +146,15 @@ def clip_mused_loss(
             raise ValueError(f"{name}: its λ is {lam} but no guidance features were given")
         if feat.shape[0] != z.shape[0]:
             raise ValueError(f"{name}: {feat.shape[0]} guidance rows for a batch of {z.shape[0]}")
-        with torch.no_grad():
-            m_stim = cosine_rsm(feat)
-        terms[name] = rsa_loss(m_stim, cosine_rsm(z))
+        if getattr(cfg, "guidance_loss", "rsa") == "mapping":
+            mapped = out.mapped_low if name == "rsa_low" else out.mapped_high
+            if mapped is None:
+                raise ValueError(f"{name}: loss.guidance_loss is 'mapping' but the model has no mapping layers")
+            terms[name] = mapping_loss(mapped, feat)
+        else:
+            with torch.no_grad():
+                m_stim = cosine_rsm(feat)
+            terms[name] = rsa_loss(m_stim, cosine_rsm(z))
         total = total + lam * terms[name]
 
     terms["loss"] = total

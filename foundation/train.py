@@ -208,7 +208,12 @@ class Trainer:
         set_seed(recipe.seed)
         self.finetune = None
         if finetune is None:
-            self.model = CLIPMUSED(recipe.model, self.infos, vocab)
+            model_cfg = recipe.model
+            if recipe.loss.guidance_loss == "mapping":  # the map's output sizes come from the shards
+                first = self.indices[recipe.datasets[0].id]
+                model_cfg = dataclasses.replace(model_cfg, mapping_dims=[first.feature_dim("low"),
+                                                                         first.feature_dim("high")])
+            self.model = CLIPMUSED(model_cfg, self.infos, vocab)
             param_groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
         else:
             from foundation.finetune import prepare

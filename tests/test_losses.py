@@ -109,3 +109,26 @@ def test_zero_lambda_terms_are_skipped_and_reported_as_zero():
     assert terms["orth"].item() == terms["rsa_low"].item() == terms["rsa_high"].item() == 0.0
     with pytest.raises(ValueError, match="rsa_low"):
         clip_mused_loss(out, t(LABELS), None, None, LossConfig(0.0, 1.0, 0.0))
+
+
+def test_mapping_loss_is_mse_and_replaces_rsa_when_chosen():
+    import dataclasses
+
+    import torch
+
+    from foundation.config import LossConfig
+    from foundation.losses import clip_mused_loss, mapping_loss
+    from foundation.model import ModelOutput
+
+    mapped = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    feat = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert mapping_loss(mapped, feat).item() == pytest.approx((0 + 4 + 1 + 4) / 4)
+    z = torch.randn(2, 3)
+    out = ModelOutput(z_low=z, z_high=z, logits=torch.zeros(2, 2), mapped_low=mapped, mapped_high=mapped * 2)
+    cfg = dataclasses.replace(LossConfig(lambda_orth=0.0, lambda_low=1.0, lambda_high=0.5), guidance_loss="mapping")
+    total, terms = clip_mused_loss(out, torch.zeros(2, 2), feat, feat, cfg)
+    assert terms["rsa_low"].item() == pytest.approx(2.25)
+    assert terms["rsa_high"].item() == pytest.approx(mapping_loss(mapped * 2, feat).item())
+    assert total.item() == pytest.approx(terms["bce"].item() + 2.25 + 0.5 * terms["rsa_high"].item())
+    with pytest.raises(ValueError, match="no mapping layers"):
+        clip_mused_loss(ModelOutput(z_low=z, z_high=z, logits=torch.zeros(2, 2)), torch.zeros(2, 2), feat, feat, cfg)

@@ -52,12 +52,16 @@ class ModelOutput:
             ``z_low`` in ``"identity"`` mode.
         logits: ``(B, C)`` classification logits (pre-sigmoid).
         attention: ``(B, heads, T, T)`` last-layer attention weights, or ``None`` unless requested.
+        mapped_low, mapped_high: ``(B, D_low)`` / ``(B, D_high)`` the tokens mapped into the guidance
+            feature spaces (only with ``model.mapping_dims``: the mapping-based loss of Table B4).
     """
 
     z_low: Tensor
     z_high: Tensor
     logits: Tensor
     attention: Tensor | None = None
+    mapped_low: Tensor | None = None
+    mapped_high: Tensor | None = None
 
 
 def _trunc_normal_(t: Tensor) -> Tensor:
@@ -119,7 +123,8 @@ class CLIPMUSED(nn.Module):
         for ds in datasets:
             if not ds or "." in ds or "/" in ds:
                 raise ValueError(f"dataset id {ds!r} must be non-empty and contain neither '.' nor '/'")
-        self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels))
+        self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),
+                                       mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims))
         self.infos: dict[str, DatasetInfo] = dict(datasets)
         self.n_readout = 1 if cfg.tokens == "identity" else 2
         d = cfg.dim
@@ -160,6 +165,13 @@ class CLIPMUSED(nn.Module):
             dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
         )
         self.norm = nn.LayerNorm(d)
+        # Table B4's mapping-based alternative to RSA: linear maps from the tokens to the guidance features
+        self.mappers = nn.ModuleDict()
+        if cfg.mapping_dims is not None:
+            if len(cfg.mapping_dims) != 2 or min(cfg.mapping_dims) <= 0:
+                raise ValueError(f"model.mapping_dims must be [D_low, D_high] > 0, got {cfg.mapping_dims}")
+            self.mappers["low"] = nn.Linear(d, cfg.mapping_dims[0])
+            self.mappers["high"] = nn.Linear(d, cfg.mapping_dims[1])
 
         self.apply(_init_transformer_weights)
         for p in self.pos_embed.values():
@@ -279,7 +291,10 @@ class CLIPMUSED(nn.Module):
             z = self.norm(h[:, : self.n_readout])  # (B, R, D)
         z_low, z_high = z[:, 0], z[:, -1]
         logits = self.heads[dataset](z.flatten(1))  # (B, C)
-        return ModelOutput(z_low=z_low, z_high=z_high, logits=logits, attention=attention)
+        mapped = {}
+        if self.mappers:
+            mapped = {"mapped_low": self.mappers["low"](z_low), "mapped_high": self.mappers["high"](z_high)}
+        return ModelOutput(z_low=z_low, z_high=z_high, logits=logits, attention=attention, **mapped)
 
     def extra_repr(self) -> str:
         return f"tokens={self.cfg.tokens!r}, datasets={list(self.infos)}, subjects={len(self.vocab)}"
