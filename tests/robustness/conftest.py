@@ -29,6 +29,32 @@ from foundation.api import GuidanceFeatures, GuidancePlugin
 from foundation.atomic import TMP_PREFIX
 from foundation.hookspecs import hookimpl
 
+
+def tiny_run_recipe(root: Path, *, run: Path | None = None):
+    """A 4-step tiny recipe (checkpoints at steps 2 and 4) with shards under ``root``."""
+    from foundation.config import Recipe
+    from foundation.recipe import from_dict, validate_recipe
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(root)
+    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2)
+    if run is not None:
+        d["run"]["dir"] = str(run)
+    recipe = from_dict(Recipe, d)
+    validate_recipe(recipe)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run (checkpoints at steps 2 and 4) in ``ROOT/run`` and its shards, under ``ROOT``."""
+    from foundation.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    train(tiny_run_recipe(root, run=root / "run"), progress=False)
+    return root
+
+
 #: (case, test node id, error type, message) of every case run in this session
 CASES: list[tuple[str, str, str, str]] = []
 

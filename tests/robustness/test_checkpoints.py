@@ -10,38 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.torch import save_file
 
 from foundation.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
-from foundation.config import Recipe
 from foundation.errors import CheckpointError
-from foundation.recipe import from_dict, validate_recipe
-from tests.conftest import tiny_recipe_dict
 
-from .conftest import assert_nothing_half_written, expect, tree_bytes
-
-
-def _recipe(root: Path, run: Path) -> Recipe:
-    d = tiny_recipe_dict(root)
-    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2)
-    d["run"]["dir"] = str(run)
-    recipe = from_dict(Recipe, d)
-    validate_recipe(recipe)
-    return recipe
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished tiny run (checkpoints at steps 2 and 4) and its shards, under the returned root."""
-    from foundation.train import train
-
-    root = tmp_path_factory.mktemp("trained")
-    train(_recipe(root, root / "run"), progress=False)
-    return root
+from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree_bytes
 
 
 @pytest.fixture
@@ -51,7 +28,7 @@ def run(trained, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(trained / "run", copy)
-    return copy, lambda: Trainer(_recipe(trained, copy), progress=False)
+    return copy, lambda: Trainer(tiny_run_recipe(trained, run=copy), progress=False)
 
 
 def test_checkpoint_from_a_different_model_shape(run, request):
@@ -189,7 +166,7 @@ def test_interrupted_checkpoint_write_is_ignored_and_cleared(run, trained):
     stale = root / ".tmp-step-00000004"
     shutil.copytree(root / "step-00000002", stale)
     assert latest_checkpoint(copy) == root / "step-00000002"
-    t = Trainer(_recipe(trained, copy), progress=False)
+    t = Trainer(tiny_run_recipe(trained, run=copy), progress=False)
     t.fit()
     assert not stale.exists()
     assert [step for step, _ in checkpoint_dirs(copy)] == [2, 4]

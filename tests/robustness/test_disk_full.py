@@ -17,22 +17,9 @@ import pytest
 
 from foundation import atomic
 from foundation.checkpoint import check_rng_states, latest_checkpoint
-from foundation.config import Recipe
 from foundation.errors import WriteError
-from foundation.recipe import from_dict, validate_recipe
-from tests.conftest import tiny_recipe_dict
 
-from .conftest import assert_nothing_half_written, expect, full_disk_open, tree_bytes
-
-
-def _recipe(root: Path, *, run: Path | None = None) -> Recipe:
-    d = tiny_recipe_dict(root)
-    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2)
-    if run is not None:
-        d["run"]["dir"] = str(run)
-    recipe = from_dict(Recipe, d)
-    validate_recipe(recipe)
-    return recipe
+from .conftest import assert_nothing_half_written, expect, full_disk_open, tiny_run_recipe, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def clean(tmp_path_factory) -> Path:
     from foundation.train import train
 
     root = tmp_path_factory.mktemp("clean")
-    train(_recipe(root), progress=False)
+    train(tiny_run_recipe(root), progress=False)
     return root
 
 
@@ -60,7 +47,7 @@ def test_disk_full_while_writing_a_shard(clean, tmp_path, monkeypatch, request):
     from foundation.data.shards import build_shards
 
     monkeypatch.setattr(tarfile, "bltn_open", full_disk_open(3000, when=lambda p: ".tmp-sub-02-0001.tar" in p))
-    recipe = _recipe(tmp_path)
+    recipe = tiny_run_recipe(tmp_path)
     directory = tmp_path / "shards" / _dataset_dir(clean / "shards").name
     expect("disk full while writing a shard", WriteError, lambda: build_shards(recipe, progress=False),
            directory / "train" / "sub-02-0001.tar", "No space left on device", request=request)
@@ -78,7 +65,7 @@ def test_disk_full_while_writing_index_json(clean, tmp_path, monkeypatch, reques
     from foundation.data.shards import build_shards
 
     monkeypatch.setattr(atomic, "open", full_disk_open(100, when=lambda p: "index.json" in p), raising=False)
-    recipe = _recipe(tmp_path)
+    recipe = tiny_run_recipe(tmp_path)
     directory = tmp_path / "shards" / _dataset_dir(clean / "shards").name
     expect("disk full while writing index.json", WriteError, lambda: build_shards(recipe, progress=False),
            directory / "index.json", request=request)
@@ -121,7 +108,7 @@ def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, requ
 
     monkeypatch.setattr(ckpt_module, "save", save)
     run = tmp_path / "run"
-    err = expect("disk full while writing a checkpoint", WriteError, lambda: train(_recipe(tmp_path), progress=False),
+    err = expect("disk full while writing a checkpoint", WriteError, lambda: train(tiny_run_recipe(tmp_path), progress=False),
                  run / "checkpoints" / "step-00000004", "PytorchStreamWriter failed writing", request=request)
     assert isinstance(err, OSError)
     assert latest_checkpoint(run) == run / "checkpoints" / "step-00000002"  # the previous one, complete
@@ -130,7 +117,7 @@ def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, requ
     assert_nothing_half_written(tmp_path)
 
     monkeypatch.undo()
-    train(_recipe(tmp_path), progress=False)  # resumes from step 2
+    train(tiny_run_recipe(tmp_path), progress=False)  # resumes from step 2
     _same_metrics(_metrics(run), _metrics(clean / "run"))
 
 
@@ -140,13 +127,13 @@ def test_disk_full_while_writing_the_selected_model(clean, tmp_path, monkeypatch
     when = lambda path: ".tmp-model.safetensors." in path
     monkeypatch.setattr(atomic, "open", full_disk_open(200, when=when), raising=False)
     run = tmp_path / "run"
-    expect("disk full while writing the selected model", WriteError, lambda: train(_recipe(tmp_path), progress=False),
+    expect("disk full while writing the selected model", WriteError, lambda: train(tiny_run_recipe(tmp_path), progress=False),
            run / "best" / "model.safetensors", "No space left on device", request=request)
     assert not (run / "best" / "model.safetensors").exists() and not (run / "metrics.json").exists()
     assert_nothing_half_written(tmp_path)
 
     monkeypatch.undo()
-    train(_recipe(tmp_path), progress=False)
+    train(tiny_run_recipe(tmp_path), progress=False)
     _same_metrics(_metrics(run), _metrics(clean / "run"))
 
 

@@ -18,33 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundation.config import Recipe
 from foundation.errors import CheckpointError, DataError, PluginError, RecipeError, ShardError
-from foundation.recipe import from_dict, validate_recipe
-from tests.conftest import tiny_recipe_dict
 from tests.data.conftest import rewrite_tar, tar_keys
 
-from .conftest import expect, npy_pickle_bytes, pickle_bytes, torch_pickle
+from .conftest import expect, npy_pickle_bytes, pickle_bytes, tiny_run_recipe, torch_pickle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _recipe(root: Path, run: Path) -> Recipe:
-    d = tiny_recipe_dict(root)
-    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2)
-    d["run"]["dir"] = str(run)
-    recipe = from_dict(Recipe, d)
-    validate_recipe(recipe)
-    return recipe
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    from foundation.train import train
-
-    root = tmp_path_factory.mktemp("trained")
-    train(_recipe(root, root / "run"), progress=False)
-    return root
 
 
 @pytest.fixture
@@ -60,7 +41,7 @@ def run(trained, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(trained / "run", copy)
-    return copy, lambda: Trainer(_recipe(trained, copy), progress=False)
+    return copy, lambda: Trainer(tiny_run_recipe(trained, run=copy), progress=False)
 
 
 # --------------------------------------------------------------------------- checkpoints (resume)
@@ -101,7 +82,7 @@ def test_rerun_of_a_tampered_run_refuses_to_resume(run, marker, trained, request
     torch_pickle(copy / "checkpoints" / "step-00000004" / "random_states_0.pkl", marker)
     before = (copy / "metrics.json").read_bytes()
     expect("malicious RNG pickle met by a rerun of `foundation train`", CheckpointError,
-           lambda: train(_recipe(trained, copy), progress=False), "random_states_0.pkl", request=request)
+           lambda: train(tiny_run_recipe(trained, run=copy), progress=False), "random_states_0.pkl", request=request)
     assert (copy / "metrics.json").read_bytes() == before
 
 
@@ -225,7 +206,7 @@ def test_python_tag_in_a_run_directory_config(run, marker, trained, request):
     config = copy / "config.yaml"
     config.write_text(f"name: !!python/object/apply:os.mkdir ['{marker}']\n")
     expect("Python object tag in a run directory's config.yaml", RecipeError,
-           lambda: train(_recipe(trained, copy), progress=False), config, "unreadable", request=request)
+           lambda: train(tiny_run_recipe(trained, run=copy), progress=False), config, "unreadable", request=request)
 
 
 # --------------------------------------------------------------------------- the code itself
