@@ -22,11 +22,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _runs import fmt, run_foundation
 
 SCRATCH = ["model.tokens=shared", "loss.lambda_orth=0", "loss.lambda_low=0", "loss.lambda_high=0"]
 
@@ -37,25 +37,6 @@ def subjects_of(recipe: str, overrides: list[str]) -> list[str]:
 
     index = next(iter(build_shards(load_recipe(recipe, overrides), progress=False).values()))
     return list(index.data["subjects"])
-
-
-def run(cmd: list[str], run_dir: Path, threads: int) -> tuple[dict, float]:
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        return json.loads(metrics.read_text()), float("nan")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    full = [sys.executable, "-m", "foundation", *cmd, f"run.dir={run_dir}", "--no-progress"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(full, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(full)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(metrics.read_text()), time.perf_counter() - t0
-
-
-def fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -92,7 +73,8 @@ def main() -> None:
               for s in args.seeds]
     stage1 += [("joint", s, ["train", args.recipe, f"seed={s}", *args.set]) for s in args.seeds]
     results: dict[tuple, tuple[dict, float]] = {}
-    for (kind, s, _), res in zip(stage1, pool_map(lambda j: run(j[2], out / f"{j[0]}-seed{j[1]}", threads), stage1)):
+    stage1_results = pool_map(lambda j: run_foundation(j[2], out / f"{j[0]}-seed{j[1]}", threads), stage1)
+    for (kind, s, _), res in zip(stage1, stage1_results):
         results[(kind, s, 1.0)] = res
         print(f"done {kind} seed {s} ({res[1]:.0f} s)", flush=True)
 
@@ -107,7 +89,7 @@ def main() -> None:
                                               "train.warmup_steps=10"]))
             stage2.append(("scratch", s, f, ["train", args.recipe, *common, *SCRATCH]))
     for (kind, s, f, _), res in zip(stage2, pool_map(
-            lambda j: run(j[3], out / f"{j[0]}-{j[2]:g}-seed{j[1]}", threads), stage2)):
+            lambda j: run_foundation(j[3], out / f"{j[0]}-{j[2]:g}-seed{j[1]}", threads), stage2)):
         results[(kind, s, f)] = res
         print(f"done {kind} {f:g} seed {s} ({res[1]:.0f} s)", flush=True)
 

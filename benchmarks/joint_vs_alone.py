@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from _runs import fmt, run_foundation
 
 
 def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
@@ -45,29 +44,9 @@ def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
     return paths
 
 
-def run(recipe: Path | str, run_dir: Path, seed: int, threads: int) -> tuple[dict, float]:
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        return json.loads(metrics.read_text()), float("nan")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "foundation", "train", str(recipe), f"seed={seed}", f"run.dir={run_dir}",
-           "--no-progress"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(metrics.read_text()), time.perf_counter() - t0
-
-
 def subject_mean(metrics: dict, dataset: str, key: str) -> float:
     rows = [v[key] for s, v in metrics["test"]["per_subject"].items() if s.startswith(dataset + "/")]
     return statistics.fmean(rows)
-
-
-def fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -85,7 +64,7 @@ def main() -> None:
 
     def work(job):
         what, recipe, seed = job
-        return job, run(recipe, out / f"{what}-seed{seed}", seed, threads)
+        return job, run_foundation(["train", str(recipe), f"seed={seed}"], out / f"{what}-seed{seed}", threads)
 
     print(f"# {' '.join(sys.argv)}", flush=True)
     results: dict[tuple[str, int], tuple[dict, float]] = {}

@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmarks that train whole runs in subprocesses (imported as ``_runs``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_foundation(args: list[str], run_dir: Path, threads: int) -> tuple[dict, float]:
+    """``python -m foundation ARGS run.dir=RUN_DIR`` unless RUN_DIR has metrics.json (then it is reused).
+
+    Returns ``(metrics, wall seconds)``; the seconds are NaN for a reused run.
+    """
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text()), float("nan")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "foundation", *args, f"run.dir={run_dir}", "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(metrics.read_text()), time.perf_counter() - t0
+
+
+def fmt(values: list[float]) -> str:
+    """``mean ± std`` to 3 decimals (just the value when there is one)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
