@@ -49,6 +49,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _perf import quantile
+
 if TYPE_CHECKING:
     from foundation.config import Recipe
 
@@ -60,15 +62,6 @@ DEFAULT_RECIPE = REPO / "recipes" / "synthetic.yaml"
 def _peak_rss_mib() -> float:
     """Peak resident set size of this process so far (Linux ``ru_maxrss`` is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _quantile(xs: Sequence[float], q: float) -> float:
-    """Linearly interpolated ``q``-quantile of ``xs``."""
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def _overrides(args: argparse.Namespace, *, n_subjects: int, shards_root: Path, run_dir: Path) -> list[str]:
@@ -341,7 +334,7 @@ def rerun_command(args: argparse.Namespace) -> str:
 
 def _fmt_ms(xs: Sequence[float]) -> str:
     """``median (p25–p75)``."""
-    return f"{statistics.median(xs):.1f} ({_quantile(xs, 0.25):.1f}–{_quantile(xs, 0.75):.1f})"
+    return f"{statistics.median(xs):.1f} ({quantile(xs, 0.25):.1f}–{quantile(xs, 0.75):.1f})"
 
 
 def _pooled(runs: list[dict[str, Any]], key: str) -> list[float]:
@@ -387,7 +380,7 @@ def paired_table(paired: dict[str, Any]) -> str:
     for n, step in paired["step_ms"].items():
         ratio = paired["ratio_to_first"][n]
         lines.append(f"| {n} | {_fmt_ms(step)} | {statistics.median(ratio):.3f} "
-                     f"({_quantile(ratio, 0.25):.3f}–{_quantile(ratio, 0.75):.3f}) "
+                     f"({quantile(ratio, 0.25):.3f}–{quantile(ratio, 0.75):.3f}) "
                      f"| {paired['batch_size'] * 1e3 / statistics.median(step):.0f} |")
     return "\n".join(lines)
 
