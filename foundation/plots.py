@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from foundation.atomic import atomic_open
-from foundation.errors import CheckpointError, DataError, FoundationError, ShardError
+from foundation.errors import CheckpointError, DataError, FoundationError
 
 log = logging.getLogger("foundation.plots")
 
@@ -595,39 +595,6 @@ def readout_attention(model, dataset: str, batches: Iterable[Any], *, device: An
     return ReadoutAttention(dataset, r, {g: s / count[g] for g, s in sums.items()}, count)
 
 
-def _shard_index(run_dir: Path, dataset: str):
-    """The shard index of ``dataset`` the run was trained on: ``metrics.json`` ``shards`` first, then where
-    the run's ``config.yaml`` puts it (the same lookup as ``foundation predict``); tars are read from the
-    recipe's ``shards.url`` when it has one."""
-    from foundation.data.index import INDEX_NAME, read_index
-
-    candidates: list[Path] = []
-    try:
-        recorded = json.loads((run_dir / "metrics.json").read_text()).get("shards", {}).get(dataset)
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded:
-        candidates.append(Path(recorded))
-    url = None
-    if (run_dir / "config.yaml").is_file():
-        try:
-            from foundation.data.shards import plan
-            from foundation.recipe import load_recipe
-
-            recipe = load_recipe(run_dir / "config.yaml", [f"run.dir={run_dir}"])
-            url = recipe.shards.url or None
-            candidates += [b.directory for b in plan(recipe) if b.config.id == dataset]
-        except FoundationError as exc:
-            log.warning("%s: config.yaml does not resolve to a shard directory (%s)", run_dir, exc)
-    for directory in dict.fromkeys(candidates):
-        if (directory / INDEX_NAME).is_file():
-            return read_index(directory, check_files=False, url=url)
-    where = " or ".join(str(d / INDEX_NAME) for d in dict.fromkeys(candidates)) or f"<shards.root>/{dataset}-<hash>/"
-    raise ShardError(f"the attention figures of dataset {dataset!r} read its samples from the run's shards, "
-                     f"{where}, which is not on this machine; copy that shard directory here or rebuild it with "
-                     f"`foundation shard {run_dir / 'config.yaml'}`")
-
-
 def run_attention(model, run_dir: Path, dataset: str, subjects: Sequence[str], *, split: str = "test",
                   batch_size: int = 64, device: Any = "cpu") -> tuple[ReadoutAttention, Any]:
     """Readout attention of ``subjects`` (bare ids) of ``dataset`` over the run's ``split`` shards.
@@ -636,8 +603,10 @@ def run_attention(model, run_dir: Path, dataset: str, subjects: Sequence[str], *
     """
     from foundation.data.loader import DatasetStream
     from foundation.data.voxels import VoxelIndexBank
+    from foundation.predict import run_shard_index
 
-    index = _shard_index(Path(run_dir), dataset)
+    index = run_shard_index(Path(run_dir), dataset,
+                            needed_for=f"the attention figures of dataset {dataset!r} read its samples from")
     info, theirs = model.infos[dataset], index.info
     if (info.kind, info.token_shape, info.grid) != (theirs.kind, theirs.token_shape, theirs.grid):
         raise DataError(f"{index.root}: shards of {theirs.kind} inputs (tokens {theirs.token_shape}, grid "

@@ -27,6 +27,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,8 @@ from foundation.api import DatasetInfo
 from foundation.atomic import TMP_PREFIX, atomic_open
 from foundation.data.index import INDEX_NAME, ShardIndex, read_index
 from foundation.errors import DataError, FoundationError, ShardError, UnknownSubjectError
+
+log = logging.getLogger("foundation.predict")
 
 Format = Literal["json", "csv"]
 FORMATS: tuple[Format, ...] = ("json", "csv")
@@ -392,13 +395,18 @@ def _array_chunks(model, input: Path, dataset: str, gid: str, *,
 
 
 # --------------------------------------------------------------------------- NIfTI volumes
-def run_shard_index(run_dir: Path, dataset: str) -> ShardIndex:
-    """The shard index of ``dataset`` that the run was trained on (it holds the subjects' masks).
+def run_shard_index(run_dir: Path, dataset: str, *, needed_for: str | None = None,
+                    contents: str = "", instead: str = "") -> ShardIndex:
+    """The shard index of ``dataset`` that the run was trained on (its masks, its tars).
 
-    Looked up in ``metrics.json`` (``shards``) first, then where the run's ``config.yaml`` puts it.
+    Looked up in ``metrics.json`` (``shards``) first, then where the run's ``config.yaml`` puts it; tars
+    are read from the recipe's ``shards.url`` when it has one.  When neither is on this machine, the
+    :class:`ShardError` says what needed them (``needed_for``, a clause ending before "the run's
+    shards"), what in them (``contents``) and any other way out (``instead``).
     """
     candidates: list[Path] = []
     notes: list[str] = []
+    url = None
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         try:
@@ -414,20 +422,21 @@ def run_shard_index(run_dir: Path, dataset: str) -> ShardIndex:
             from foundation.recipe import load_recipe
 
             recipe = load_recipe(config, [f"run.dir={run_dir}"])
+            url = recipe.shards.url or None
             candidates += [b.directory for b in plan(recipe) if b.config.id == dataset]
         except FoundationError as exc:
+            log.warning("%s: config.yaml does not resolve to a shard directory (%s)", run_dir, exc)
             notes.append(f"its config.yaml does not resolve to a shard directory ({exc})")
     else:
         notes.append(f"{config} is missing")
     for directory in dict.fromkeys(candidates):
         if (directory / INDEX_NAME).is_file():
-            return read_index(directory, check_files=False)
+            return read_index(directory, check_files=False, url=url)
     where = " or ".join(str(d / INDEX_NAME) for d in dict.fromkeys(candidates)) or f"<shards.root>/{dataset}-<hash>/"
     detail = f" ({'; '.join(notes)})" if notes else ""
-    raise ShardError(f"dataset {dataset!r} is a volume dataset: placing NIfTI voxels needs the subject's brain mask "
-                     f"from the run's shards, {where} (with its masks/<subject>.npy), which is not on this machine"
-                     f"{detail}; copy that shard directory here, rebuild it with `foundation shard "
-                     f"{config}`, or predict from shard tars instead")
+    needed_for = needed_for or f"dataset {dataset!r} is read from"
+    raise ShardError(f"{needed_for} the run's shards, {where}{contents}, which is not on this machine{detail}; "
+                     f"copy that shard directory here, rebuild it with `foundation shard {config}`{instead}")
 
 
 def _nifti_chunks(model, run_dir: Path, input: Path, dataset: str, gid: str, *,
@@ -451,7 +460,9 @@ def _nifti_chunks(model, run_dir: Path, input: Path, dataset: str, gid: str, *,
         raise DataError(f"{input}: image has shape {shape}, expected (X, Y, Z, N) volumes on the grid {grid} "
                         f"of dataset {dataset!r}")
     n = shape[3] if len(shape) == 4 else 1
-    index = run_shard_index(run_dir, dataset)
+    index = run_shard_index(
+        run_dir, dataset, contents=" (with its masks/<subject>.npy)", instead=", or predict from shard tars instead",
+        needed_for=f"dataset {dataset!r} is a volume dataset: placing NIfTI voxels needs the subject's brain mask from")
     _check_compatible(info, index, dataset)
     bare = gid.split("/", 1)[1]
     if bare not in index.data.get("masks", {}):
