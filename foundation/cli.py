@@ -6,7 +6,7 @@
 ``foundation bench RECIPE [--methods …]``      baselines, ablations and statistics over seeds
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
 ``foundation predict RUN_DIR INPUT [--subject S]`` decode labels of new scans of known subjects
-``foundation plot RUN_DIR [--compare OTHER]``  paper figures of a finished run (curves, attention, token RSMs)
+``foundation plot RUN_DIR [--compare OTHER…]``  paper figures of a finished run (curves, attention, token RSMs)
 ``foundation plugins``                         list dataset and guidance plugins and their origin
 """
 
@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="paper figures of a finished run (curves, token attention, token RSMs)")
     p.add_argument("run_dir", help="run directory (holds config.yaml, best/, metrics.json, checkpoints/)")
     p.add_argument("--out", help="folder for the figures (default RUN_DIR/plots)")
-    p.add_argument("--compare", metavar="OTHER_RUN_DIR", help="also plot per-subject mAP against this run's")
+    p.add_argument("--compare", metavar="OTHER_RUN_DIR", nargs="+",
+                   help="also plot per-subject mAP against this run's (several dirs with disjoint subjects, "
+                        "e.g. one single-subject run each, are merged)")
     p.add_argument("--split", choices=["val", "test"], default="test",
                    help="samples to average attention over and metrics to compare (default test)")
     p.add_argument("--format", choices=["png", "pdf"], default="png", help="figure file format (default png)")

@@ -21,8 +21,8 @@ Figures (one file each, written atomically into ``RUN_DIR/plots/`` unless told o
   between their high-level tokens (rows of the token table); not drawn for ``model.tokens=shared``,
   where every subject has the same tokens.
 * ``compare_per_subject`` (paper Fig. C5 / C6; with ``compare=``) — paired per-subject mAP of this
-  run and another one, from both ``metrics.json`` ``per_subject`` entries: bars and a scatter
-  against the diagonal.
+  run and another one (or several with disjoint subjects, e.g. one SS-ViT run per subject), from the
+  ``metrics.json`` ``per_subject`` entries: bars and a scatter against the diagonal.
 
 The ``*_figure`` functions are pure: arrays and metrics in, a :class:`matplotlib.figure.Figure` out,
 drawn with the Agg canvas whatever pyplot's backend is.  :func:`plot_run` computes what they need
@@ -36,6 +36,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -628,6 +629,16 @@ def _run_name(run_dir: Path) -> str:
     return Path(run_dir).resolve().name
 
 
+def _common_name(run_dirs: Sequence[Path]) -> str:
+    """A label for several runs: their names' common prefix (``ss-vit-seed0-…``), else the first name + count."""
+    names = [_run_name(d) for d in run_dirs]
+    prefix = os.path.commonprefix(names)
+    if any(len(n) > len(prefix) and n[len(prefix)] not in "-_" for n in names):  # cut at a whole word
+        prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_"), 0)]
+    prefix = prefix.rstrip("-_")
+    return f"{prefix}-… ({len(names)} runs)" if prefix else f"{names[0]} + {len(names) - 1} runs"
+
+
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
@@ -649,7 +660,7 @@ def _per_subject(metrics: Mapping[str, Any], split: str, metric: str, where: Pat
 def run_figures(
     run_dir: str | Path,
     *,
-    compare: str | Path | None = None,
+    compare: str | Path | Sequence[str | Path] | None = None,
     split: str = "test",
     device: Any = "cpu",
     batch_size: int = 64,
@@ -660,7 +671,8 @@ def run_figures(
     """Every figure of a finished run: name -> Figure (see the module docstring for the names).
 
     Args:
-        compare: another run directory: adds ``compare_per_subject``.
+        compare: another run directory, or several whose subjects are disjoint (e.g. one single-subject
+            model per subject): adds ``compare_per_subject``.
         split: whose samples the attention is averaged over, and whose per-subject metrics are compared.
         max_subjects: per-subject attention figures show (and compute) the first this many subjects of
             each dataset in vocabulary order; ``None`` shows all. The token RSMs always show all.
@@ -683,15 +695,22 @@ def run_figures(
     name = _run_name(run_dir)
     figures: dict[str, Any] = {}
     paired = None
-    if compare is not None:  # checked first: a bad comparison fails before the attention pass
-        compare = Path(compare)
-        other = _read_metrics(compare)
-        a, b = _per_subject(metrics, split, "mAP", run_dir), _per_subject(other, split, "mAP", compare)
+    if compare:  # checked first: a bad comparison fails before the attention pass
+        others = [Path(compare)] if isinstance(compare, (str, Path)) else [Path(c) for c in compare]
+        a, b = _per_subject(metrics, split, "mAP", run_dir), {}
+        for other in others:  # several runs (e.g. one single-subject model each) are merged by subject
+            for subject, value in _per_subject(_read_metrics(other), split, "mAP", other).items():
+                if subject in b:
+                    raise FoundationError(f"cannot compare with {[str(o) for o in others]}: subject {subject} "
+                                          f"is in more than one of them")
+                b[subject] = value
+        label = ", ".join(str(o) for o in others[:2]) + (f" … ({len(others)} runs)" if len(others) > 2 else "")
         if not set(a) & set(b):
-            raise FoundationError(f"cannot compare {run_dir} with {compare}: the runs share no subject "
+            raise FoundationError(f"cannot compare {run_dir} with {label}: the runs share no subject "
                                   f"({sorted(a)[:3]} vs {sorted(b)[:3]})")
-        names2 = (name, _run_name(compare))
-        paired = (a, b, names2 if names2[0] != names2[1] else (str(run_dir), str(compare)))
+        other_name = _run_name(others[0]) if len(others) == 1 else _common_name(others)
+        names2 = (name, other_name)
+        paired = (a, b, names2 if names2[0] != names2[1] else (str(run_dir), label))
 
     val, train = read_curves(run_dir)
     details["curves"] = {"val": val, "train": train}
@@ -768,7 +787,8 @@ def save_figures(figures: Mapping[str, Any], out: str | Path, *, fmt: str = "png
     return paths
 
 
-def plot_run(run_dir: str | Path, *, out: str | Path | None = None, compare: str | Path | None = None,
+def plot_run(run_dir: str | Path, *, out: str | Path | None = None,
+             compare: str | Path | Sequence[str | Path] | None = None,
              split: str = "test", fmt: str = "png", device: Any = "cpu", batch_size: int = 64,
              max_subjects: int | None = 8, dpi: int = DEFAULT_DPI) -> list[Path]:
     """Make and save every figure of a finished run (default into ``RUN_DIR/plots/``); returns the files.

@@ -235,6 +235,27 @@ def test_compare_needs_shared_subjects(runs, tmp_path):
         plot_run(runs["roi"], out=tmp_path / "o", compare=other)
 
 
+def test_compare_merges_single_subject_runs(runs, tmp_path):
+    """--compare with one run per subject (SS-ViT): the per-subject scores are merged by subject."""
+    from foundation.errors import FoundationError
+    from foundation.plots import run_figures
+
+    emb = json.loads((runs["emb"] / "metrics.json").read_text())["test"]["per_subject"]
+    singles = []
+    for i, (subject, values) in enumerate(sorted(emb.items())):
+        d = tmp_path / f"ss-vit-seed0-{subject.replace('/', '-')}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"test": {"per_subject": {subject: {"mAP": 0.1 * (i + 1)}}}}))
+        singles.append(d)
+    figs = run_figures(runs["roi"], compare=singles)
+    bars, scatter = figs["compare_per_subject"].axes
+    n = len(emb)
+    np.testing.assert_allclose([p.get_height() for p in bars.patches[n:2 * n]], [0.1 * (i + 1) for i in range(n)])
+    assert scatter.get_xlabel() == f"ss-vit-seed0-synthetic-sub-… ({n} runs) mAP"
+    with pytest.raises(FoundationError, match="more than one"):
+        run_figures(runs["roi"], compare=[singles[0], singles[0]])
+
+
 def test_missing_shards_are_named(runs, tmp_path):
     import shutil
 
