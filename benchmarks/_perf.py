@@ -6,10 +6,14 @@
 * :func:`count_flops` — ``torch.utils.flop_counter.FlopCounterMode`` plus the CPU flash-attention
   kernels it does not know (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward,
   counted with the same formula as the GPU kernels).
+* :func:`record_kernels` / :func:`replay_kernels` — the step's FLOP-bearing kernels (matmuls,
+  convolutions, fused attention) recorded by shape and replayed alone: the time the step would take if
+  everything else were free, i.e. the efficiency ceiling of these shapes on this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -166,6 +170,84 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
         fn()
     per_op = {str(k): int(v) for k, v in mode.get_flop_counts().get("Global", {}).items()}
     return int(mode.get_total_flops()), per_op
+
+
+#: the FLOP-bearing kernels of a step: matmuls, convolutions (fwd + bwd) and fused attention
+CEILING_OPS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",
+               "_scaled_dot_product_flash_attention_for_cpu",
+               "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A tensor argument's layout, kept instead of the tensor (a pytree leaf, unlike a tuple)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: Any
+    device: Any
+
+
+def record_kernels(fn: Callable[[], Any]) -> list[tuple[Any, tuple, dict]]:
+    """The FLOP-bearing aten calls of ``fn()`` (:data:`CEILING_OPS`), in order, tensors replaced by specs.
+
+    Each entry is ``(op, args, kwargs)`` where every tensor argument became a :class:`TensorSpec`
+    (shape, stride, dtype, device): enough to replay the same kernel on fresh
+    tensors of the same layout (:func:`replay_kernels`) without keeping the step's activations alive.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    wanted = {getattr(torch.ops.aten, n) for n in CEILING_OPS if hasattr(torch.ops.aten, n)}
+
+    def spec(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
+        return x
+
+    calls: list[tuple[Any, tuple, dict]] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket in wanted:
+                calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
+            return func(*args, **kwargs)
+
+    with Recorder():
+        fn()
+    return calls
+
+
+def replay_kernels(calls: Sequence[tuple[Any, tuple, dict]], *, device: Any, reps: int = 3) -> float:
+    """Seconds the recorded kernels take back to back on fresh random inputs (median over ``reps`` passes).
+
+    Only the kernels are timed (inputs are made before each call, outside the clock): the time a step
+    would take if everything but its matmuls/convolutions/attention were free.
+    """
+    import torch
+
+    def make(x: Any) -> Any:
+        if isinstance(x, TensorSpec):
+            t = torch.empty_strided(x.shape, x.stride, dtype=x.dtype, device=x.device)
+            return t.normal_() if x.dtype.is_floating_point else t.zero_()
+        return x
+
+    from torch.utils._pytree import tree_map
+
+    passes = []
+    for _ in range(reps):
+        total = 0.0
+        for func, args, kwargs in calls:
+            a, k = tree_map(make, args), tree_map(make, kwargs)
+            sync(device)
+            t = time.perf_counter()
+            func(*a, **k)
+            sync(device)
+            total += time.perf_counter() - t
+        passes.append(total)
+    return statistics.median(passes)
 
 
 def rerun(script: str, argv: Sequence[str]) -> str:

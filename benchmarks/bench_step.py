@@ -243,6 +243,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     gemm_after = gemm.time(args.gemm_reps)
     float(sum(running.values()))  # the only sync of the accumulated terms (the "logging interval")
 
+    ceiling = None
+    if args.ceiling:  # the step's matmuls / convolutions / attention alone, same shapes, fresh inputs
+        setup.optimizer.zero_grad(set_to_none=True)
+        calls = _perf.record_kernels(fwd_bwd)
+        setup.optimizer.zero_grad(set_to_none=True)
+        kernel_s = _perf.replay_kernels(calls, device=device, reps=args.ceiling)
+        gemm_now = gemm.time(args.gemm_reps)
+        ceiling = {"kernels": len(calls), "kernel_s": kernel_s, "gemm_s": gemm_now,
+                   "efficiency": (flops / kernel_s) / (gemm.flops / gemm_now),
+                   "kernel_share_of_step": kernel_s / statistics.median(step_s),
+                   "by_op": {}}
+        for func, _, _ in calls:
+            name = str(func.overloadpacket.__name__)
+            ceiling["by_op"][name] = ceiling["by_op"].get(name, 0) + 1
+
     profile = None
     if args.profile:
         from torch.profiler import ProfilerActivity
@@ -289,7 +304,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "build_s": build_s, "warmup_s": warmup_s,
         "peak_rss_mib": _perf.peak_rss_mib(), "cuda_peak_mib": cuda_mem,
         "mem_available_gib_before": mem_before,
-        "profile_table": profile, "profile_top": top,
+        "profile_table": profile, "profile_top": top, "ceiling": ceiling,
     }
 
 
@@ -309,6 +324,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
         out.append("--amp" if args.amp else "--no-amp")
     if args.channels_last:
         out.append("--channels-last")
+    if args.ceiling:
+        out += ["--ceiling", str(args.ceiling)]
     if args.profile:
         out += ["--profile", str(args.profile), "--profile-rows", str(args.profile_rows)]
         if args.profile_shapes:
@@ -368,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-dim", type=int, default=512, help="NSD ROI token width (the PCA dimension)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
     p.add_argument("--gemm-reps", type=int, default=2, help="GEMM timings (median) before each step")
+    p.add_argument("--ceiling", type=int, default=0, metavar="N",
+                   help="also time the step's matmuls/convolutions/attention alone (same shapes, N passes): "
+                        "the efficiency the step would reach if everything else were free")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps (torch.profiler)")
     p.add_argument("--profile-rows", type=int, default=20)
     p.add_argument("--profile-shapes", action="store_true", help="also print the profile grouped by input shape")
@@ -423,6 +443,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time:\n{r['profile_table']}")
     print()
     print(table(results))
+    ceilings = [r for r in results if r.get("ceiling")]
+    if ceilings:
+        print("\nCeiling: the step's FLOP-bearing kernels alone (same shapes and layouts, fresh inputs, "
+              "everything else free)\n")
+        print("| shape | kernels | kernels alone ms | step ms | kernels' share of the step | "
+              "ceiling efficiency | step efficiency |")
+        print("|---|---|---|---|---|---|---|")
+        for r in ceilings:
+            c = r["ceiling"]
+            ops = ", ".join(f"{n} {k}" for n, k in sorted(c["by_op"].items()))
+            print(f"| {r['shape']} | {c['kernels']} ({ops}) | {1e3 * c['kernel_s']:.0f} | "
+                  f"{1e3 * r['median_step_s']:.0f} | {100 * c['kernel_share_of_step']:.1f} % | "
+                  f"{100 * c['efficiency']:.1f} % | {100 * r['efficiency']:.1f} % |")
     print("\nGFLOP/step: FlopCounterMode over forward + loss + backward (matmul/conv/attention FLOPs). "
           f"Efficiency: step FLOP/s ÷ the {args.gemm}² GEMM FLOP/s timed just before that step, median over steps.")
     out = {"benchmark": "step", "command": command, "machine": info, "loadavg_end": list(os.getloadavg()),
