@@ -1,0 +1,80 @@
+"""Regenerate ``docs/results/``: the paper's tables and figures on the synthetic worlds (a benchmark).
+
+    .venv/bin/python benchmarks/paper_results.py                 # ~2.5 h on 2 CPU cores (2 × 1 thread), reuses finished runs
+    .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
+
+Three ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
+interrupted call resumes by rerunning it) and the figures of ``foundation plot``:
+
+1. ``recipes/synthetic.yaml`` (ROI world, NSD-like: 10 subjects, mostly disjoint stimuli): CLIP-MUSED,
+   the single- and multi-subject baselines (Tables 1/2), the mapping loss (Table B4) and the loss
+   ablations (Table 3), 3 seeds; CLIP-SS-ViT (Table D5) beside CLIP-MUSED and SS-ViT on
+   seed 0 only (another 30 single-subject runs per seed);
+2. ``recipes/synthetic_volume.yaml`` (volume world, HCP-like: 6 subjects, one shared movie, 3-D CNN
+   patchifier): CLIP-MUSED, SRM (needs the shared stimuli) and the pooled / identity-token baselines,
+   3 seeds;
+3. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
+   on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
+   seed 0's SS-ViT models (Fig. C5/C6).
+
+Writes ``docs/results/<table>.md`` (the tables as ``foundation bench`` prints them) and
+``docs/results/figures/<recipe>/*.png``; ``docs/RESULTS.md`` quotes and discusses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (table name, recipe, methods, seeds); CLIP-SS-ViT (30 more single-subject runs for 3 seeds) gets seed 0 only
+PLAN = (
+    ("synthetic", "recipes/synthetic.yaml",
+     ("clip-mused", "ms-smodel-vit", "ms-smodel-mlp", "ms-emb", "no-orth", "no-low", "no-high", "no-rsa", "mapping",
+      "ss-vit", "ss-mlp"), 3),
+    ("synthetic_clip_ss_vit", "recipes/synthetic.yaml", ("clip-mused", "ss-vit", "clip-ss-vit"), 1),
+    ("synthetic_volume", "recipes/synthetic_volume.yaml", ("clip-mused", "srm", "ms-smodel-vit", "ms-smodel-mlp",
+                                                          "ms-emb"), 3),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs/bench", help="where the runs go (default runs/bench)")
+    p.add_argument("--out", default="docs/results", help="where tables and figures go (default docs/results)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    p.add_argument("--seeds", type=int, default=3, help="at most this many seeds per table (default 3)")
+    args = p.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from foundation.bench import bench
+    from foundation.plots import plot_run
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, recipe, methods, seeds in PLAN:
+        seeds = min(seeds, args.seeds)
+        table = bench(REPO / recipe, methods=methods, seeds=seeds, out=args.runs, jobs=args.jobs)
+        shutil.copyfile(table, out / f"{name}.md")
+        stem = Path(recipe).stem
+        if name != stem:
+            continue  # the same runs as the main table of this recipe: no new figures
+        runs = Path(args.runs) / stem
+        singles = sorted(runs.glob("ss-vit-seed0-*")) if "ss-vit" in methods else None
+        figures = out / "figures" / stem
+        shutil.rmtree(figures, ignore_errors=True)
+        for path in plot_run(runs / "clip-mused-seed0", out=figures, compare=singles or None):
+            print(path)
+    print(f"paper_results: {(time.perf_counter() - t0) / 60:.1f} min wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
