@@ -246,11 +246,14 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
     with ThreadPoolExecutor(max(jobs, 1)) as pool:
         list(pool.map(work, range(len(planned))))
     wall = time.perf_counter() - t0
+    run_s = sum(r.get("train_seconds") or 0.0 for r in results)
     summary = summarise(planned, results)
     command = " ".join(["foundation bench", str(recipe_path), *overrides, "--methods", *methods,
                         "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else []))
     header = (f"`{command}`\n\n{platform.machine()} {platform.processor() or ''} × {os.cpu_count()} cores, "
-              f"{len(planned)} runs, this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel).")
+              f"{len(planned)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs, from each "
+              f"metrics.json); this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel, reused runs "
+              f"not retrained).")
     text = markdown(summary, header=header)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n")
