@@ -8,7 +8,7 @@ for each fraction of the held-out subject's training data (``--fractions``, defa
 * **finetune**: ``foundation finetune`` adds the subject's two tokens to the pre-trained model and
   trains only them (backbone frozen);
 * **scratch**: a single-subject model trained from scratch on the same samples (the ``ss`` baseline
-  of compare_baselines.py: the same network with shared tokens, BCE only);
+  of `foundation bench`, method ss-vit: the same network with shared tokens, BCE only);
 
 and, as the ceiling, **joint**: the model pre-trained with the subject all along (100 % of its data).
 Reports the held-out subject's test mAP / AUC (mean ± std over seeds), the wall time of each kind of
