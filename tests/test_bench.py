@@ -75,6 +75,10 @@ def test_bench_writes_tables_and_reuses_finished_runs(recipe_file, tmp_path):
     assert block["tests"]["ss-vit"]["n_pairs"] == 2
     assert len(block["methods"]["clip-mused"]["seed_means"]["mAP"]) == 2
     assert logs[0].startswith("4 runs (4 to train)")
+    summed = sum(json.loads(p.read_text())["train_seconds"] for p in (tmp_path / "bench").rglob("metrics.json"))
+    assert f"their training took {summed / 3600:.2f} h in all" in text
     logs.clear()
-    assert bench(recipe_file, **kw).read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
+    again = bench(recipe_file, **kw).read_text()
+    assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
+    assert f"their training took {summed / 3600:.2f} h in all" in again  # reused runs still counted
     assert logs[0].startswith("4 runs (0 to train)")
