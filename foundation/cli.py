@@ -16,8 +16,9 @@ import os
 
 # Before torch is imported: OpenMP threads that spin-wait for each other collapse when other processes
 # share the cores (3x slower training steps on 2 shared cores, docs/PERFORMANCE.md). A value the user
-# set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# set wins, and so does a bounded spin the user asked for with GOMP_SPINCOUNT (libgomp).
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":  # `accelerate launch foundation/train.py`: before torch is imported (see cli.py)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import dataclasses  # noqa: E402
 import logging
