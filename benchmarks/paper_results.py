@@ -1,6 +1,6 @@
 """Regenerate ``docs/results/``: the paper's tables and figures on the synthetic worlds (a benchmark).
 
-    .venv/bin/python benchmarks/paper_results.py                 # ~2.5 h on 2 CPU cores (2 × 1 thread), reuses finished runs
+    .venv/bin/python benchmarks/paper_results.py                 # ~2 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
     .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
 
 Three ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
@@ -24,6 +24,7 @@ Writes ``docs/results/<table>.md`` (the tables as ``foundation bench`` prints th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--seeds", type=int, default=3, help="at most this many seeds per table (default 3)")
     args = p.parse_args(argv)
+    os.chdir(REPO)  # recipes and the default --runs / --out are relative to the repository
 
     import matplotlib
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, recipe, methods, seeds in PLAN:
         seeds = min(seeds, args.seeds)
-        table = bench(REPO / recipe, methods=methods, seeds=seeds, out=args.runs, jobs=args.jobs)
+        table = bench(recipe, methods=methods, seeds=seeds, out=args.runs, jobs=args.jobs)
         shutil.copyfile(table, out / f"{name}.md")
         stem = Path(recipe).stem
         if name != stem:
