@@ -12,13 +12,9 @@
 
 from __future__ import annotations
 
-import os
+from foundation.openmp import default_wait_policy
 
-# Before torch is imported: OpenMP threads that spin-wait for each other collapse when other processes
-# share the cores (3x slower training steps on 2 shared cores, docs/PERFORMANCE.md). A value the user
-# set wins, and so does a bounded spin the user asked for with GOMP_SPINCOUNT (libgomp).
-if "GOMP_SPINCOUNT" not in os.environ:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+default_wait_policy()  # before torch is imported
 
 import argparse  # noqa: E402
 import json

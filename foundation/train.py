@@ -8,11 +8,10 @@ write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # `accelerate launch foundation/train.py`: before torch is imported
+    from foundation.openmp import default_wait_policy
 
-if __name__ == "__main__":  # `accelerate launch foundation/train.py`: before torch is imported (see cli.py)
-    if "GOMP_SPINCOUNT" not in os.environ:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    default_wait_policy()
 
 import dataclasses  # noqa: E402
 import logging
