@@ -83,26 +83,24 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _mem_total_gib() -> float | None:
+def _meminfo_gib(key: str) -> float | None:
+    """A ``/proc/meminfo`` entry (``MemTotal``, ``MemAvailable``, …) in GiB; ``None`` where there is none."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) / 2**20
     except OSError:
         pass
     return None
+
+
+def _mem_total_gib() -> float | None:
+    return _meminfo_gib("MemTotal")
 
 
 def mem_available_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+    return _meminfo_gib("MemAvailable")
 
 
 def machine_line(info: dict[str, Any]) -> str:
