@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -253,10 +254,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         ceiling = {"kernels": len(calls), "kernel_s": kernel_s, "gemm_s": gemm_now,
                    "efficiency": (flops / kernel_s) / (gemm.flops / gemm_now),
                    "kernel_share_of_step": kernel_s / statistics.median(step_s),
-                   "by_op": {}}
-        for func, _, _ in calls:
-            name = str(func.overloadpacket.__name__)
-            ceiling["by_op"][name] = ceiling["by_op"].get(name, 0) + 1
+                   "by_op": dict(Counter(func.overloadpacket.__name__ for func, _, _ in calls))}
 
     profile = None
     if args.profile:
