@@ -30,7 +30,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from foundation.data.index import ShardIndex
-from foundation.errors import ShardError
+from foundation.core.errors import ShardError
 
 MEMBERS = ("fmri.npy", "labels.npy", "low.npy", "high.npy", "json")
 

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from foundation.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
-from foundation.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
-from foundation.config import DatasetConfig, Recipe
+from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
+from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.core.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
-from foundation.errors import DataError, FoundationError, PluginError, RecipeError, write_error
-from foundation.recipe import from_dict, recipe_hash, to_dict
+from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError, write_error
+from foundation.core.recipe import from_dict, recipe_hash, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _device() -> str:
 
 def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetPlugin:
     """Instantiate the dataset plugin named by ``cfg`` with validated options."""
-    from foundation.plugins import get_dataset_plugin
+    from foundation.core.plugins import get_dataset_plugin
 
     cls = get_dataset_plugin(cfg.plugin)
     options = from_dict(cls.Options, cfg.options, path=f"{path}.options")
@@ -89,7 +89,7 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
 
 def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
     """One instance per distinct guidance plugin, mapped per level."""
-    from foundation.plugins import get_guidance_plugin
+    from foundation.core.plugins import get_guidance_plugin
 
     g = recipe.guidance
     unknown = set(g.options) - {g.low, g.high}
@@ -150,7 +150,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 class _TarSink:
     """Writes one split of one subject into tars of at most ``limit`` samples, each atomically.
 
-    A write that fails (disk full...) raises :class:`~foundation.errors.WriteError` naming the tar;
+    A write that fails (disk full...) raises :class:`~foundation.core.errors.WriteError` naming the tar;
     the temporary file is removed and tars already renamed into place are complete.
     """
 
