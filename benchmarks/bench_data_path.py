@@ -96,11 +96,11 @@ def time_stages(stream, batch: int, reps: int) -> dict[str, Any]:
     """decode and collate alone, on raw samples already in memory (no tar reading, no shuffle); medians."""
     import webdataset as wds
 
-    from foundation.data.loader import _read_tars, decode
+    from foundation.data.loader import read_tars, decode
 
     shards = stream.index.shards("train", stream.subjects)
     raw = []
-    for sample in _read_tars(({"url": str(p)} for p, _, _ in shards), expected={}):
+    for sample in read_tars(({"url": str(p)} for p, _, _ in shards), expected={}):
         raw.append(sample)
         if len(raw) >= batch:
             break

@@ -32,7 +32,7 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     path = train(_recipe(args), progress=not args.no_progress)
     from accelerate import PartialState
@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from foundation.engine.surgery import finetune
+    from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
     path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, progress=not args.no_progress)

@@ -153,20 +153,3 @@ def check_frozen(setup: FinetuneSetup, state: Mapping[str, torch.Tensor]) -> Non
     if changed:
         raise CheckpointError(f"fine-tuning changed frozen tensors {changed[:5]}: this is a bug, please report it")
 
-
-def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progress: bool = True) -> Path:
-    """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json."""
-    from foundation.engine.trainer import Trainer, run_dir_for
-
-    source = Path(source)
-    if not (source / "best" / "model.safetensors").is_file():
-        raise CheckpointError(f"{source / 'best' / 'model.safetensors'} not found: {source} is not a finished "
-                              f"training run (train it with `foundation train RECIPE` first)")
-    if run_dir_for(recipe).resolve() == source.resolve():
-        raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
-    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
-    trainer = Trainer(recipe, progress=progress, finetune=spec)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()
-    return path

@@ -1,26 +1,18 @@
-"""The Accelerate training loop.
-
-``accelerate launch foundation/train.py RECIPE [key=value ...]`` and ``foundation train RECIPE`` are
-the same thing: build the shards if missing, train with periodic validation and atomic
-checkpoints, resume from the latest checkpoint when rerun, select the best validation step and
-write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
+"""The Accelerate training loop (:class:`Trainer`): build the shards if missing, train with periodic
+validation and atomic checkpoints, resume from the latest checkpoint when rerun, select the best
+validation step and write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
+The workflows that drive it are :mod:`foundation.workflows.train` and :mod:`foundation.workflows.finetune`.
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `accelerate launch foundation/train.py`: before torch is imported
-    from foundation.core.openmp import default_wait_policy
-
-    default_wait_policy()
-
-import dataclasses  # noqa: E402
+import dataclasses
 import logging
 import math
 import pickle
 import random
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +26,7 @@ from foundation.core.errors import CheckpointError, FoundationError, RecipeError
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.recipe import save_recipe, to_dict
+from foundation.objectives.metrics import metrics_from_predictions
 
 log = logging.getLogger("foundation.train")
 
@@ -461,41 +454,3 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
-
-def metrics_from_predictions(preds: dict[str, dict[str, Any]], infos: dict[str, Any]) -> dict[str, Any]:
-    """Overall (mean over datasets), per-dataset and per-subject mAP / AUC / Hamming."""
-    from foundation.objectives.metrics import grouped_metrics, multilabel_metrics
-
-    per_dataset, per_subject = {}, {}
-    for name, p in preds.items():
-        probs, labels = torch.from_numpy(p["probs"]), torch.from_numpy(p["labels"]).int()
-        m = multilabel_metrics(probs, labels)
-        prevalence = labels.float().mean(0)
-        m["chance_mAP"] = float(prevalence[prevalence > 0].mean()) if (prevalence > 0).any() else float("nan")
-        per_dataset[name] = m
-        per_subject.update(grouped_metrics(probs, labels, p["subjects"]))
-    keys = ("mAP", "AUC", "hamming", "chance_mAP")
-    overall = {k: float(np.mean([m[k] for m in per_dataset.values()])) for k in keys}
-    overall["n"] = int(sum(m["n"] for m in per_dataset.values()))
-    return {**overall, "per_dataset": per_dataset, "per_subject": per_subject}
-
-
-def train(recipe: Recipe, *, progress: bool = True) -> Path:
-    """Train (or resume) the recipe's run; returns the path of its metrics.json."""
-    trainer = Trainer(recipe, progress=progress)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()  # closes trackers and the process group: last
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``accelerate launch foundation/train.py RECIPE [key=value ...]``: the same as
-    ``foundation train`` (same arguments, messages and exit codes)."""
-    from foundation.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

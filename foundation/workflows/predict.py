@@ -294,7 +294,7 @@ def _list_tars(input: Path) -> list[Path]:
 def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | None,
                   batch_size: int) -> tuple[int | None, Iterator[_Chunk]]:
     """Chunks of every sample in the tars of ``input``, grouped by the shard directory they belong to."""
-    from foundation.data.loader import _read_tars, collate, decode
+    from foundation.data.loader import read_tars, collate, decode
     from foundation.data.voxels import VoxelIndexBank
 
     if dataset is not None and dataset not in model.infos:
@@ -344,7 +344,7 @@ def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | Non
     def chunks() -> Iterator[_Chunk]:
         n = 0
         for index, ds, info, urls, expected, bank in plans:
-            samples = (decode(s) for s in _read_tars(({"url": u} for u in urls), expected=expected))
+            samples = (decode(s) for s in read_tars(({"url": u} for u in urls), expected=expected))
             if keep is not None:
                 samples = (s for s in samples if f"{ds}/{s['meta']['subject']}" == keep)
             num_labels = index.info.num_labels if index is not None else info.num_labels

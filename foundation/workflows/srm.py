@@ -31,12 +31,12 @@ DEFAULT_FEATURES = (5, 10, 20, 50, 100)
 
 def _read_split(index, subject: str, split: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """``(keys, stimulus ids, X (n, voxels) float32, Y (n, C))`` of one subject's split, in shard order."""
-    from foundation.data.loader import _read_tars, decode
+    from foundation.data.loader import read_tars, decode
 
     shards = index.shards(split, {subject})
     keys, stimuli, xs, ys = [], [], [], []
     expected = {str(p): c for p, c, _ in shards}
-    for raw in _read_tars(({"url": str(p)} for p, _, _ in shards), expected=expected):
+    for raw in read_tars(({"url": str(p)} for p, _, _ in shards), expected=expected):
         s = decode(raw)
         keys.append(s["key"])
         stimuli.append(str(s["meta"]["stimulus"]))
@@ -72,7 +72,8 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
     from foundation.core.atomic import write_json
     from foundation.data.shards import build_shards, find_shards
     from foundation.core.recipe import save_recipe
-    from foundation.engine.trainer import metrics_from_predictions, run_dir_for
+    from foundation.engine.trainer import run_dir_for
+    from foundation.objectives.metrics import metrics_from_predictions
 
     t0 = time.perf_counter()
     run_dir = run_dir_for(recipe)

@@ -32,7 +32,7 @@ def _metric_values(d, prefix=""):
 
 
 def test_tiny_run_end_to_end(tiny_recipe, tmp_path):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     path = train(tiny_recipe(), progress=False)
     metrics = json.loads(Path(path).read_text())
@@ -51,7 +51,7 @@ def test_tiny_run_end_to_end(tiny_recipe, tmp_path):
 
 
 def test_changed_recipe_refuses_existing_run_dir(tiny_recipe):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     train(tiny_recipe(), progress=False)
     with pytest.raises(RecipeError, match=r"train\.lr"):
@@ -60,7 +60,7 @@ def test_changed_recipe_refuses_existing_run_dir(tiny_recipe):
 
 def test_evaluate_recomputes_metrics(tiny_recipe, tmp_path):
     from foundation.workflows.evaluate import evaluate_run
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     metrics = json.loads(Path(train(tiny_recipe(), progress=False)).read_text())
     again = evaluate_run(tmp_path / "run", split="test")
@@ -70,7 +70,7 @@ def test_evaluate_recomputes_metrics(tiny_recipe, tmp_path):
 
 @pytest.mark.parametrize("tokens", ["shared", "identity"])
 def test_baseline_switches_train(tiny_recipe, tokens):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     metrics = json.loads(Path(train(tiny_recipe(**{"model.tokens": tokens, "train.steps": 10}),
                                      progress=False)).read_text())
@@ -79,7 +79,7 @@ def test_baseline_switches_train(tiny_recipe, tokens):
 
 
 def test_single_subject_switch(tiny_recipe):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     recipe = tiny_recipe(**{"train.steps": 10})
     recipe.datasets[0].subjects = ["sub-02"]
@@ -134,7 +134,7 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(tmp_path):
 
 
 def test_volume_mode_end_to_end(tiny_recipe):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     recipe = tiny_recipe(**{"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3})
     recipe.datasets[0].options = {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 60,
@@ -166,7 +166,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_recipe, tmp_path):
     """A checkpoint whose subject vocabulary differs from the model the recipe builds is refused."""
     from foundation.engine.checkpoint import STATE_NAME, latest_checkpoint
     from foundation.core.errors import CheckpointError
-    from foundation.engine.trainer import Trainer, train
+    from foundation.engine.trainer import Trainer
+    from foundation.workflows.train import train
 
     train(tiny_recipe(), progress=False)
     state_file = latest_checkpoint(tmp_path / "run") / STATE_NAME

@@ -133,7 +133,7 @@ def read_tars(directory: Path, index: dict) -> dict[str, dict]:
 
 def test_shards_counts_values_labels_and_training(tmp_path: Path, registered: None) -> None:
     from foundation.data.shards import build_shards
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     fx = write_hcp_fixture(tmp_path / "HCP")
     recipe = recipe_for(tmp_path, fx.root)

@@ -200,7 +200,7 @@ def test_pca_bases_are_saved_and_project_new_scans(fx, built):
 
 
 def test_trains_a_few_steps_through_the_spine(built):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     tmp, recipe, _ = built
     path = train(recipe, progress=False)

@@ -397,7 +397,7 @@ def test_minilm_without_its_package_says_how_to_install(monkeypatch) -> None:
 
 
 def test_random_weights_are_recorded_in_index_and_metrics(registered, tiny_recipe) -> None:
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     r = tiny_recipe(guidance={"low": "clip", "high": "clip", "allow_random_weights": True,
                               "options": {"clip": OPTIONS["clip"]}}, **{"train.steps": 10})

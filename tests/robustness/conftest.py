@@ -48,7 +48,7 @@ def tiny_run_recipe(root: Path, *, run: Path | None = None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A finished tiny run (checkpoints at steps 2 and 4) in ``ROOT/run`` and its shards, under ``ROOT``."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("trained")
     train(tiny_run_recipe(root, run=root / "run"), progress=False)

@@ -51,7 +51,7 @@ def _cli(capsys, *args: str) -> str:
 
 
 def _train(recipe: Recipe):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     return lambda: train(recipe, progress=False)
 
@@ -218,7 +218,7 @@ def test_plugin_that_raises_when_constructed(tmp_path, fresh_plugins, request):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny run trained on sub-01 and sub-02 (sub-03 held out)."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("pretrained")
     recipe = _recipe(root, **{"datasets.0.subjects": ["sub-01", "sub-02"]})
@@ -239,7 +239,7 @@ def test_unknown_subject_at_train(pretrained, tmp_path, request):
 
 
 def test_unknown_subject_at_finetune(pretrained, tmp_path, request):
-    from foundation.engine.surgery import finetune
+    from foundation.workflows.finetune import finetune
 
     shutil.copytree(pretrained / "shards", tmp_path / "shards")
     recipe = _recipe(tmp_path, **{"datasets.0.subjects": ["sub-07"]})

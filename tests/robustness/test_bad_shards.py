@@ -46,7 +46,7 @@ def _recipe(tmp_path: Path, shards: Path) -> Recipe:
 @pytest.fixture
 def damaged(pristine: Path, tmp_path: Path):
     """``(shard directory of the copy, train function)``: damage the copy, then call ``train()``."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     shards = tmp_path / "shards"
     shutil.copytree(pristine, shards)

@@ -25,7 +25,7 @@ from .conftest import assert_nothing_half_written, expect, full_disk_open, tiny_
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """An uninterrupted run: shards under ``clean/shards``, run in ``clean/run``."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("clean")
     train(tiny_run_recipe(root), progress=False)
@@ -95,7 +95,7 @@ def _same_metrics(a: dict, b: dict) -> None:
 def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, request):
     import accelerate.checkpointing as ckpt_module
 
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     real_save = ckpt_module.save
 
@@ -122,7 +122,7 @@ def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, requ
 
 
 def test_disk_full_while_writing_the_selected_model(clean, tmp_path, monkeypatch, request):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     when = lambda path: ".tmp-model.safetensors." in path
     monkeypatch.setattr(atomic, "open", full_disk_open(200, when=when), raising=False)

@@ -76,7 +76,7 @@ def test_pickle_as_checkpoint_weights(run, marker, request):
 
 def test_rerun_of_a_tampered_run_refuses_to_resume(run, marker, trained, request):
     """The same through `foundation train`: the command stops, nothing of the run is rewritten."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     copy, _ = run
     torch_pickle(copy / "checkpoints" / "step-00000004" / "random_states_0.pkl", marker)
@@ -200,7 +200,7 @@ def test_pickle_as_hcp_segments_unless_trusted(marker, tmp_path, request):
 
 
 def test_python_tag_in_a_run_directory_config(run, marker, trained, request):
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     copy, _ = run
     config = copy / "config.yaml"

@@ -16,7 +16,7 @@ SHORT = {"steps": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 2}
 def _train(root: Path, run: str, *, tokens: str = "subject", volume: dict | None = None) -> Path:
     from foundation.core.config import Recipe
     from foundation.core.recipe import from_dict, validate_recipe
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     d = tiny_recipe_dict(root, **{"run.dir": str(root / run)})
     d["train"].update(SHORT)

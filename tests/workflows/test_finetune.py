@@ -17,7 +17,7 @@ DS = "synthetic"
 @pytest.fixture
 def pretrained(tiny_recipe, tmp_path):
     """A tiny run trained on sub-01 and sub-02 only (sub-03 is held out)."""
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     recipe = tiny_recipe(**{"run.dir": str(tmp_path / "pre")})
     recipe.datasets[0].subjects = ["sub-01", "sub-02"]
@@ -33,7 +33,7 @@ def _ft_recipe(tiny_recipe, tmp_path, name="ft", subjects=("sub-03",), **overrid
 
 
 def test_finetune_trains_only_the_new_tokens(pretrained, tiny_recipe, tmp_path):
-    from foundation.engine.surgery import finetune
+    from foundation.workflows.finetune import finetune
 
     metrics = json.loads(Path(finetune(pretrained, _ft_recipe(tiny_recipe, tmp_path), progress=False)).read_text())
     dim = 16
@@ -61,7 +61,7 @@ def test_finetune_trains_only_the_new_tokens(pretrained, tiny_recipe, tmp_path):
 
 
 def test_unfreeze_head_trains_the_head_and_nothing_else(pretrained, tiny_recipe, tmp_path):
-    from foundation.engine.surgery import finetune
+    from foundation.workflows.finetune import finetune
 
     path = finetune(pretrained, _ft_recipe(tiny_recipe, tmp_path), unfreeze=["head"], progress=False)
     metrics = json.loads(Path(path).read_text())
@@ -79,7 +79,7 @@ def test_unfreeze_head_trains_the_head_and_nothing_else(pretrained, tiny_recipe,
 
 def test_finetune_run_evaluates_and_resumes(pretrained, tiny_recipe, tmp_path):
     from foundation.workflows.evaluate import evaluate_run
-    from foundation.engine.surgery import finetune
+    from foundation.workflows.finetune import finetune
 
     recipe = _ft_recipe(tiny_recipe, tmp_path)
     metrics = json.loads(Path(finetune(pretrained, recipe, progress=False)).read_text())
@@ -92,7 +92,8 @@ def test_finetune_run_evaluates_and_resumes(pretrained, tiny_recipe, tmp_path):
 
 def test_finetune_refuses_what_it_cannot_do(pretrained, tiny_recipe, tmp_path):
     from foundation.core.errors import CheckpointError
-    from foundation.engine.surgery import FinetuneSpec, finetune
+    from foundation.engine.surgery import FinetuneSpec
+    from foundation.workflows.finetune import finetune
 
     with pytest.raises(RecipeError, match="no subject that"):
         finetune(pretrained, _ft_recipe(tiny_recipe, tmp_path, subjects=("sub-01",)), progress=False)

@@ -23,7 +23,7 @@ def _train(root: Path, *, volume: bool = False):
     returns ``(recipe, run_dir, shard_dir)``."""
     from foundation.core.config import Recipe
     from foundation.core.recipe import from_dict, validate_recipe
-    from foundation.engine.trainer import train
+    from foundation.workflows.train import train
 
     d = tiny_recipe_dict(root, **{"train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 4,
                                   "train.lr": 0.03})  # a large step: probabilities well away from 0.5
@@ -185,13 +185,13 @@ def test_volume_nifti_matches_shards(volume_run, tmp_path):
     import nibabel as nib
 
     from foundation.data.index import read_index
-    from foundation.data.loader import _read_tars, decode
+    from foundation.data.loader import read_tars, decode
     from foundation.workflows.predict import predict_run
 
     _, run_dir, shards = volume_run
     index = read_index(shards)
     tars = index.shards("test", {"sub-02"})
-    samples = [decode(s) for s in _read_tars([{"url": str(p)} for p, _, _ in tars], expected={})]
+    samples = [decode(s) for s in read_tars([{"url": str(p)} for p, _, _ in tars], expected={})]
     mask = index.mask("sub-02")
     grid = tuple(index.data["grid"])
     vol = np.full((*grid, len(samples)), np.nan, np.float32)  # NaN outside the brain is ignored
