@@ -40,7 +40,8 @@ from foundation.core.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
 from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError, write_error
-from foundation.core.recipe import from_dict, recipe_hash, to_dict
+from foundation.core.convert import from_dict, to_dict
+from foundation.core.recipe import recipe_hash
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from safetensors.torch import save as safetensors_save
 from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
 from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError, FoundationError, write_error
-from foundation.core.recipe import from_dict, to_dict
+from foundation.core.convert import from_dict, to_dict
 
 STATE_NAME = "trainer_state.json"
 

@@ -25,7 +25,8 @@ from foundation.core.config import Recipe
 from foundation.core.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
-from foundation.core.recipe import save_recipe, to_dict
+from foundation.core.convert import to_dict
+from foundation.core.recipe import save_recipe
 from foundation.objectives.metrics import metrics_from_predictions
 
 log = logging.getLogger("foundation.train")
@@ -66,7 +67,7 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); pass run.dir=<new directory> "
                           f"(nothing is deleted)") from exc
     try:  # keys added to the schema since the run was made take their defaults
-        from foundation.core.recipe import from_dict
+        from foundation.core.convert import from_dict
 
         raw = to_dict(from_dict(Recipe, raw))
     except (RecipeError, TypeError):
