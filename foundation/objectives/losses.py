@@ -41,18 +41,19 @@ def _check_batch(name: str, x: Tensor) -> int:
     return x.shape[0]
 
 
-def cosine_rsm(x: Tensor) -> Tensor:
+def cosine_rsm(x: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
     """Representational similarity matrix: ``M[i, j] = cos(x_i, x_j)``.
 
     Args:
         x: ``(B, D)`` features (any float dtype).
+        dtype: computed in this dtype (float32 in the loss; the token-RSM figure asks float64).
 
     Returns:
-        ``(B, B)`` float32; rows are L2-normalised with ``eps`` so a zero row gives zeros.
+        ``(B, B)`` in ``dtype``; rows are L2-normalised with ``eps`` so a zero row gives zeros.
     """
     _check_batch("cosine_rsm input", x)
     with _fp32(x.device):
-        u = F.normalize(x.float(), p=2.0, dim=1, eps=NORM_EPS)
+        u = F.normalize(x.to(dtype), p=2.0, dim=1, eps=NORM_EPS)
         return u @ u.T
 
 

@@ -1,53 +1,18 @@
-"""``foundation plot RUN_DIR``: the figures of a finished run, as a paper would show them.
-
-Figures (one file each, written atomically into ``RUN_DIR/plots/`` unless told otherwise):
-
-* ``training_curves`` — validation mAP / AUC over steps (the run's ``trainer_state.json`` history,
-  else its TensorBoard logs) with the selected step and chance mAP marked; the training loss and its
-  terms (unweighted, from the TensorBoard logs when tensorboard's event reader is importable).
-* ``attention_rois_<dataset>`` (ROI datasets; paper Fig. F8 / F9) — the last layer's attention from
-  each readout token (low, high; MS-EMB: the one subject token) to each ROI token, averaged over
-  heads and over the subject's samples of the split; one panel per subject, low and high side by side.
-* ``attention_volume_<dataset>`` (volume datasets; paper Fig. 4) — the same attention painted back
-  onto the brain: a patch token of the :class:`~foundation.model.adapters.VolumeAdapter` is one cell
-  of its ``out_grid``, i.e. the block ``[f·i, f·(i+1))`` per axis of the (zero-padded) input grid,
-  ``f = 2 ** len(channels)`` (:func:`token_map_to_grid`); every voxel gets the attention weight of
-  its patch (not divided by the patch's voxel count), the map is cropped to the grid, masked with
-  the subject's brain mask from the run's shards and drawn with nilearn on the MNI152 template.
-  The grid's affine comes from :func:`grid_affine`.  (The CNN's receptive field of patch ``i`` is
-  centred on voxel ``f·i`` rather than the block centre, and reaches into neighbouring blocks: the
-  block map is the patch partition, not a receptive-field map.)
-* ``token_rsm`` (paper Fig. F7) — cosine similarity between subjects' learned low-level tokens and
-  between their high-level tokens (rows of the token table); not drawn for ``model.tokens=shared``,
-  where every subject has the same tokens.
-* ``compare_per_subject`` (paper Fig. C5 / C6; with ``compare=``) — paired per-subject mAP of this
-  run and another one (or several with disjoint subjects, e.g. one SS-ViT run per subject), from the
-  ``metrics.json`` ``per_subject`` entries: bars and a scatter against the diagonal.
-
-The ``*_figure`` functions are pure: arrays and metrics in, a :class:`matplotlib.figure.Figure` out,
-drawn with the Agg canvas whatever pyplot's backend is.  :func:`plot_run` computes what they need
-from a run directory (attention: the ``best/`` weights applied to the run's shards, batched, under
-``torch.no_grad()``) and saves them.
-"""
+"""The figures of a run as pure functions: arrays and metrics in, a :class:`matplotlib.figure.Figure`
+out (drawn with the Agg canvas whatever pyplot's backend is), and :func:`save_figures`.  What each
+figure shows is described in :mod:`foundation.workflows.figures`."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import math
-import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from foundation.core.atomic import atomic_open
-from foundation.core.errors import CheckpointError, DataError, FoundationError
-
-log = logging.getLogger("foundation.plots")
+from foundation.core.errors import FoundationError
 
 FORMATS = ("png", "pdf")
 DEFAULT_DPI = 150
@@ -55,14 +20,6 @@ DEFAULT_DPI = 150
 READOUT_NAMES = {1: ("subject token",), 2: ("low-level token", "high-level token")}
 READOUT_COLORS = ("#1f77b4", "#d62728")
 LOW_HIGH = ("low", "high")
-
-#: affines of the MNI152 grids FSL and HCP distribute (LAS storage: x decreases with i); the 1.6 mm
-#: grid is the HCP 7T ``MNINonLinear`` one
-MNI_AFFINES: dict[tuple[int, int, int], np.ndarray] = {
-    shape: np.array([[-mm, 0, 0, 90], [0, mm, 0, -126], [0, 0, mm, -72], [0, 0, 0, 1]], dtype=float)
-    for shape, mm in (((91, 109, 91), 2.0), ((113, 136, 113), 1.6), ((182, 218, 182), 1.0))
-}
-_SLICE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 
 
 # =========================================================================== helpers
@@ -217,102 +174,6 @@ def roi_attention_figure(
     return fig
 
 
-# =========================================================================== 3. volume attention maps
-def token_map_to_grid(values: np.ndarray, out_grid: Sequence[int], factor: int, grid: Sequence[int]) -> np.ndarray:
-    """Patch-token values -> a voxel map on the input grid.
-
-    The :class:`~foundation.model.adapters.VolumeAdapter` pads each axis of ``grid`` up to
-    ``out_grid * factor`` and reduces it by ``factor`` (``len(channels)`` stride-2 stages), then
-    flattens ``out_grid`` in C order: token ``t`` with ``(i, j, k) = unravel(t, out_grid)`` covers
-    the voxels ``[f·i, f·(i+1)) × [f·j, f·(j+1)) × [f·k, f·(k+1))``.  Each voxel gets its token's
-    value; the padding beyond ``grid`` is cropped.
-
-    Args:
-        values: ``(M,)`` with ``M = prod(out_grid)``.
-
-    Returns:
-        ``(X, Y, Z)`` float array.
-    """
-    values = np.asarray(values)
-    out_grid, grid = tuple(int(v) for v in out_grid), tuple(int(v) for v in grid)
-    if values.shape != (math.prod(out_grid),):
-        raise ValueError(f"{values.shape} token values for an out_grid {out_grid} of {math.prod(out_grid)} patches")
-    if any(o * factor < g for o, g in zip(out_grid, grid)):
-        raise ValueError(f"out_grid {out_grid} × {factor} does not cover the grid {grid}")
-    vol = values.reshape(out_grid)
-    for axis in range(3):
-        vol = np.repeat(vol, factor, axis=axis)
-    return vol[: grid[0], : grid[1], : grid[2]]
-
-
-def mni_brain_bbox() -> tuple[np.ndarray, np.ndarray]:
-    """World-space (mm) bounding box ``(low, high)`` of nilearn's bundled MNI152 brain mask (voxel edges)."""
-    import nibabel as nib
-    from nilearn.datasets import load_mni152_brain_mask
-
-    mask = load_mni152_brain_mask(resolution=2)
-    ijk = np.argwhere(np.asarray(mask.get_fdata()) > 0)
-    corners = nib.affines.apply_affine(mask.affine, np.stack([ijk.min(0) - 0.5, ijk.max(0) + 0.5]))
-    return corners.min(0), corners.max(0)
-
-
-def _crop_starts(text: str | None, raw: Sequence[int]) -> tuple[int, int, int] | None:
-    """Start index per axis of a ``"a:b,c:d,e:f"`` crop (Python slice syntax), ``None`` if unreadable."""
-    if text is None or str(text).strip().lower() in ("", "none"):
-        return (0, 0, 0)
-    parts = str(text).split(",")
-    if len(parts) != 3:
-        return None
-    out = []
-    for part, n in zip(parts, raw):
-        m = _SLICE.match(part)
-        if not m:
-            return None
-        start, stop = (int(v) if v is not None else None for v in m.groups())
-        out.append(slice(start, stop).indices(int(n))[0])
-    return tuple(out)  # type: ignore[return-value]
-
-
-def grid_affine(grid: Sequence[int], extra: Mapping[str, Any] | None = None,
-                bbox: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, str]:
-    """A voxel -> MNI (mm) affine for a volume dataset's grid, and how it was chosen.
-
-    In order:
-
-    1. ``extra["affine"]`` (a 4×4 list a dataset plugin may record in ``index.json``);
-    2. a standard MNI152 grid: ``extra["raw_grid"]`` (else ``grid``) of 91×109×91 (2 mm),
-       113×136×113 (1.6 mm, HCP 7T) or 182×218×182 (1 mm) gets its FSL/HCP affine, shifted by the
-       start of ``extra["crop"]`` (the HCP plugin's ``"2:,4:-5,:-2"``) when the grid is a crop;
-    3. otherwise (the synthetic world, which has no real affine) a diagonal RAS affine that maps
-       the grid's bounding box (voxel edges ``-0.5 … n-0.5`` per axis) onto ``bbox``, by default the
-       bounding box of the MNI152 brain mask bundled with nilearn (:func:`mni_brain_bbox`): grid
-       axes 0, 1, 2 become x (left→right), y (posterior→anterior), z (inferior→superior), with
-       anisotropic voxels if the grid's proportions differ from the brain's.
-    """
-    grid = tuple(int(g) for g in grid)
-    extra = dict(extra or {})
-    if extra.get("affine") is not None:
-        affine = np.asarray(extra["affine"], dtype=float)
-        if affine.shape == (4, 4):
-            return affine, "affine recorded by the dataset plugin"
-    raw = tuple(int(g) for g in extra.get("raw_grid") or grid)
-    if raw in MNI_AFFINES:
-        starts = _crop_starts(extra.get("crop"), raw) if raw != grid else (0, 0, 0)
-        if starts is not None:
-            shift = np.eye(4)
-            shift[:3, 3] = starts
-            mm = abs(MNI_AFFINES[raw][1, 1])
-            return MNI_AFFINES[raw] @ shift, f"standard MNI152 {mm:g} mm affine" + (
-                f" (grid cropped {extra.get('crop')} from {raw[0]}×{raw[1]}×{raw[2]})" if raw != grid else "")
-    low, high = bbox if bbox is not None else mni_brain_bbox()
-    scale = (np.asarray(high, float) - np.asarray(low, float)) / np.asarray(grid, float)
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag(scale)
-    affine[:3, 3] = np.asarray(low, float) + 0.5 * scale  # centre of voxel 0
-    return affine, ("no real affine: the grid's bounding box stretched onto the MNI152 brain's "
-                    f"({', '.join(f'{s:.1f}' for s in scale)} mm voxels)")
-
-
 def volume_attention_figure(
     maps: Mapping[str, Sequence[np.ndarray]],
     affine: np.ndarray,
@@ -394,13 +255,6 @@ def _tick_format(low: float, high: float) -> str:
 
 
 # =========================================================================== 4. token RSMs
-def cosine_rsm(tokens: np.ndarray) -> np.ndarray:
-    """``(S, D)`` tokens -> ``(S, S)`` cosine similarities."""
-    tokens = np.asarray(tokens, dtype=np.float64)
-    unit = tokens / np.maximum(np.linalg.norm(tokens, axis=1, keepdims=True), 1e-12)
-    return np.clip(unit @ unit.T, -1.0, 1.0)
-
-
 def token_rsm_figure(rsms: Mapping[str, np.ndarray], labels: Sequence[str], *, title: str | None = None,
                      dpi: int = DEFAULT_DPI):
     """Between-subject RSMs of the readout tokens as heatmaps (Fig. F7).
@@ -502,274 +356,6 @@ def compare_figure(
     return fig
 
 
-# =========================================================================== run data
-def read_tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of the event files under ``log_dir`` (``tag -> sorted (step, value)``); later files
-    win for a step logged twice (a resumed run). ``{}`` when tensorboard's event reader is unavailable."""
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except Exception:  # tensorboard not installed or broken: the curves come from trainer_state.json
-        log.info("tensorboard's event reader is not importable; training loss curves are not drawn")
-        return {}
-    files = sorted(Path(log_dir).rglob("events.out.tfevents.*"), key=lambda p: (p.stat().st_mtime, p.name))
-    merged: dict[str, dict[int, float]] = {}
-    for path in files:
-        try:
-            acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-            acc.Reload()
-            for tag in acc.Tags().get("scalars", []):
-                merged.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
-        except Exception as exc:  # a truncated event file of a killed run: use what the others hold
-            log.warning("cannot read %s: %s", path, exc)
-    return {tag: sorted(values.items()) for tag, values in merged.items()}
-
-
-def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
-    """``(val, train)`` curves of a run: validation from the latest checkpoint's history (else the
-    TensorBoard logs), training loss terms from the TensorBoard logs."""
-    from foundation.engine.checkpoint import latest_checkpoint, read_state
-
-    run_dir = Path(run_dir)
-    scalars = read_tensorboard_scalars(run_dir / "logs") if (run_dir / "logs").is_dir() else {}
-    val: dict[str, list[tuple[int, float]]] = {}
-    ckpt = latest_checkpoint(run_dir)
-    history = read_state(ckpt).get("history", []) if ckpt is not None else []
-    for name in ("mAP", "AUC"):
-        points = [(int(h["step"]), float(h[f"val_{name}"])) for h in history if f"val_{name}" in h]
-        if not points:
-            points = list(scalars.get(f"val/{name}", []))
-        if points:
-            val[name] = points
-    train = {tag.split("/", 1)[1]: v for tag, v in scalars.items() if tag.startswith("train/") and tag != "train/lr"}
-    return val, train
-
-
-@dataclasses.dataclass
-class ReadoutAttention:
-    """Mean last-layer attention of the readout tokens of one dataset's subjects.
-
-    Attributes:
-        dataset: dataset id.
-        n_readout: ``R``; the attention rows are the readout tokens, columns ``R:`` the patch tokens.
-        mean: global subject id -> ``(R, T)`` attention of each readout token over all ``T`` tokens,
-            averaged over heads and samples (each row sums to 1).
-        count: global subject id -> samples averaged.
-    """
-
-    dataset: str
-    n_readout: int
-    mean: dict[str, np.ndarray]
-    count: dict[str, int]
-
-    def patches(self, subject: str) -> np.ndarray:
-        """``(R, M)``: the attention on the patch (ROI) tokens only."""
-        return self.mean[subject][:, self.n_readout:]
-
-
-def readout_attention(model, dataset: str, batches: Iterable[Any], *, device: Any = "cpu",
-                      voxel_index=None) -> ReadoutAttention:
-    """Average the last layer's readout-token attention per subject over ``batches``.
-
-    Args:
-        model: a :class:`~foundation.model.CLIPMUSED` (put in eval mode here).
-        batches: objects with ``fmri`` and ``subjects`` (global ids), e.g. loader ``Batch`` es.
-        voxel_index: volume datasets: a callable ``subjects -> (B, V_max)`` positions
-            (:class:`~foundation.data.voxels.VoxelIndexBank`).
-    """
-    import torch
-
-    model.eval()
-    r = model.n_readout
-    sums: dict[str, np.ndarray] = {}
-    count: dict[str, int] = {}
-    with torch.no_grad():
-        for batch in batches:
-            idx = model.subject_index(batch.subjects).to(device)
-            vi = voxel_index(batch.subjects).to(device) if voxel_index is not None else None
-            out = model(dataset, batch.fmri.to(device).float(), idx, voxel_index=vi, return_attention=True)
-            if out.attention is None:
-                raise FoundationError(f"the model of dataset {dataset!r} returned no attention (no Transformer)")
-            rows = out.attention[:, :, :r, :].float().mean(1).cpu().numpy().astype(np.float64)  # (B, R, T)
-            for gid, a in zip(batch.subjects, rows):
-                sums[gid] = sums.get(gid, 0.0) + a
-                count[gid] = count.get(gid, 0) + 1
-    return ReadoutAttention(dataset, r, {g: s / count[g] for g, s in sums.items()}, count)
-
-
-def run_attention(model, run_dir: Path, dataset: str, subjects: Sequence[str], *, split: str = "test",
-                  batch_size: int = 64, device: Any = "cpu") -> tuple[ReadoutAttention, Any]:
-    """Readout attention of ``subjects`` (bare ids) of ``dataset`` over the run's ``split`` shards.
-
-    Returns ``(attention, shard index)``; subjects without shards in the index are left out.
-    """
-    from foundation.data.loader import DatasetStream
-    from foundation.data.voxels import VoxelIndexBank
-    from foundation.workflows.predict import run_shard_index
-
-    index = run_shard_index(Path(run_dir), dataset,
-                            needed_for=f"the attention figures of dataset {dataset!r} read its samples from")
-    info, theirs = model.infos[dataset], index.info
-    if (info.kind, info.token_shape, info.grid) != (theirs.kind, theirs.token_shape, theirs.grid):
-        raise DataError(f"{index.root}: shards of {theirs.kind} inputs (tokens {theirs.token_shape}, grid "
-                        f"{theirs.grid}) do not fit the model's dataset {dataset!r} ({info.kind}, tokens "
-                        f"{info.token_shape}, grid {info.grid})")
-    present = [s for s in subjects if s in index.data["subjects"]]
-    if len(present) < len(subjects):
-        log.warning("%s: no shards for subject(s) %s in %s; their attention is not drawn", dataset,
-                    sorted(set(subjects) - set(present)), index.root)
-    if not present:
-        return ReadoutAttention(dataset, model.n_readout, {}, {}), index
-    stream = DatasetStream(index, subjects=present)
-    bank = VoxelIndexBank(index, present, device=device) if info.kind == "volume" else None
-    att = readout_attention(model, dataset, stream.eval_batches(split, batch_size), device=device, voxel_index=bank)
-    return att, index
-
-
-def _run_name(run_dir: Path) -> str:
-    return Path(run_dir).resolve().name
-
-
-def _common_name(run_dirs: Sequence[Path]) -> str:
-    """A label for several runs: their names' common prefix (``ss-vit-seed0-…``), else the first name + count."""
-    names = [_run_name(d) for d in run_dirs]
-    prefix = os.path.commonprefix(names)
-    if any(len(n) > len(prefix) and n[len(prefix)] not in "-_" for n in names):  # cut at a whole word
-        prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_"), 0)]
-    prefix = prefix.rstrip("-_")
-    return f"{prefix}-… ({len(names)} runs)" if prefix else f"{names[0]} + {len(names) - 1} runs"
-
-
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: {run_dir} is not a finished run (train it to the end first)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is unreadable: {exc}") from exc
-
-
-def _per_subject(metrics: Mapping[str, Any], split: str, metric: str, where: Path) -> dict[str, float]:
-    try:
-        rows = metrics[split]["per_subject"]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{where / 'metrics.json'} has no {split!r} per_subject metrics") from None
-    return {s: float(m.get(metric, float("nan"))) for s, m in rows.items()}
-
-
-def run_figures(
-    run_dir: str | Path,
-    *,
-    compare: str | Path | Sequence[str | Path] | None = None,
-    split: str = "test",
-    device: Any = "cpu",
-    batch_size: int = 64,
-    max_subjects: int | None = 8,
-    dpi: int = DEFAULT_DPI,
-    details: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Every figure of a finished run: name -> Figure (see the module docstring for the names).
-
-    Args:
-        compare: another run directory, or several whose subjects are disjoint (e.g. one single-subject
-            model per subject): adds ``compare_per_subject``.
-        split: whose samples the attention is averaged over, and whose per-subject metrics are compared.
-        max_subjects: per-subject attention figures show (and compute) the first this many subjects of
-            each dataset in vocabulary order; ``None`` shows all. The token RSMs always show all.
-        details: if given, filled with the numbers behind the figures (``"attention"``: dataset ->
-            :class:`ReadoutAttention`; volume datasets: ``"affine"``: dataset -> ``(affine, how)``,
-            ``"maps"``: dataset -> subject -> the drawn ``(X, Y, Z)`` map per readout token; ``"rsm"``,
-            ``"curves"``).
-    """
-    import torch
-
-    from foundation.engine.checkpoint import load_model
-
-    run_dir = Path(run_dir)
-    if split not in ("val", "test"):
-        raise FoundationError(f"split must be 'val' or 'test' (metrics.json holds those), got {split!r}")
-    if not (run_dir / "best").is_dir():
-        raise CheckpointError(f"{run_dir / 'best'} not found: {run_dir} is not a run directory with selected weights")
-    metrics = _read_metrics(run_dir)
-    details = {} if details is None else details
-    name = _run_name(run_dir)
-    figures: dict[str, Any] = {}
-    paired = None
-    if compare:  # checked first: a bad comparison fails before the attention pass
-        others = [Path(compare)] if isinstance(compare, (str, Path)) else [Path(c) for c in compare]
-        a, b = _per_subject(metrics, split, "mAP", run_dir), {}
-        for other in others:  # several runs (e.g. one single-subject model each) are merged by subject
-            for subject, value in _per_subject(_read_metrics(other), split, "mAP", other).items():
-                if subject in b:
-                    raise FoundationError(f"cannot compare with {[str(o) for o in others]}: subject {subject} "
-                                          f"is in more than one of them")
-                b[subject] = value
-        label = ", ".join(str(o) for o in others[:2]) + (f" … ({len(others)} runs)" if len(others) > 2 else "")
-        if not set(a) & set(b):
-            raise FoundationError(f"cannot compare {run_dir} with {label}: the runs share no subject "
-                                  f"({sorted(a)[:3]} vs {sorted(b)[:3]})")
-        other_name = _run_name(others[0]) if len(others) == 1 else _common_name(others)
-        names2 = (name, other_name)
-        paired = (a, b, names2 if names2[0] != names2[1] else (str(run_dir), label))
-
-    val, train = read_curves(run_dir)
-    details["curves"] = {"val": val, "train": train}
-    if val or train:
-        figures["training_curves"] = training_curves_figure(
-            val, train, best_step=metrics.get("best_step"), chance_mAP=(metrics.get("val") or {}).get("chance_mAP"),
-            title=f"{name}: training", dpi=dpi)
-    else:
-        log.warning("%s: no validation history or TensorBoard scalars; no training curves", run_dir)
-
-    model, _ = load_model(run_dir / "best", device=device)
-    names = readout_names(model.n_readout)
-    details["attention"], details["affine"], details["maps"] = {}, {}, {}
-    backbone = getattr(model.cfg, "backbone", "transformer")
-    if backbone != "transformer":
-        log.info("%s: model.backbone=%s has no attention; no attention figures", run_dir, backbone)
-    for ds, info in model.infos.items() if backbone == "transformer" else ():
-        subjects = [_short(g) for g in model.vocab if g.startswith(ds + "/")]
-        shown = subjects if max_subjects is None else subjects[:max_subjects]
-        att, index = run_attention(model, run_dir, ds, shown, split=split, batch_size=batch_size, device=device)
-        details["attention"][ds] = att
-        if not att.mean:
-            continue
-        gids = [f"{ds}/{s}" for s in shown if f"{ds}/{s}" in att.mean]
-        more = f", first {len(gids)} of {len(subjects)} subjects" if len(gids) < len(subjects) else ""
-        what = f"{name}: last-layer attention of the readout tokens, {ds} {split} ({model.cfg.tokens} tokens{more})"
-        if info.kind == "roi":
-            rois = list(info.token_names or [f"ROI {i + 1}" for i in range(info.token_shape[0])])
-            figures[f"attention_rois_{ds}"] = roi_attention_figure(
-                {_short(g): att.patches(g) for g in gids}, rois, token_names=names, title=what, dpi=dpi)
-        else:
-            adapter = model.adapters[ds]
-            affine, how = grid_affine(info.grid, info.extra)
-            details["affine"][ds] = (affine, how)
-            maps = details["maps"][ds] = {}
-            for g in gids:
-                mask = index.mask(_short(g))
-                maps[_short(g)] = [np.where(mask, token_map_to_grid(row, adapter.out_grid, adapter.factor, info.grid),
-                                            0.0) for row in att.patches(g)]
-            figures[f"attention_volume_{ds}"] = volume_attention_figure(
-                maps, affine, token_names=names, title=what, dpi=dpi,
-                note=f"patch attention painted on its {adapter.factor}³-voxel block, masked with the subject's "
-                     f"brain mask; grid → MNI: {how}")
-
-    if model.cfg.tokens == "shared":
-        log.info("%s: model.tokens=shared gives every subject the same tokens; no token RSM", run_dir)
-    else:
-        table = model.subject_tokens.weight.detach().to("cpu", torch.float64).numpy()  # (S, R, D)
-        rsms = {names[r]: cosine_rsm(table[:, r]) for r in range(model.n_readout)}
-        details["rsm"] = rsms
-        figures["token_rsm"] = token_rsm_figure(rsms, _labels(model.vocab), dpi=dpi,
-                                                title=f"{name}: between-subject token similarity")
-
-    if paired is not None:
-        a, b, names2 = paired
-        figures["compare_per_subject"] = compare_figure(
-            a, b, names=names2, metric="mAP", dpi=dpi, title=f"{split} mAP per subject: {names2[0]} vs {names2[1]}")
-    return figures
-
 
 def save_figures(figures: Mapping[str, Any], out: str | Path, *, fmt: str = "png", close: bool = True) -> list[Path]:
     """Write each figure to ``out/<name>.<fmt>`` atomically (at the figure's own dpi); returns the paths."""
@@ -785,18 +371,3 @@ def save_figures(figures: Mapping[str, Any], out: str | Path, *, fmt: str = "png
         if close:
             fig.clf()
     return paths
-
-
-def plot_run(run_dir: str | Path, *, out: str | Path | None = None,
-             compare: str | Path | Sequence[str | Path] | None = None,
-             split: str = "test", fmt: str = "png", device: Any = "cpu", batch_size: int = 64,
-             max_subjects: int | None = 8, dpi: int = DEFAULT_DPI) -> list[Path]:
-    """Make and save every figure of a finished run (default into ``RUN_DIR/plots/``); returns the files.
-
-    See :func:`run_figures` for the arguments; ``fmt`` is ``"png"`` or ``"pdf"``.
-    """
-    if fmt not in FORMATS:
-        raise FoundationError(f"unknown figure format {fmt!r}; choose one of {FORMATS}")
-    figures = run_figures(run_dir, compare=compare, split=split, device=device, batch_size=batch_size,
-                          max_subjects=max_subjects, dpi=dpi)
-    return save_figures(figures, Path(out) if out is not None else Path(run_dir) / "plots", fmt=fmt)
