@@ -159,6 +159,7 @@ def _fmt(xs: Sequence[float]) -> str:
 
 def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds."""
+    from foundation.scoring import pooled
     from foundation.stats import compare_to_reference
 
     per: dict[str, dict[str, dict[str, Any]]] = {}  # dataset -> method -> data
@@ -173,7 +174,7 @@ def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
         for ds, values in m["test"]["per_dataset"].items():
             row = per[ds][job.method.name]
             if job.subject is None:
-                row["pooled"][job.seed] = values["mAP"]
+                row["pooled"][job.seed] = pooled(values)  # metrics.json of any age
             if m.get("train_seconds"):
                 row["seconds"].append(m["train_seconds"])
     out: dict[str, Any] = {}
@@ -254,6 +255,13 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
               f"{len(planned)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs, from each "
               f"metrics.json); this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel, reused runs "
               f"not retrained).")
+    from foundation.scoring import is_subject_mean
+
+    old = [str(j.run_dir) for j, r in zip(planned, results) if not is_subject_mean(r["test"])]
+    if old:  # reported, not retrained: delete those run directories to retrain them under today's rule
+        header += (f"\n\n{len(old)} of the {len(planned)} runs were written before selection on the mean over "
+                   f"subjects (their best step was chosen on pooled validation mAP): {', '.join(old[:3])}"
+                   f"{' …' if len(old) > 3 else ''}; delete them and rerun to retrain under today's rule.")
     text = markdown(summary, header=header)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n")

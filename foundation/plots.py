@@ -2,8 +2,9 @@
 
 Figures (one file each, written atomically into ``RUN_DIR/plots/`` unless told otherwise):
 
-* ``training_curves`` — validation mAP / AUC over steps (the run's ``trainer_state.json`` history,
-  else its TensorBoard logs) with the selected step and chance mAP marked; the training loss and its
+* ``training_curves`` — validation mAP (mean over subjects, the selection criterion, and pooled) and
+  AUC over steps (the run's checkpoint history, else its TensorBoard logs) with the selected step and
+  chance mAP marked; the training loss and its
   terms (unweighted, from the TensorBoard logs when tensorboard's event reader is importable).
 * ``attention_rois_<dataset>`` (ROI datasets; paper Fig. F8 / F9) — the last layer's attention from
   each readout token (low, high; MS-EMB: the one subject token) to each ROI token, averaged over
@@ -104,6 +105,7 @@ def training_curves_figure(
     chance_mAP: float | None = None,
     title: str | None = None,
     dpi: int = DEFAULT_DPI,
+    subject_mean: bool = True,
 ):
     """Validation metrics (and training loss terms) over steps.
 
@@ -114,6 +116,9 @@ def training_curves_figure(
             are zero throughout (their λ is 0) are left out; the auxiliary panel is log-scaled when positive.
         best_step: the selected step (a dashed vertical line on every panel).
         chance_mAP: mAP of a random ranking (a dotted horizontal line on the validation panel).
+        subject_mean: whether ``val["mAP"]`` is the mean over subjects of each subject's mAP (runs
+            written since the subject-mean rule; ``val["pooled_mAP"]`` is then the all-samples mAP)
+            or, for older runs, the pooled mAP; only the legend depends on it.
 
     Returns:
         A Figure with one panel ``"validation"``, plus ``"training loss"`` (total and BCE) and
@@ -131,7 +136,9 @@ def training_curves_figure(
     for name, points in val.items():
         if len(points):
             steps, values = zip(*sorted(points))
-            ax.plot(steps, values, marker="o", markersize=3, label=f"val {name}")
+            label = {"mAP": "val mAP (mean over subjects)" if subject_mean else "val mAP (pooled)",
+                     "pooled_mAP": "val mAP (pooled)"}.get(name, f"val {name}")
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
     if chance_mAP is not None and math.isfinite(chance_mAP):
         ax.axhline(chance_mAP, color="grey", linestyle=":", linewidth=1, label="chance mAP")
     ax.set_title("validation")
@@ -534,7 +541,7 @@ def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict
     val: dict[str, list[tuple[int, float]]] = {}
     ckpt = latest_checkpoint(run_dir)
     history = read_state(ckpt).get("history", []) if ckpt is not None else []
-    for name in ("mAP", "AUC"):
+    for name in ("mAP", "AUC", "pooled_mAP"):
         points = [(int(h["step"]), float(h[f"val_{name}"])) for h in history if f"val_{name}" in h]
         if not points:
             points = list(scalars.get(f"val/{name}", []))
@@ -684,6 +691,7 @@ def run_figures(
     import torch
 
     from foundation.checkpoint import load_model
+    from foundation.scoring import is_subject_mean
 
     run_dir = Path(run_dir)
     if split not in ("val", "test"):
@@ -717,7 +725,7 @@ def run_figures(
     if val or train:
         figures["training_curves"] = training_curves_figure(
             val, train, best_step=metrics.get("best_step"), chance_mAP=(metrics.get("val") or {}).get("chance_mAP"),
-            title=f"{name}: training", dpi=dpi)
+            title=f"{name}: training", dpi=dpi, subject_mean=is_subject_mean(metrics.get("val") or {}))
     else:
         log.warning("%s: no validation history or TensorBoard scalars; no training curves", run_dir)
 

@@ -2,7 +2,8 @@
 
 ``accelerate launch foundation/train.py RECIPE [key=value ...]`` and ``foundation train RECIPE`` are
 the same thing: build the shards if missing, train with periodic validation and atomic
-checkpoints, resume from the latest checkpoint when rerun, select the best validation step and
+checkpoints, resume from the latest checkpoint when rerun, select the validation step with the best
+mean over subjects of each subject's mAP and
 write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
 """
 
@@ -34,6 +35,7 @@ from foundation.errors import CheckpointError, FoundationError, RecipeError, Sha
 from foundation.finetune import SPEC_NAME as FINETUNE_SPEC
 from foundation.finetune import FinetuneSpec
 from foundation.recipe import save_recipe, to_dict
+from foundation.scoring import selection_score, split_metrics
 
 log = logging.getLogger("foundation.train")
 
@@ -352,15 +354,19 @@ class Trainer:
                 running, n_running = {}, 0
             if step % t.eval_every == 0 or step == t.steps:
                 metrics = self.evaluate("val")
-                score = metrics["mAP"] if acc.is_main_process else 0.0
                 if acc.is_main_process:
+                    # selected on the mean over subjects of each subject's val mAP (foundation.scoring)
+                    score = selection_score(metrics)
                     acc.log({"val/mAP": metrics["mAP"], "val/AUC": metrics["AUC"],
-                             "val/hamming": metrics["hamming"]}, step=step)
-                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"]})
+                             "val/hamming": metrics["hamming"], "val/pooled_mAP": metrics["pooled"]["mAP"]},
+                            step=step)
+                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"],
+                                               "val_pooled_mAP": metrics["pooled"]["mAP"]})
                     if score > self.state.best_score:
                         self.state.best_score, self.state.best_step = score, step
                         save_model(self.core, self.run_dir / "best", meta={"step": step, "val": metrics})
-                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} AUC {metrics['AUC']:.4f} "
+                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} (subject mean; pooled "
+                              f"{metrics['pooled']['mAP']:.4f}) AUC {metrics['AUC']:.4f} "
                               f"(best {self.state.best_score:.4f} @ {self.state.best_step})")
                 self._sync_state()
                 self.model.train()
@@ -445,6 +451,7 @@ class Trainer:
             write_json(path, {
                 **results,
                 "best_step": self.state.best_step,
+                "selected_on": "val mAP, mean over subjects of each subject's mAP (foundation.scoring)",
                 "steps": self.recipe.train.steps,
                 "recipe": self.recipe.name,
                 "seed": self.recipe.seed,
@@ -462,22 +469,11 @@ class Trainer:
         return path
 
 
-def metrics_from_predictions(preds: dict[str, dict[str, Any]], infos: dict[str, Any]) -> dict[str, Any]:
-    """Overall (mean over datasets), per-dataset and per-subject mAP / AUC / Hamming."""
-    from foundation.metrics import grouped_metrics, multilabel_metrics
-
-    per_dataset, per_subject = {}, {}
-    for name, p in preds.items():
-        probs, labels = torch.from_numpy(p["probs"]), torch.from_numpy(p["labels"]).int()
-        m = multilabel_metrics(probs, labels)
-        prevalence = labels.float().mean(0)
-        m["chance_mAP"] = float(prevalence[prevalence > 0].mean()) if (prevalence > 0).any() else float("nan")
-        per_dataset[name] = m
-        per_subject.update(grouped_metrics(probs, labels, p["subjects"]))
-    keys = ("mAP", "AUC", "hamming", "chance_mAP")
-    overall = {k: float(np.mean([m[k] for m in per_dataset.values()])) for k in keys}
-    overall["n"] = int(sum(m["n"] for m in per_dataset.values()))
-    return {**overall, "per_dataset": per_dataset, "per_subject": per_subject}
+def metrics_from_predictions(preds: dict[str, dict[str, Any]], infos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One split's figures in the metrics.json schema: the mean over subjects of each subject's
+    mAP / AUC / Hamming as the headline, ``pooled``, per dataset and per subject
+    (:func:`foundation.scoring.split_metrics`; ``infos`` is unused, kept for callers)."""
+    return split_metrics(preds)
 
 
 def train(recipe: Recipe, *, progress: bool = True) -> Path:
