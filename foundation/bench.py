@@ -97,6 +97,21 @@ def resolve_method(name: str) -> Method:
     raise RecipeError(f"unknown method {name!r}; choose from {sorted(METHODS)} or guidance:NAME")
 
 
+def guidance_options(guidance: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``guidance.options`` for the plugins a method uses (``guidance:NAME`` swaps them).
+
+    Options of plugins no longer used are dropped (a recipe refuses them); ``clip-image`` / ``clip-text``
+    without options of their own take ``clip``'s (the same network: the recipe's CLIP variant).
+    """
+    given = dict(guidance.get("options") or {})
+    used = {guidance["low"], guidance["high"]}
+    out = {name: opts for name, opts in given.items() if name in used}
+    for name in used - set(out):
+        if name in ("clip-image", "clip-text") and "clip" in given:
+            out[name] = given["clip"]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     method: Method
@@ -129,6 +144,7 @@ def plan_jobs(recipe_path: str | Path, *, methods: Sequence[str], seeds: Sequenc
             targets = (subjects or all_subjects) if method.per_subject else [None]
             for subject in targets:
                 d = to_dict(recipe)
+                d["guidance"]["options"] = guidance_options(d["guidance"])
                 tag = f"{method.name.replace(':', '-').replace(',', '-')}-seed{seed}"
                 if subject is not None:
                     ds, sub = subject.split("/", 1)

@@ -113,3 +113,16 @@ def test_summary_reads_old_and_new_metrics(tmp_path):
     row = summarise(jobs, [old, new])["ds"]["methods"]["clip-mused"]
     assert row["pooled_mAP"] == [0.5, 0.55]
     assert row["seed_means"]["mAP"] == pytest.approx([0.7, 0.7])
+
+
+def test_guidance_methods_keep_only_the_options_of_the_plugins_they_use():
+    """A paper recipe names its CLIP variant in guidance.options.clip; guidance:NAME rows must not
+    carry it to a plugin that refuses unused options, and clip-image / clip-text keep the variant."""
+    from foundation.bench import guidance_options
+
+    clip = {"model": "ViT-B-16", "pretrained": "openai"}
+    g = {"low": "clip", "high": "clip", "options": {"clip": clip}}
+    assert guidance_options(g) == {"clip": clip}
+    assert guidance_options({**g, "low": "vit", "high": "vit"}) == {}
+    assert guidance_options({**g, "low": "clip-image", "high": "clip-image"}) == {"clip-image": clip}
+    assert guidance_options({**g, "low": "alexnet", "high": "clip"}) == {"clip": clip}
