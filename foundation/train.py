@@ -304,6 +304,10 @@ class Trainer:
                                 best_score=raw["best_score"], history=raw["history"])
         if self.accelerator.is_main_process:
             print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
+            if self.state.history and "val_pooled_mAP" not in self.state.history[0]:
+                print(f"note: {ckpt.name} was written before selection on the mean over subjects: its best step "
+                      f"({self.state.best_step}) was chosen on pooled validation mAP, later steps are compared "
+                      f"with that score; retrain in a new run.dir for today's rule throughout", file=sys.stderr)
         return True
 
     # ------------------------------------------------------------------ loop
