@@ -33,7 +33,7 @@ SCRATCH = ["model.tokens=shared", "loss.lambda_orth=0", "loss.lambda_low=0", "lo
 
 def subjects_of(recipe: str, overrides: list[str]) -> list[str]:
     from foundation.data.shards import build_shards
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     index = next(iter(build_shards(load_recipe(recipe, overrides), progress=False).values()))
     return list(index.data["subjects"])
@@ -111,7 +111,7 @@ def main() -> None:
         summary["rows"].append({"fraction": f, "finetune_mAP": ft, "scratch_mAP": sc, "joint_mAP": joint,
                                 "finetune_train_seconds": ft_s, "scratch_train_seconds": sc_s})
     pre_s = [results[("pretrain", s, 1.0)][0].get("train_seconds") for s in args.seeds]
-    from foundation.scoring import pooled
+    from foundation.objectives.scoring import pooled
 
     chance = pooled(results[("joint", args.seeds[0], 1.0)][0]["test"]["per_dataset"][key.split("/")[0]], "chance_mAP")
     lines.append(f"\npre-training ({len(rest)} subjects) train seconds: {[round(x) for x in pre_s]}; "
@@ -126,7 +126,7 @@ def main() -> None:
 
 
 def _dataset_id(recipe: str) -> str:
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     return load_recipe(recipe).datasets[0].id
 

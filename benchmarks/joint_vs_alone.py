@@ -26,7 +26,7 @@ from _runs import fmt, run_foundation
 
 def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
     """Write one single-dataset recipe per dataset of ``recipe_path`` under ``out``; returns id -> path."""
-    from foundation.recipe import load_recipe, to_dict
+    from foundation.core.recipe import load_recipe, to_dict
 
     recipe = load_recipe(recipe_path)
     total = sum(ds.weight for ds in recipe.datasets)
@@ -73,7 +73,7 @@ def main() -> None:
             results[(what, seed)] = result
             print(f"done {what} seed {seed} ({result[1]:.0f} s)", flush=True)
 
-    from foundation.scoring import pooled as pooled_figure
+    from foundation.objectives.scoring import pooled as pooled_figure
 
     lines = ["| dataset | training | subject-mean test mAP | pooled test mAP | pooled test AUC | wall s (mean) |",
              "|---|---|---|---|---|---|"]

@@ -30,8 +30,8 @@ def metrics_at(run_dir: Path, step: int, cache: dict[str, Any]) -> dict[str, Any
     """Test metrics of ``run_dir``'s checkpoint at ``step``."""
     from safetensors.torch import load_file
 
-    from foundation.recipe import load_recipe
-    from foundation.train import Trainer
+    from foundation.core.recipe import load_recipe
+    from foundation.engine.trainer import Trainer
 
     import json
 
@@ -48,7 +48,7 @@ def metrics_at(run_dir: Path, step: int, cache: dict[str, Any]) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from foundation.checkpoint import latest_checkpoint, read_state
+    from foundation.engine.checkpoint import latest_checkpoint, read_state
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="finished run directories")
