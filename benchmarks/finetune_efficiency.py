@@ -111,7 +111,9 @@ def main() -> None:
         summary["rows"].append({"fraction": f, "finetune_mAP": ft, "scratch_mAP": sc, "joint_mAP": joint,
                                 "finetune_train_seconds": ft_s, "scratch_train_seconds": sc_s})
     pre_s = [results[("pretrain", s, 1.0)][0].get("train_seconds") for s in args.seeds]
-    chance = results[("joint", args.seeds[0], 1.0)][0]["test"]["per_dataset"][key.split("/")[0]]["chance_mAP"]
+    from foundation.objectives.scoring import pooled
+
+    chance = pooled(results[("joint", args.seeds[0], 1.0)][0]["test"]["per_dataset"][key.split("/")[0]], "chance_mAP")
     lines.append(f"\npre-training ({len(rest)} subjects) train seconds: {[round(x) for x in pre_s]}; "
                  f"chance test mAP: {chance:.3f}")
     text = "\n".join(lines)

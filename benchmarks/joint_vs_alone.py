@@ -73,7 +73,9 @@ def main() -> None:
             results[(what, seed)] = result
             print(f"done {what} seed {seed} ({result[1]:.0f} s)", flush=True)
 
-    lines = ["| dataset | training | subject-mean test mAP | pooled test mAP | test AUC | wall s (mean) |",
+    from foundation.objectives.scoring import pooled as pooled_figure
+
+    lines = ["| dataset | training | subject-mean test mAP | pooled test mAP | pooled test AUC | wall s (mean) |",
              "|---|---|---|---|---|---|"]
     summary: dict[str, dict] = {}
     for ds in alone:
@@ -81,8 +83,9 @@ def main() -> None:
         for what in ("joint", ds):
             rows = [results[(what, s)] for s in args.seeds]
             subj = [subject_mean(m, ds, "mAP") for m, _ in rows]
-            pooled = [m["test"]["per_dataset"][ds]["mAP"] for m, _ in rows]
-            auc = [m["test"]["per_dataset"][ds]["AUC"] for m, _ in rows]
+            # all of the dataset's test samples scored together (metrics.json of any age)
+            pooled = [pooled_figure(m["test"]["per_dataset"][ds], "mAP") for m, _ in rows]
+            auc = [pooled_figure(m["test"]["per_dataset"][ds], "AUC") for m, _ in rows]
             secs = [t for _, t in rows if t == t]
             label = "joint" if what == "joint" else "alone"
             summary[ds][label] = {"subject_mAP": subj, "pooled_mAP": pooled, "AUC": auc, "seconds": secs}

@@ -117,8 +117,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _print_summary(path) -> None:
     metrics = json.loads(path.read_text())
     test = metrics["test"]
-    print(f"test mAP {test['mAP']:.4f} (chance {test['chance_mAP']:.4f})  AUC {test['AUC']:.4f}  "
+    from foundation.objectives.scoring import is_subject_mean, pooled
+
+    what = "mean over subjects" if is_subject_mean(test) else "pooled over subjects"
+    print(f"test mAP {test['mAP']:.4f} ({what}; chance {test['chance_mAP']:.4f})  AUC {test['AUC']:.4f}  "
           f"Hamming {test['hamming']:.4f}  best step {metrics['best_step']}")
+    if is_subject_mean(test):
+        print(f"pooled test mAP {pooled(test):.4f}  AUC {pooled(test, 'AUC'):.4f}  "
+              f"Hamming {pooled(test, 'hamming'):.4f}")
     print(f"metrics: {path}")
 
 

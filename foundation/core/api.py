@@ -119,6 +119,13 @@ class DatasetPlugin(ABC):
     #: whether the samples depend on the recipe ``seed`` (e.g. a seeded validation split); if so the
     #: seed is part of the shard fingerprint
     seed_dependent: ClassVar[bool] = False
+    #: plugins whose validation set is drawn over all their subjects together (NSD's 1000 samples)
+    #: name the option (a list of subject ids, ``None`` = all) that limits the subjects they read.  A
+    #: recipe that narrows such a dataset to one subject (``datasets[].subjects: [s]``, a single-subject
+    #: model) sets that option to ``[s]``, so the subject gets a validation set of its own, drawn from
+    #: its samples alone, as the paper gives each single-subject model (unless the recipe set the
+    #: option itself).
+    subjects_option: ClassVar[str | None] = None
 
     def __init__(self, options: Any, *, root: Path | None, seed: int) -> None:
         self.options = options

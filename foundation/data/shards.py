@@ -78,6 +78,7 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
 
     cls = get_dataset_plugin(cfg.plugin)
     options = from_dict(cls.Options, cfg.options, path=f"{path}.options")
+    options = single_subject_options(cls, options, cfg)
     root = None
     if cfg.root is not None:
         root = Path(cfg.root).expanduser().resolve()
@@ -89,6 +90,18 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
         raise
     except Exception as exc:
         raise PluginError(f"dataset plugin {cfg.plugin!r} failed to initialise: {type(exc).__name__}: {exc}") from exc
+
+
+def single_subject_options(cls: type[DatasetPlugin], options: Any, cfg: DatasetConfig) -> Any:
+    """A one-subject recipe of a plugin whose validation draw spans its subjects reads that subject
+    alone, so the draw (and the subject's validation set) is its own (see
+    :attr:`~foundation.api.DatasetPlugin.subjects_option`)."""
+    name = cls.subjects_option
+    if not name or not cfg.subjects or len(cfg.subjects) != 1 or getattr(options, name, None) is not None:
+        return options
+    log.info("dataset %r narrowed to subject %s: %s.%s=%s, so its validation set is drawn from that subject alone",
+             cfg.id, cfg.subjects[0], cfg.plugin, name, list(cfg.subjects))
+    return dataclasses.replace(options, **{name: list(cfg.subjects)})
 
 
 def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:

@@ -1,6 +1,6 @@
 """The Accelerate training loop (:class:`Trainer`): build the shards if missing, train with periodic
-validation and atomic checkpoints, resume from the latest checkpoint when rerun, select the best
-validation step and write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
+validation and atomic checkpoints, resume from the latest checkpoint when rerun, select the validation
+step with the best mean over subjects of each subject's mAP and write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
 The workflows that drive it are :mod:`foundation.workflows.train` and :mod:`foundation.workflows.finetune`.
 
 Length (~460 lines, over the ~400 guide): one class, the loop, with the resume and run-directory checks
@@ -30,7 +30,7 @@ from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
 from foundation.core.recipe import save_recipe
-from foundation.objectives.metrics import metrics_from_predictions
+from foundation.objectives.scoring import metrics_from_predictions, selection_score
 
 log = logging.getLogger("foundation.train")
 
@@ -299,6 +299,10 @@ class Trainer:
                                 best_score=raw["best_score"], history=raw["history"])
         if self.accelerator.is_main_process:
             print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
+            if self.state.history and "val_pooled_mAP" not in self.state.history[0]:
+                print(f"note: {ckpt.name} was written before selection on the mean over subjects: its best step "
+                      f"({self.state.best_step}) was chosen on pooled validation mAP, later steps are compared "
+                      f"with that score; retrain in a new run.dir for today's rule throughout", file=sys.stderr)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -348,15 +352,19 @@ class Trainer:
                 running, n_running = {}, 0
             if step % t.eval_every == 0 or step == t.steps:
                 metrics = self.evaluate("val")
-                score = metrics["mAP"] if acc.is_main_process else 0.0
                 if acc.is_main_process:
+                    # selected on the mean over subjects of each subject's val mAP (objectives.scoring)
+                    score = selection_score(metrics)
                     acc.log({"val/mAP": metrics["mAP"], "val/AUC": metrics["AUC"],
-                             "val/hamming": metrics["hamming"]}, step=step)
-                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"]})
+                             "val/hamming": metrics["hamming"], "val/pooled_mAP": metrics["pooled"]["mAP"]},
+                            step=step)
+                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"],
+                                               "val_pooled_mAP": metrics["pooled"]["mAP"]})
                     if score > self.state.best_score:
                         self.state.best_score, self.state.best_step = score, step
                         save_model(self.core, self.run_dir / "best", meta={"step": step, "val": metrics})
-                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} AUC {metrics['AUC']:.4f} "
+                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} (subject mean; pooled "
+                              f"{metrics['pooled']['mAP']:.4f}) AUC {metrics['AUC']:.4f} "
                               f"(best {self.state.best_score:.4f} @ {self.state.best_step})")
                 self._sync_state()
                 self.model.train()
@@ -441,6 +449,7 @@ class Trainer:
             write_json(path, {
                 **results,
                 "best_step": self.state.best_step,
+                "selected_on": "val mAP, mean over subjects of each subject's mAP (foundation.objectives.scoring)",
                 "steps": self.recipe.train.steps,
                 "recipe": self.recipe.name,
                 "seed": self.recipe.seed,

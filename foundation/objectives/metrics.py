@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torchmetrics.functional.classification import (
     multilabel_hamming_distance,
 )
 
-__all__ = ["multilabel_metrics", "grouped_metrics", "metrics_from_predictions"]
+__all__ = ["multilabel_metrics", "grouped_metrics"]
 
 THRESHOLD = 0.5
 
@@ -105,18 +104,3 @@ def grouped_metrics(probs: Tensor, labels: Tensor, groups: Sequence[str]) -> dic
         out[g] = multilabel_metrics(probs[rows.to(probs.device)], labels[rows.to(labels.device)])
     return out
 
-
-def metrics_from_predictions(preds: dict[str, dict[str, Any]], infos: dict[str, Any]) -> dict[str, Any]:
-    """Overall (mean over datasets), per-dataset and per-subject mAP / AUC / Hamming."""
-    per_dataset, per_subject = {}, {}
-    for name, p in preds.items():
-        probs, labels = torch.from_numpy(p["probs"]), torch.from_numpy(p["labels"]).int()
-        m = multilabel_metrics(probs, labels)
-        prevalence = labels.float().mean(0)
-        m["chance_mAP"] = float(prevalence[prevalence > 0].mean()) if (prevalence > 0).any() else float("nan")
-        per_dataset[name] = m
-        per_subject.update(grouped_metrics(probs, labels, p["subjects"]))
-    keys = ("mAP", "AUC", "hamming", "chance_mAP")
-    overall = {k: float(np.mean([m[k] for m in per_dataset.values()])) for k in keys}
-    overall["n"] = int(sum(m["n"] for m in per_dataset.values()))
-    return {**overall, "per_dataset": per_dataset, "per_subject": per_subject}

@@ -1,4 +1,8 @@
-"""``foundation evaluate RUN_DIR``: recompute metrics from a run's selected (best) weights."""
+"""``foundation evaluate RUN_DIR``: recompute metrics from a run's selected (best) weights.
+
+The figures follow today's schema (headline: the mean over subjects of each subject's figure, plus
+``pooled``; :mod:`foundation.objectives.scoring`) for any run, including runs written before it, whose weights
+were selected on pooled validation mAP (their ``metrics.json`` has no ``headline`` key)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,11 @@ implementation (``pip install "foundation[srm]"``: ``brainiak`` and the ``mpich`
 needs) on each subject's training samples aligned by stimulus id, z-scored per voxel with training
 statistics.  New scans of subject ``i`` go to the shared space as ``W_iᵀ x``; one multi-label
 logistic regression is trained there on every subject's training samples.  The dimension ``k`` is
-chosen on validation mAP from ``features``.  Writes ``metrics.json`` in the schema of a training run,
+chosen on validation mAP (the mean over subjects, as for every run) from ``features``, by default the
+paper's grid k ∈ {100, 200, …, 600}.  ``k`` cannot exceed the shared training stimuli − 1 nor any
+subject's voxel count: larger values are left out of the search, and data too small for any value of
+the grid (small synthetic worlds) is fitted at that limit alone.  ``metrics.json`` ``srm.searched``
+lists the values actually tried.  Writes ``metrics.json`` in the schema of a training run,
 so ``foundation bench`` reports it beside the other methods (method ``srm``).
 
     python -m foundation.workflows.srm RECIPE [key=value ...]
@@ -26,7 +30,8 @@ import torch
 
 from foundation.core.errors import DataError, FoundationError
 
-DEFAULT_FEATURES = (5, 10, 20, 50, 100)
+#: the paper's search (Section 3.2): "in intervals of 100 dimensions within the range of [100, 600]" (best: 500)
+DEFAULT_FEATURES = (100, 200, 300, 400, 500, 600)
 
 
 def _read_split(index, subject: str, split: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -73,7 +78,7 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
     from foundation.data.shards import build_shards, find_shards
     from foundation.core.recipe import save_recipe
     from foundation.engine.trainer import run_dir_for
-    from foundation.objectives.metrics import metrics_from_predictions
+    from foundation.objectives.scoring import metrics_from_predictions
 
     t0 = time.perf_counter()
     run_dir = run_dir_for(recipe)
@@ -81,7 +86,7 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
     save_recipe(recipe, run_dir / "config.yaml")
     indices = find_shards(recipe) or build_shards(recipe, progress=progress)
     preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
-    infos, chosen = {}, {}
+    infos, chosen, searched = {}, {}, {}
     for cfg in recipe.datasets:
         index = indices[cfg.id]
         subjects = list(cfg.subjects or index.data["subjects"])
@@ -102,6 +107,9 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
             aligned.append(((x[[pos[o] for o in order]] - mean) / std).T)  # (voxels_s, T)
         limit = min(len(order) - 1, *(a.shape[0] for a in aligned))
         grid = sorted({k for k in features if k <= limit}) or [limit]
+        searched[cfg.id] = grid
+        if progress and grid != sorted(set(features)):
+            print(f"{cfg.id}: SRM k ≤ {limit} (shared training stimuli − 1, voxels): searching {grid}", file=sys.stderr)
         best = None
         for k in grid:
             srm = SRM(n_iter=n_iter, features=k, rand_seed=recipe.seed)
@@ -139,7 +147,8 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
             preds[split][cfg.id] = best[2][split]
     results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
     path = run_dir / "metrics.json"
-    write_json(path, {**results, "method": "srm", "srm": {"chosen": chosen, "grid": list(features), "n_iter": n_iter},
+    write_json(path, {**results, "method": "srm", "srm": {"chosen": chosen, "grid": list(features), "searched": searched,
+                                                      "n_iter": n_iter},
                       "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
     return path
 

@@ -1,6 +1,7 @@
 """The built-in ``nsd`` dataset plugin: the Natural Scenes Dataset read from its download layout.
 
-Each sample is one trial (or, with ``repeats: average``, one image of one subject) as a
+Each sample is one trial (or, with ``repeats: average``, one image of one subject; with
+``test_repeats: average``, so is each test sample) as a
 ``(n_groups, pca_dim)`` array: one token per ROI group, the group's voxels reduced by a PCA fitted
 per subject on that subject's training trials.  Labels are the 80 COCO categories of the image;
 stimuli (for guidance plugins) are the NSD images and their COCO captions.  See
@@ -60,7 +61,9 @@ class NSDOptions:
 
     Attributes:
         subjects: NSD subjects to read (``[subj01, subj02]``); default every ``subjNN`` folder under
-            ``nsddata_betas/ppdata``.  The validation draw spans the subjects chosen here.
+            ``nsddata_betas/ppdata``.  The validation draw spans the subjects chosen here.  A recipe
+            narrowed to one subject (``datasets[].subjects: [subj01]``, a single-subject model) sets
+            it to that subject when left null, so that model gets its own ``val_samples`` draw.
         betas_format: read ``betas_sessionSS.nii.gz`` (``nifti``) or ``betas_sessionSS.hdf5``
             (``hdf5``, axes reversed in the file); both give the same tokens.
         betas_dir: betas version folder under ``<resolution>/``.
@@ -73,8 +76,14 @@ class NSDOptions:
         pca_dim: token width.  ``null`` (default, the paper): the smallest dimension available over
             all subjects and groups, where a group offers min(voxels, training trials − 1); an integer
             fixes it, zero-padding groups that offer fewer components.
-        repeats: ``separate`` (default, the paper): one sample per trial; ``average``: one sample per
-            image per subject, the mean of its presentations (same split by construction).
+        repeats: ``separate`` (default): one sample per trial; ``average``: one sample per image per
+            subject, the mean of its presentations (same split by construction), in every split.
+        test_repeats: how the test split treats the (up to 3) repeats of an image: ``average`` scores
+            each test image once per subject, on the mean of its presentations, while training and
+            validation keep ``repeats`` (the field's convention: MindEye, NSD's own papers train on
+            single trials and test on averaged repeats); ``separate``: one test sample per trial;
+            null (default): as ``repeats``.  The paper says neither; ``recipes/nsd.yaml`` says which
+            it uses.
         val_samples: size of the seeded validation set, drawn over all subjects together from the
             non-shared trials (samples with ``repeats: average``); the recipe seed picks it.
         val_unit: ``image`` (default): the draw takes all presentations of a (subject, image) at once,
@@ -95,6 +104,7 @@ class NSDOptions:
     roi_groups: dict[str, list[str]] = dataclasses.field(default_factory=_default_groups)
     pca_dim: int | None = None
     repeats: Literal["separate", "average"] = "separate"
+    test_repeats: Literal["separate", "average"] | None = None
     val_samples: int = 1000
     val_unit: Literal["image", "trial"] = "image"
     coco_annotations: str | None = None
@@ -111,6 +121,9 @@ class NSDOptions:
                 raise ValueError(f"subjects: duplicates in {self.subjects}")
         if self.pca_dim is not None and self.pca_dim < 1:
             raise ValueError(f"pca_dim must be a positive integer or null (auto), got {self.pca_dim}")
+        if self.repeats == "average" and self.test_repeats == "separate":
+            raise ValueError("test_repeats: separate needs repeats: separate (with repeats: average every "
+                             "split, the test split included, holds one averaged sample per image)")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples}")
         if not self.roi_groups:
@@ -152,6 +165,7 @@ class NSDDataset(DatasetPlugin):
     description = "Natural Scenes Dataset (Allen et al. 2022) from its download: ROI-group PCA tokens, COCO labels"
     version = "1"
     seed_dependent = True  # the validation draw
+    subjects_option = "subjects"  # one-subject recipes draw their validation set from that subject alone
 
     def __init__(self, options: NSDOptions, *, root: Path | None = None, seed: int = 0) -> None:
         super().__init__(options, root=root, seed=seed)
@@ -214,6 +228,7 @@ class NSDDataset(DatasetPlugin):
             "trials": {s: len(sub.trials.nsd_ids) for s, sub in subjects.items()},
             "samples": counts,
             "repeats": o.repeats,
+            "test_repeats": "average" if self.averages("test") else "separate",
             "val_samples": int(sum(c["val"] for c in counts.values())),
             "val_unit": "image" if o.repeats == "average" else o.val_unit,
             "zscore": o.zscore,
@@ -225,10 +240,14 @@ class NSDDataset(DatasetPlugin):
                            extra=extra)
         return _State(subjects=subjects, design=design, categories=categories, pca_dim=int(pca_dim), info=info)
 
+    def averages(self, split: str) -> bool:
+        """Whether ``split`` holds one sample per (subject, image), the mean of its repeats."""
+        o = self.options
+        return o.repeats == "average" or (split == "test" and o.test_repeats == "average")
+
     def _sample_counts(self, sub: _Subject) -> dict[str, int]:
-        if self.options.repeats == "separate":
-            return {k: int((sub.splits == k).sum()) for k in ("train", "val", "test")}
-        return {k: len(set(sub.trials.nsd_ids[sub.splits == k].tolist())) for k in ("train", "val", "test")}
+        return {k: len(set(sub.trials.nsd_ids[sub.splits == k].tolist())) if self.averages(k)
+                else int((sub.splits == k).sum()) for k in ("train", "val", "test")}
 
     def _categories(self) -> list[tuple[int, str]]:
         try:
@@ -342,26 +361,22 @@ class NSDDataset(DatasetPlugin):
         bases = self.fit_pca(subject)
         labels = self._image_labels()
         ids, splits = sub.trials.nsd_ids, sub.splits
-        if self.options.repeats == "separate":
-            for session, offset in zip(sub.sessions, sub.offsets):
-                tokens = self._session_tokens(sub, session, bases)
-                for j in range(session.n_trials):
-                    t = offset + j
-                    nsd = int(ids[t])
-                    yield Sample(subject=subject, index=t, split=str(splits[t]), stimulus=stimulus_id(nsd),
-                                 fmri=tokens[j].copy(), labels=labels[nsd])
-            return
-        # average: running sums per image, emitted once its last presentation has been read
+        averaged = {k: self.averages(k) for k in ("train", "val", "test")}
+        # trials of averaged splits: running sums per image, emitted once its last presentation is read
         expected = Counter(ids.tolist())
         pending: dict[int, list] = {}
         for session, offset in zip(sub.sessions, sub.offsets):
             tokens = self._session_tokens(sub, session, bases)
             for j in range(session.n_trials):
                 t = offset + j
-                nsd = int(ids[t])
-                acc = pending.setdefault(nsd, [np.zeros_like(tokens[j], dtype=np.float64), 0, t, str(splits[t])])
-                if acc[3] != splits[t]:  # cannot happen: splits are drawn per (subject, image)
-                    raise DataError(f"subject {subject!r}: image {stimulus_id(nsd)} has trials in {acc[3]} and {splits[t]}")
+                nsd, split = int(ids[t]), str(splits[t])
+                if not averaged[split]:
+                    yield Sample(subject=subject, index=t, split=split, stimulus=stimulus_id(nsd),
+                                 fmri=tokens[j].copy(), labels=labels[nsd])
+                    continue
+                acc = pending.setdefault(nsd, [np.zeros_like(tokens[j], dtype=np.float64), 0, t, split])
+                if acc[3] != split:  # cannot happen: splits are drawn per (subject, image)
+                    raise DataError(f"subject {subject!r}: image {stimulus_id(nsd)} has trials in {acc[3]} and {split}")
                 acc[0] += tokens[j]
                 acc[1] += 1
                 if acc[1] == expected[nsd]:

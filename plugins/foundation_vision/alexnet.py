@@ -2,9 +2,10 @@
 
 - **low**: conv1 after its ReLU (``features[1]``, 64 channels × 55 × 55 for a 224 input; the
   classic Caffe ``conv1`` blob, whose ReLU is in place), reduced by ``low_pool`` (default ``mean``:
-  global average over space → 64 values), L2-normalised.
-- **high**: fc7 after its ReLU (``classifier[5]``, 4096 values; Caffe's ``fc7`` blob), L2-normalised
-  (clipped first only if ``clip_value`` is set).
+  global average over space → 64 values).
+- **high**: fc7 after its ReLU (``classifier[5]``, 4096 values; Caffe's ``fc7`` blob).
+- both clipped to ±``clip_value`` (default 1.5, Appendix A's rule) and L2-normalised; ``clip_value:
+  null`` skips the clipping.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from foundation.core.api import GuidanceFeatures, Stimulus
 from foundation.core.errors import RecipeError
-from foundation_vision.common import NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_map
+from foundation_vision.common import PAPER_CLIP, NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_map
 from foundation_vision.weights import Candidate, WeightsPlan, load_into, load_state_dict, resolve, torch_hub_checkpoint
 
 #: torchvision's file name for AlexNet_Weights.IMAGENET1K_V1
@@ -34,14 +35,15 @@ class AlexNetOptions:
             purpose (needs ``allow_random_weights``).
         seed: seeds the random initialisation (random weights only).
         low_pool: ``mean`` (global average of the conv1 map) or ``gridK`` (K×K spatial means).
-        clip_value: clip the high feature to ±clip_value before L2 normalisation (null: no clipping).
+        clip_value: clip the low and the high feature to ±clip_value before their L2 normalisation
+            (default 1.5, Appendix A's rule for every guidance feature; null: L2 normalisation only).
         batch_size: stimuli per forward pass (0: the plugin default, 64).
     """
 
     checkpoint: str | None = None
     seed: int = 0
     low_pool: str = "mean"
-    clip_value: float | None = None
+    clip_value: float | None = PAPER_CLIP
     batch_size: int = 0
 
 
@@ -52,6 +54,7 @@ class AlexNetGuidance(NetworkGuidance):
     Options = AlexNetOptions
     needs = ("image",)
     description = "torchvision AlexNet (ImageNet): low = conv1+ReLU (spatial mean), high = fc7+ReLU"
+    version = "2"  # 2: clip_value (default 1.5) applies to the low feature too (issue 15)
     batch_size = 64
     libraries = ("torch", "torchvision")
 
@@ -64,7 +67,7 @@ class AlexNetGuidance(NetworkGuidance):
     @property
     def feature_doc(self) -> dict[str, str]:  # type: ignore[override]
         clip = f"clipped to ±{self.options.clip_value}, " if self.options.clip_value is not None else ""
-        return {"low": f"features[1] (conv1 + ReLU), {self.options.low_pool} over space, L2-normalised",
+        return {"low": f"features[1] (conv1 + ReLU), {self.options.low_pool} over space, {clip}L2-normalised",
                 "high": f"classifier[5] (fc7 + ReLU), {clip}L2-normalised"}
 
     def plan_weights(self) -> WeightsPlan:
@@ -112,5 +115,5 @@ class AlexNetGuidance(NetworkGuidance):
         low = reduce_map(self._taps["low"].float(), self.options.low_pool)
         high = self._taps["high"].float()
         self._taps.clear()
-        return GuidanceFeatures(low=clip_and_normalise(self.to_numpy(low), None),
+        return GuidanceFeatures(low=clip_and_normalise(self.to_numpy(low), self.options.clip_value),
                                 high=clip_and_normalise(self.to_numpy(high), self.options.clip_value))

@@ -2,7 +2,8 @@
 
 - **low**: the output of the image encoder's first transformer block
   (``visual.transformer.resblocks[0]``), reduced to one vector by ``low_pool`` (default ``mean``:
-  the mean over the patch tokens, CLS excluded), then L2-normalised (not clipped).
+  the mean over the patch tokens, CLS excluded), then clipped to ±``clip_value`` (1.5) and
+  L2-normalised, like the high feature (Appendix A's rule; the paper's code post-processes both).
 - **high** (``clip``): the mean of the final image embedding (``encode_image``, after the
   projection) and the final text embedding of the stimulus' text (``encode_text``), each first
   clipped to ±``clip_value`` (1.5) and L2-normalised.  The mean is *not* re-normalised (the paper
@@ -60,8 +61,8 @@ class ClipOptions:
         cache_dir: an extra directory where open_clip downloads were cached (its ``cache_dir``).
         seed: seeds the caption choice and, with random weights, the initialisation.
         low_pool: ``mean`` (patch tokens), ``cls`` (the class token) or ``gridK`` (K×K spatial means).
-        clip_value: the clip threshold before L2 normalisation of the high features (Appendix A: 1.5);
-            null to skip clipping.
+        clip_value: the clip threshold before L2 normalisation of the low feature and of each high
+            embedding (Appendix A: 1.5); null to skip clipping (L2 normalisation only).
         batch_size: stimuli per forward pass (0: the plugin default, 64).
     """
 
@@ -110,7 +111,8 @@ class ClipGuidance(NetworkGuidance):
     Options = ClipOptions
     needs = ("image", "text")
     description = ("CLIP (open_clip): low = image encoder's first block (mean of patch tokens), "
-                   "high = mean of ±1.5-clipped, L2-normalised image and text embeddings")
+                   "high = mean of image and text embeddings; each ±1.5-clipped and L2-normalised")
+    version = "2"  # 2: the low feature is clipped too (issue 15)
     batch_size = 64
     libraries = ("torch", "open_clip_torch")
     init_key = "clip"  # clip, clip-image and clip-text run the same network
@@ -132,7 +134,7 @@ class ClipGuidance(NetworkGuidance):
         halves = {"image": "encode_image (final image embedding)", "text": "encode_text (final text embedding)"}
         high = " and ".join(halves[h] for h in self.high_from)
         mean = ", then averaged (not re-normalised)" if len(self.high_from) > 1 else ""
-        return {"low": f"visual.transformer.resblocks[0] output, {pool}, L2-normalised",
+        return {"low": f"visual.transformer.resblocks[0] output, {pool}, {clip}L2-normalised",
                 "high": f"{high}, each {clip}L2-normalised{mean}"}
 
     # ---------------------------------------------------------------- configuration and weights
@@ -361,7 +363,7 @@ class ClipGuidance(NetworkGuidance):
         else:
             self.last_texts = [None] * len(stimuli)
         high = parts[0] if len(parts) == 1 else np.mean(parts, axis=0, dtype=np.float32)
-        return GuidanceFeatures(low=clip_and_normalise(low, None), high=high.astype(np.float32))
+        return GuidanceFeatures(low=clip_and_normalise(low, clip), high=high.astype(np.float32))
 
 
 class ClipImageGuidance(ClipGuidance):

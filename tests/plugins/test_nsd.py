@@ -415,3 +415,55 @@ def test_nan_in_a_session_is_named(tmp_path):
     ds.info()  # headers only: fine
     with pytest.raises(DataError, match=r"betas_session01\.nii\.gz \(subject 'subj02', session 1\): 1 NaN"):
         list(ds.samples("subj02"))
+
+
+# ----------------------------------------------------------------------------- issue 15: protocol
+
+
+def test_test_repeats_average_only_the_test_split(fx):
+    """test_repeats: average → one test sample per (subject, image), the mean of its repeats; train
+    and validation stay single trials (issue 15, item 6)."""
+    sep = _all(_dataset(fx.root, val_samples=4))
+    ds = _dataset(fx.root, val_samples=4, test_repeats="average")
+    mixed = _all(ds)
+    repeated = 0
+    for subject in fx.subjects:
+        ids = fx.nsd_ids[subject]
+        by_split = {k: [x for x in mixed[subject] if x.split == k] for k in ("train", "val", "test")}
+        for k in ("train", "val"):
+            assert [x.index for x in by_split[k]] == [x.index for x in sep[subject] if x.split == k]
+        test_ids = ids[fx.shared[subject]]
+        assert len(by_split["test"]) == len(set(test_ids.tolist()))
+        repeated += len(test_ids) - len(set(test_ids.tolist()))
+        assert ds.info().extra["samples"][subject]["test"] == len(by_split["test"])
+        for sample in by_split["test"]:
+            trials = np.flatnonzero(ids == int(sample.stimulus.split("-")[1]))
+            np.testing.assert_allclose(sample.fmri, _tokens([sep[subject][t] for t in trials]).mean(0), atol=1e-4)
+    assert repeated > 0, "the fixture needs repeated test images"
+    assert ds.info().extra["test_repeats"] == "average"
+    assert _dataset(fx.root).info().extra["test_repeats"] == "separate"
+    with pytest.raises(ValueError, match="test_repeats"):
+        _dataset(fx.root, repeats="average", test_repeats="separate")
+
+
+def test_single_subject_recipe_gets_its_own_validation_draw(fx, built, tmp_path):
+    """A recipe narrowed to one subject draws all val_samples from that subject (issue 15, item 5);
+    the joint draw spreads them over all subjects."""
+    from foundation.data.shards import build_shards, plan
+
+    _, joint_recipe, joint = built
+    joint_val = joint.data["counts"]["val"]
+    assert sum(joint_val.values()) == 3
+    subject = min(joint_val, key=joint_val.get)  # the subject with the fewest joint validation samples
+    assert joint_val[subject] < 3
+    recipe = _recipe(tmp_path, fx.root)
+    recipe.datasets[0].subjects = [subject]
+    (build,) = plan(recipe)
+    assert build.plugin.options.subjects == [subject]
+    (index,) = build_shards(recipe, progress=False).values()
+    assert index.data["subjects"] == [subject]
+    assert index.data["counts"]["val"] == {subject: 3}
+    # an explicit options.subjects is the recipe's own choice and is kept
+    two = _recipe(tmp_path / "b", fx.root, subjects=list(fx.subjects))
+    two.datasets[0].subjects = [subject]
+    assert plan(two)[0].plugin.options.subjects == list(fx.subjects)

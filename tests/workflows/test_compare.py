@@ -82,3 +82,47 @@ def test_bench_writes_tables_and_reuses_finished_runs(recipe_file, tmp_path):
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
     assert f"their training took {summed / 3600:.2f} h in all" in again  # reused runs still counted
     assert logs[0].startswith("4 runs (0 to train)")
+
+
+def test_paper_lambdas_per_method(recipe_file, tmp_path):
+    """Table D5 (CLIP-SS-ViT) and Table B4 (mapping) use the paper's own λs, not the recipe's."""
+    from foundation.workflows.compare import plan_jobs
+    from foundation.core.recipe import load_recipe
+
+    jobs = plan_jobs(recipe_file, methods=["clip-mused", "clip-ss-vit", "mapping"], seeds=[0], out=tmp_path / "b",
+                     subjects=["synthetic/sub-01"])
+    loss = {j.method.name: load_recipe(j.recipe_file).loss for j in jobs}
+    base = load_recipe(recipe_file).loss
+    assert (loss["clip-mused"].lambda_orth, loss["clip-mused"].lambda_low) == (base.lambda_orth, base.lambda_low)
+    assert (loss["clip-ss-vit"].lambda_orth, loss["clip-ss-vit"].lambda_low, loss["clip-ss-vit"].lambda_high) == \
+        (1e-4, 1e-4, 1e-4)
+    assert (loss["mapping"].lambda_low, loss["mapping"].lambda_high) == (1e-4, 1e-4)
+    assert loss["mapping"].lambda_orth == base.lambda_orth  # the paper names no λ⊥ for the mapping row
+
+
+def test_summary_reads_old_and_new_metrics(tmp_path):
+    """Pooled mAP comes from per_dataset.pooled (today) or per_dataset.mAP (metrics.json before issue 15)."""
+    from foundation.workflows.compare import Job, resolve_method, summarise
+
+    method = resolve_method("clip-mused")
+    per_subject = {"ds/a": {"mAP": 0.8, "AUC": 0.9, "hamming": 0.1}, "ds/b": {"mAP": 0.6, "AUC": 0.7, "hamming": 0.2}}
+    old = {"test": {"mAP": 0.5, "per_dataset": {"ds": {"mAP": 0.5}}, "per_subject": per_subject}}
+    new = {"test": {"mAP": 0.7, "headline": "subject_mean", "pooled": {"mAP": 0.55},
+                    "per_dataset": {"ds": {"mAP": 0.7, "pooled": {"mAP": 0.55}}}, "per_subject": per_subject}}
+    jobs = [Job(method, seed, tmp_path / str(seed), tmp_path / f"{seed}.yaml") for seed in (0, 1)]
+    row = summarise(jobs, [old, new])["ds"]["methods"]["clip-mused"]
+    assert row["pooled_mAP"] == [0.5, 0.55]
+    assert row["seed_means"]["mAP"] == pytest.approx([0.7, 0.7])
+
+
+def test_guidance_methods_keep_only_the_options_of_the_plugins_they_use():
+    """A paper recipe names its CLIP variant in guidance.options.clip; guidance:NAME rows must not
+    carry it to a plugin that refuses unused options, and clip-image / clip-text keep the variant."""
+    from foundation.workflows.compare import guidance_options
+
+    clip = {"model": "ViT-B-16", "pretrained": "openai"}
+    g = {"low": "clip", "high": "clip", "options": {"clip": clip}}
+    assert guidance_options(g) == {"clip": clip}
+    assert guidance_options({**g, "low": "vit", "high": "vit"}) == {}
+    assert guidance_options({**g, "low": "clip-image", "high": "clip-image"}) == {"clip-image": clip}
+    assert guidance_options({**g, "low": "alexnet", "high": "clip"}) == {"clip": clip}

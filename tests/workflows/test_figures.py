@@ -73,7 +73,9 @@ def test_roi_run_figures(runs, tmp_path):
 
     curves = figs["training_curves"]
     assert [ax.get_title() for ax in curves.axes] == ["validation", "training loss", "auxiliary losses (unweighted)"]
-    assert {line.get_label() for line in curves.axes[0].lines} >= {"val mAP", "val AUC"}
+    # the selection criterion (mean over subjects) and the pooled mAP, named as such
+    assert {line.get_label() for line in curves.axes[0].lines} >= {"val mAP (mean over subjects)", "val mAP (pooled)",
+                                                                   "val AUC"}
     assert [s for s, _ in details["curves"]["val"]["mAP"]] == [2, 4]
 
     att = details["attention"]["synthetic"]
@@ -275,3 +277,14 @@ def test_missing_shards_are_named(runs, tmp_path):
     with pytest.raises(ShardError, match="not on this machine") as err:
         run_figures(moved)
     assert str(tmp_path / "gone") in str(err.value)
+
+
+def test_training_curves_name_what_the_mAP_curve_is():
+    """Runs written before the subject-mean rule were selected on pooled mAP: the legend says so."""
+    from foundation.workflows.figures import training_curves_figure
+
+    val = {"mAP": [(1, 0.5), (2, 0.6)]}
+    new = training_curves_figure(val, best_step=2)
+    old = training_curves_figure(val, best_step=2, subject_mean=False)
+    assert "val mAP (mean over subjects)" in {line.get_label() for line in new.axes[0].lines}
+    assert "val mAP (pooled)" in {line.get_label() for line in old.axes[0].lines}

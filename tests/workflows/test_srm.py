@@ -39,3 +39,16 @@ def test_srm_refuses_subjects_without_shared_training_stimuli(tmp_path):
     options = {"n_subjects": 2, "stimuli_per_subject": 30, "shared_test": 6, "n_rois": 2, "token_dim": 4}
     with pytest.raises(DataError, match="share 0"):
         run_srm(_recipe(tmp_path, options, name="roi"), progress=False)
+
+
+def test_default_grid_is_the_papers_and_is_cut_at_what_the_data_allows(tmp_path):
+    """Section 3.2: k ∈ {100, 200, …, 600}; a world with 72 training seconds can only fit k ≤ 71."""
+    from foundation.workflows.srm import DEFAULT_FEATURES, run_srm
+
+    assert DEFAULT_FEATURES == (100, 200, 300, 400, 500, 600)
+    options = {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 120, "n_categories": 4}
+    metrics = json.loads(Path(run_srm(_recipe(tmp_path, options), progress=False)).read_text())
+    searched = metrics["srm"]["searched"]["vol"]
+    assert len(searched) == 1 and searched[0] < 100
+    assert metrics["srm"]["chosen"]["vol"]["features"] == searched[0]
+    assert metrics["srm"]["grid"] == list(DEFAULT_FEATURES)

@@ -2,8 +2,9 @@
 
 Figures (one file each, written atomically into ``RUN_DIR/plots/`` unless told otherwise):
 
-* ``training_curves`` — validation mAP / AUC over steps (the run's ``trainer_state.json`` history,
-  else its TensorBoard logs) with the selected step and chance mAP marked; the training loss and its
+* ``training_curves`` — validation mAP (mean over subjects, the selection criterion, and pooled) and
+  AUC over steps (the run's checkpoint history, else its TensorBoard logs) with the selected step and
+  chance mAP marked; the training loss and its
   terms (unweighted, from the TensorBoard logs when tensorboard's event reader is importable).
 * ``attention_rois_<dataset>`` (ROI datasets; paper Fig. F8 / F9) — the last layer's attention from
   each readout token (low, high; MS-EMB: the one subject token) to each ROI token, averaged over

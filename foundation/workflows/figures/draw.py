@@ -61,6 +61,7 @@ def training_curves_figure(
     chance_mAP: float | None = None,
     title: str | None = None,
     dpi: int = DEFAULT_DPI,
+    subject_mean: bool = True,
 ):
     """Validation metrics (and training loss terms) over steps.
 
@@ -71,6 +72,9 @@ def training_curves_figure(
             are zero throughout (their λ is 0) are left out; the auxiliary panel is log-scaled when positive.
         best_step: the selected step (a dashed vertical line on every panel).
         chance_mAP: mAP of a random ranking (a dotted horizontal line on the validation panel).
+        subject_mean: whether ``val["mAP"]`` is the mean over subjects of each subject's mAP (runs
+            written since the subject-mean rule; ``val["pooled_mAP"]`` is then the all-samples mAP)
+            or, for older runs, the pooled mAP; only the legend depends on it.
 
     Returns:
         A Figure with one panel ``"validation"``, plus ``"training loss"`` (total and BCE) and
@@ -88,7 +92,9 @@ def training_curves_figure(
     for name, points in val.items():
         if len(points):
             steps, values = zip(*sorted(points))
-            ax.plot(steps, values, marker="o", markersize=3, label=f"val {name}")
+            label = {"mAP": "val mAP (mean over subjects)" if subject_mean else "val mAP (pooled)",
+                     "pooled_mAP": "val mAP (pooled)"}.get(name, f"val {name}")
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
     if chance_mAP is not None and math.isfinite(chance_mAP):
         ax.axhline(chance_mAP, color="grey", linestyle=":", linewidth=1, label="chance mAP")
     ax.set_title("validation")

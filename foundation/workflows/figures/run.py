@@ -11,6 +11,7 @@ import numpy as np
 
 from foundation.core.errors import CheckpointError, FoundationError
 from foundation.objectives.losses import cosine_rsm
+from foundation.objectives.scoring import is_subject_mean
 from foundation.workflows.figures.attention import run_attention
 from foundation.workflows.figures.brain import grid_affine, token_map_to_grid
 from foundation.workflows.figures.draw import (
@@ -91,7 +92,7 @@ def run_figures(
     if val or train:
         figures["training_curves"] = training_curves_figure(
             val, train, best_step=metrics.get("best_step"), chance_mAP=(metrics.get("val") or {}).get("chance_mAP"),
-            title=f"{name}: training", dpi=dpi)
+            title=f"{name}: training", dpi=dpi, subject_mean=is_subject_mean(metrics.get("val") or {}))
     else:
         log.warning("%s: no validation history or TensorBoard scalars; no training curves", run_dir)
 

@@ -46,7 +46,7 @@ def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict
     val: dict[str, list[tuple[int, float]]] = {}
     ckpt = latest_checkpoint(run_dir)
     history = read_state(ckpt).get("history", []) if ckpt is not None else []
-    for name in ("mAP", "AUC"):
+    for name in ("mAP", "AUC", "pooled_mAP"):
         points = [(int(h["step"]), float(h[f"val_{name}"])) for h in history if f"val_{name}" in h]
         if not points:
             points = list(scalars.get(f"val/{name}", []))
