@@ -62,9 +62,9 @@ def _pooled(index, cfg, recipe, decays, metrics_from_predictions, read_split, fi
 
 def main(argv: list[str] | None = None) -> int:
     from foundation.data.shards import build_shards, find_shards
-    from foundation.recipe import load_recipe
-    from foundation.srm import _fit_logistic, _read_split
-    from foundation.train import metrics_from_predictions
+    from foundation.core.recipe import load_recipe
+    from foundation.workflows.srm import _fit_logistic, _read_split
+    from foundation.objectives.metrics import metrics_from_predictions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")

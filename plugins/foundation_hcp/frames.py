@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_hcp.layout import MOVIES, RUNS
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v")
@@ -144,7 +144,7 @@ def _read_image(path: Path) -> np.ndarray:
 def _write_png(path: Path, frame: np.ndarray) -> None:
     from PIL import Image
 
-    from foundation.atomic import atomic_open
+    from foundation.core.atomic import atomic_open
 
     with atomic_open(path, "wb") as fh:
         Image.fromarray(frame).save(fh, format="PNG")

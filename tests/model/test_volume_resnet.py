@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from foundation.api import DatasetInfo
-from foundation.config import ModelConfig
+from foundation.core.api import DatasetInfo
+from foundation.core.config import ModelConfig
 from foundation.model import CLIPMUSED, ResNetVolumeAdapter, VolumeAdapter
 from foundation.model.volume_resnet import BasicBlock3d
 

@@ -21,8 +21,8 @@ if importlib.util.find_spec("foundation_hcp") is None:  # not yet in the editabl
 from foundation_hcp import HCPMovieDataset, HCPOptions
 from foundation_hcp import segments as seg_mod
 
-from foundation.errors import DataError
-from foundation.recipe import from_dict
+from foundation.core.errors import DataError
+from foundation.core.convert import from_dict
 from tests.plugins.hcp_fixture import MARKER, RUNS, write_hcp_fixture, write_wordnet
 
 REPO = Path(__file__).resolve().parents[2]
