@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
@@ -43,6 +42,7 @@ from foundation.core.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
 from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError, write_error
+from foundation.core.progress import progress as progress_bar
 from foundation.core.convert import from_dict, to_dict
 from foundation.core.recipe import recipe_hash
 
@@ -328,7 +328,7 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
 
     try:
         samples = _plugin_samples(build, subject)
-        for s in tqdm(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, disable=not progress):
+        for s in progress_bar(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, enabled=progress):
             key = sample_key(ds, subject, getattr(s, "index", "?"))
             try:
                 index = getattr(s, "index", None)
@@ -393,7 +393,7 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         caches[level] = by_key[key]
 
     manifests = {}
-    bar = tqdm(info.subjects, desc=f"shard {build.config.id}", unit="subject", disable=not progress)
+    bar = progress_bar(info.subjects, desc=f"shard {build.config.id}", unit="subject", enabled=progress)
     for subject in bar:
         part = directory / "_parts" / f"{subject}.json"
         if part.is_file():
