@@ -137,8 +137,8 @@ def plugin(root: Path) -> dict:
     from foundation.core.recipe import from_dict
 
     base = _rss_mb()
-    ds = HCPMovieDataset(from_dict(HCPOptions, {"segments": "segments.json", "val_seconds": 30, "val_gap": 0,
-                                                "label_threshold": 0.0}), root=root)
+    ds = HCPMovieDataset(from_dict(HCPOptions, {"segments": "segments.json", "split": "val_gap", "val_seconds": 30,
+                                                "val_gap": 0, "label_threshold": 0.0}), root=root)
     t0 = time.perf_counter()
     info = ds.info()
     t_mask = time.perf_counter()
@@ -182,8 +182,8 @@ def shard(root: Path) -> dict:
     plugins.register_module(module.__name__)
     recipe = from_dict(Recipe, {
         "datasets": [{"plugin": "hcp", "root": str(root),
-                      "options": {"segments": "segments.json", "val_seconds": 30, "val_gap": 0,
-                                  "label_threshold": 0.0}}],
+                      "options": {"segments": "segments.json", "split": "val_gap", "val_seconds": 30,
+                                  "val_gap": 0, "label_threshold": 0.0}}],
         "guidance": {"low": "bench-zeros", "high": "bench-zeros"},
         "shards": {"root": str(root / "_shards"), "samples_per_shard": 256},
     })

@@ -13,10 +13,12 @@ on the device without a sync) on random data of the right shapes:
 * ``nsd``: ``recipes/nsd.yaml`` — 24 layers × 512 × 8 heads, MLP 4×, dropout 0.1, 10 ROI tokens of
   ``--token-dim`` (NSD's PCA width) + 2 subject tokens, 80 COCO labels, CLIP guidance (low 768, high 512),
   λ⊥ = 1e-3, λ_low = 1e-4, λ_high = 1e-3; 8 subjects.  Default batch 64 (the paper's).
-* ``hcp``: ``recipes/hcp.yaml`` — the full 113×136×113 grid (~446k in-mask voxels per subject, padded
-  to 128×144×128) through the 3-D CNN patchifier [16, 32, 64, 128] → 8×9×8 = 576 tokens of 512,
-  2 layers × 8 heads, 859 WordNet labels, λ_low = 0.1; 4 subjects.  Default batch 4 (~5 GiB of CPU
-  memory; the recipe's 64 is a GPU setting).
+* ``hcp``: ``recipes/hcp.yaml`` — the plugin's crop of the MNI grid, 111×127×111 (``2:,4:-5,:-2`` of
+  113×136×113; ~446k in-mask voxels per subject), padded on the device to 112×128×112, through the
+  ResNet-style patchifier [32, 64, 128, 512] with the 2 Transformer layers × 8 heads interleaved →
+  7×8×7 = 392 tokens of 512, 859 WordNet labels, λ_low = 0.1; 4 subjects.  Default batch 4 (the
+  recipe's 64 is a GPU setting). ``--patchifier cnn --channels 16 32 64 128`` measures the earlier
+  plain CNN; ``--hcp-grid 113 136 113`` the uncropped grid.
 
 Per shape it reports the median step time, samples/s, the model FLOPs of one step (counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over forward + loss + backward; CPU flash attention
@@ -51,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _perf
 
 REPO = _perf.REPO
-HCP_GRID = (113, 136, 113)
+HCP_GRID = (111, 127, 111)  # the hcp plugin's default crop "2:,4:-5,:-2" of the 113×136×113 MNI grid
 HCP_BRAIN_VOXELS = 446_000
 SHAPES = ("nsd", "hcp")
 DEFAULT_BATCH = {"nsd": 64, "hcp": 4}
@@ -104,11 +106,12 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
         loss_cfg = LossConfig(lambda_orth=1e-3, lambda_low=1e-4, lambda_high=1e-3)
         lr, low_dim, high_dim = 1e-4, 768, 512
     else:
-        cfg = ModelConfig(dim=512, depth=args.depth or 2, heads=8, mlp_ratio=4.0, dropout=0.1, tokens="subject", head_hidden=512,
-                          volume_channels=[16, 32, 64, 128])
+        cfg = ModelConfig(dim=512, depth=args.depth or 2, heads=8, mlp_ratio=4.0, dropout=0.1, tokens="subject",
+                          head_hidden=512, volume_channels=list(args.channels), patchifier=args.patchifier)
+        grid = tuple(args.hcp_grid)
         subjects = tuple(f"{100610 + i}" for i in range(4))
         info = DatasetInfo(kind="volume", label_names=tuple(f"w{i}" for i in range(859)), subjects=subjects,
-                           grid=HCP_GRID)
+                           grid=grid)
         loss_cfg = LossConfig(lambda_orth=1e-3, lambda_low=0.1, lambda_high=1e-3)
         lr, low_dim, high_dim = 1e-3, 768, 512
     ds = shape
@@ -126,10 +129,10 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
 
     bank = None
     if shape == "hcp":
-        masks = [ellipsoid_mask(HCP_GRID, HCP_BRAIN_VOXELS, 0.03, rng) for _ in subjects]
+        masks = [ellipsoid_mask(grid, HCP_BRAIN_VOXELS, 0.03, rng) for _ in subjects]
         flat = [np.flatnonzero(m.reshape(-1)) for m in masks]
         vmax = max(len(f) for f in flat)
-        table = np.full((len(subjects), vmax), math.prod(HCP_GRID), dtype=np.int64)
+        table = np.full((len(subjects), vmax), math.prod(grid), dtype=np.int64)
         for i, f in enumerate(flat):
             table[i, : len(f)] = f
         bank = torch.from_numpy(table).to(device)
@@ -311,7 +314,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
     out = ["--shape", shape or args.shape, "--steps", str(args.steps or 0), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device, "--gemm", str(args.gemm),
            "--gemm-reps", str(args.gemm_reps), "--token-dim", str(args.token_dim), "--adam", args.adam,
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed), "--patchifier", args.patchifier,
+           "--channels", *map(str, args.channels), "--hcp-grid", *map(str, args.hcp_grid)]
     if args.depth:
         out += ["--depth", str(args.depth)]
     if args.batch:
@@ -381,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adam", choices=["default", "foreach", "fused"], default="default",
                    help="torch.optim.Adam implementation (default: what foundation.engine.trainer builds)")
     p.add_argument("--token-dim", type=int, default=512, help="NSD ROI token width (the PCA dimension)")
+    p.add_argument("--patchifier", choices=["resnet", "cnn"], default="resnet", help="HCP volume patchifier")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 512], help="HCP volume_channels")
+    p.add_argument("--hcp-grid", type=int, nargs=3, default=list(HCP_GRID), help="HCP grid (default: the crop)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
     p.add_argument("--gemm-reps", type=int, default=2, help="GEMM timings (median) before each step")
     p.add_argument("--ceiling", type=int, default=0, metavar="N",

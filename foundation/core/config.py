@@ -82,7 +82,7 @@ class ModelConfig:
     (MS-EMB: one identity token per subject whose output feeds the head).  ``backbone: mlp``
     replaces readout tokens and Transformer by one hidden layer over the adapter's flattened tokens
     (with ``tokens: shared``: SS-MLP / MS-SMODEL-MLP on ROI datasets, SS-CNN / MS-SMODEL-CNN on
-    volume datasets, whose adapter is the 3-D CNN).
+    volume datasets, whose adapter is the 3-D CNN and whose tokens are average-pooled first).
     """
 
     dim: int = 128
@@ -98,6 +98,11 @@ class ModelConfig:
     mapping_dims: Optional[list[int]] = None
     head_hidden: int = 256
     volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    #: volume datasets: ``resnet`` (the paper's ResNet stages with the Transformer layers interleaved,
+    #: ``foundation.model.volume_resnet``) or ``cnn`` (a plain CNN run before the Transformer)
+    patchifier: Literal["resnet", "cnn"] = "resnet"
+    #: residual blocks per stage of the ``resnet`` patchifier (ResNet-18: 2)
+    volume_blocks: int = 2
 
 
 @dataclasses.dataclass

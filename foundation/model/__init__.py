@@ -1,9 +1,10 @@
 """The CLIP-MUSED network: subject tokens, input adapters, Transformer encoder."""
 
-from .adapters import ROIAdapter, VolumeAdapter
+from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .clip_mused import CLIPMUSED, TOKEN_MODES, ModelOutput
 from .encoder import Attention, Block, Encoder, Mlp
 from .tokens import SubjectTokens, SubjectVocab
+from .volume_resnet import ResNetVolumeAdapter
 
 __all__ = [
     "CLIPMUSED",
@@ -13,6 +14,8 @@ __all__ = [
     "SubjectVocab",
     "ROIAdapter",
     "VolumeAdapter",
+    "VolumeGrid",
+    "ResNetVolumeAdapter",
     "Attention",
     "Mlp",
     "Block",

@@ -2,9 +2,12 @@
 
 * :class:`ROIAdapter` — ROI datasets (NSD in the paper): each ROI row is one patch, embedded by
   one shared linear map ``E`` (Eq. 1/5).
-* :class:`VolumeAdapter` — volume datasets (HCP in the paper): the subject's in-mask voxels are
-  scattered into the dense grid and a small 3-D CNN reduces it to a coarse grid whose cells are
-  the patches (Fig. 3a).
+* Volume datasets (HCP in the paper): the subject's in-mask voxels are scattered into the dense grid
+  (:class:`VolumeGrid`) and a 3-D CNN reduces it to a coarse grid whose cells are the patches
+  (Fig. 3a): :class:`~foundation.model.volume_resnet.ResNetVolumeAdapter` (``model.patchifier:
+  resnet``, the default: the paper's ResNet stages with the Transformer layers interleaved) or
+  :class:`VolumeAdapter` (``model.patchifier: cnn``: a plain CNN that runs entirely before the
+  Transformer).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ROIAdapter", "VolumeAdapter"]
+__all__ = ["ROIAdapter", "VolumeAdapter", "VolumeGrid"]
 
 
 class ROIAdapter(nn.Module):
     """One linear embedding shared by all ROIs: ``(B, n_tokens, token_dim) -> (B, n_tokens, dim)``."""
+
+    interleaved = False
 
     def __init__(self, n_tokens: int, token_dim: int, dim: int) -> None:
         super().__init__()
@@ -68,45 +73,46 @@ class DownStage(nn.Sequential):
         super().__init__(ConvNormAct(in_ch, out_ch, stride=2), ConvNormAct(out_ch, out_ch))
 
 
-class VolumeAdapter(nn.Module):
-    """3-D CNN patchifier for volume datasets.
+class VolumeGrid(nn.Module):
+    """The geometry shared by the volume patchifiers: grid, padding and scattering voxels into it.
 
     The input is each sample's in-mask voxels, padded to a common length ``Vmax``, plus their flat
     C-order positions in the ``grid``; padding positions hold the dummy index ``X*Y*Z``.  The
     voxels are scattered into a dense zero volume whose axes are already padded up to multiples
-    of ``2**len(channels)``, then::
-
-        stem ConvNormAct(1 -> c0) -> [DownStage(c_{i-1} -> c_i)] * len(channels) -> Conv1x1(c_last -> dim)
-
-    and the ``out_grid`` cells are flattened (C order) into ``num_tokens`` tokens.
+    of ``factor = 2**n_down`` (``n_down`` stride-2 steps), whose ``out_grid`` cells are the
+    ``num_tokens`` patches (C order).
 
     Args:
         grid: ``(X, Y, Z)`` voxel grid of the dataset.
-        dim: token width.
-        channels: widths of the stride-2 stages; the stem has ``channels[0]``.
+        n_down: number of stride-2 steps of the patchifier.
     """
 
-    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int]) -> None:
+    #: whether the model's Transformer layers run inside the patchifier (see ``ResNetVolumeAdapter``)
+    interleaved = False
+
+    def __init__(self, grid: Sequence[int], n_down: int) -> None:
         super().__init__()
         grid = tuple(int(g) for g in grid)
-        channels = [int(c) for c in channels]
         if len(grid) != 3 or min(grid) < 1:
-            raise ValueError(f"VolumeAdapter grid must be three positive sizes, got {grid}")
-        if not channels or min(channels) < 1:
-            raise ValueError(f"VolumeAdapter channels must be non-empty positive ints, got {channels}")
+            raise ValueError(f"volume adapter grid must be three positive sizes, got {grid}")
         self.grid: tuple[int, ...] = grid
-        self.channels = channels
-        self.factor = 2 ** len(channels)
+        self.factor = 2 ** n_down
         self.out_grid: tuple[int, ...] = tuple(math.ceil(g / self.factor) for g in grid)
         self.padded_grid: tuple[int, ...] = tuple(o * self.factor for o in self.out_grid)
         self.num_tokens = math.prod(self.out_grid)
         self.num_voxels = math.prod(grid)
 
-        self.stem = ConvNormAct(1, channels[0])
-        self.stages = nn.Sequential(
-            *[DownStage(c_in, c_out) for c_in, c_out in zip([channels[0], *channels[:-1]], channels)]
-        )
-        self.proj = nn.Conv3d(channels[-1], dim, kernel_size=1)
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the first convolution's weight (what :meth:`densify` returns)."""
+        raise NotImplementedError
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Feature map ``(B, D, *out_grid)`` -> tokens ``(B, num_tokens, D)`` (a free view for channels_last_3d)."""
+        return x.permute(0, 2, 3, 4, 1).reshape(x.shape[0], self.num_tokens, x.shape[1])
+
+    def feature_map(self, t: Tensor) -> Tensor:
+        """Tokens ``(B, num_tokens, D)`` -> feature map ``(B, D, *out_grid)`` with channels_last_3d strides."""
+        return t.reshape(t.shape[0], *self.out_grid, t.shape[2]).permute(0, 4, 1, 2, 3)
 
     def _padded_positions(self, index: Tensor) -> Tensor:
         """Flat C-order positions in ``grid`` -> flat positions in ``padded_grid``.
@@ -147,7 +153,7 @@ class VolumeAdapter(nn.Module):
         # voxels land at b*n_pad + pos, every padding entry lands in the dummy slot, which is dropped.
         pos = self._padded_positions(index) + torch.arange(b, device=index.device).unsqueeze(1) * n_pad
         pos = torch.where(index >= self.num_voxels, torch.full_like(pos, b * n_pad), pos)
-        dtype = self.stem[0].weight.dtype
+        dtype = self.input_dtype()
         flat = torch.zeros(b * n_pad + 1, device=voxels.device, dtype=dtype)
         flat = flat.scatter(0, pos.reshape(-1), voxels.to(dtype).reshape(-1))
         # Channels-last 3-D strides, free for one channel (the same memory as NCDHW): the stem conv then
@@ -160,12 +166,40 @@ class VolumeAdapter(nn.Module):
             vol = vol[:, :, :x, :y, :z]
         return vol
 
+
+
+class VolumeAdapter(VolumeGrid):
+    """Plain 3-D CNN patchifier (``model.patchifier: cnn``), run entirely before the Transformer::
+
+        densify -> stem ConvNormAct(1 -> c0) -> [DownStage(c_{i-1} -> c_i)] * len(channels) -> Conv1x1(c_last -> dim)
+
+    and the ``out_grid`` cells are flattened (C order) into ``num_tokens`` tokens.
+
+    Args:
+        grid: ``(X, Y, Z)`` voxel grid of the dataset.
+        dim: token width.
+        channels: widths of the stride-2 stages; the stem has ``channels[0]``.
+    """
+
+    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int]) -> None:
+        channels = [int(c) for c in channels]
+        if not channels or min(channels) < 1:
+            raise ValueError(f"VolumeAdapter channels must be non-empty positive ints, got {channels}")
+        super().__init__(grid, len(channels))
+        self.channels = channels
+        self.stem = ConvNormAct(1, channels[0])
+        self.stages = nn.Sequential(
+            *[DownStage(c_in, c_out) for c_in, c_out in zip([channels[0], *channels[:-1]], channels)]
+        )
+        self.proj = nn.Conv3d(channels[-1], dim, kernel_size=1)
+
+    def input_dtype(self) -> torch.dtype:
+        return self.stem[0].weight.dtype
+
     def forward(self, voxels: Tensor, index: Tensor) -> Tensor:
         """``voxels`` ``(B, Vmax)``, ``index`` ``(B, Vmax)`` -> patch tokens ``(B, num_tokens, dim)``."""
         x = self.densify(voxels, index)  # (B, 1, Xp, Yp, Zp)
-        x = self.proj(self.stages(self.stem(x)))  # (B, dim, *out_grid)
-        # permute+reshape is a free view for channels_last_3d activations
-        return x.permute(0, 2, 3, 4, 1).reshape(x.shape[0], self.num_tokens, x.shape[1])
+        return self.tokens(self.proj(self.stages(self.stem(x))))  # (B, num_tokens, dim)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, out_grid={self.out_grid}, num_tokens={self.num_tokens}"

@@ -32,9 +32,10 @@ from foundation.core.api import DatasetInfo
 from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError
 
-from .adapters import ROIAdapter, VolumeAdapter
+from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .encoder import Encoder
 from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
+from .volume_resnet import ResNetVolumeAdapter
 
 __all__ = ["ModelOutput", "CLIPMUSED", "TOKEN_MODES"]
 
@@ -115,6 +116,8 @@ class CLIPMUSED(nn.Module):
             raise ValueError(f"model.dim={cfg.dim} must be divisible by model.heads={cfg.heads}")
         if cfg.backbone not in ("transformer", "mlp"):
             raise ValueError(f"model.backbone must be 'transformer' or 'mlp', got {cfg.backbone!r}")
+        if cfg.patchifier not in ("resnet", "cnn"):
+            raise ValueError(f"model.patchifier must be 'resnet' or 'cnn', got {cfg.patchifier!r}")
         if cfg.backbone == "mlp" and cfg.tokens != "shared":
             raise ValueError("model.backbone=mlp has no tokens to read out: it needs model.tokens=shared "
                              "(the SS-MLP / MS-SMODEL-MLP baselines)")
@@ -142,15 +145,17 @@ class CLIPMUSED(nn.Module):
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
-        # backbone=mlp (SS-MLP / SS-CNN / MS-SMODEL-MLP baselines): the adapter's tokens, flattened,
-        # through one hidden layer per dataset, instead of readout tokens and the Transformer
+        # backbone=mlp (SS-MLP / SS-CNN / MS-SMODEL-MLP baselines): the adapter's tokens through one hidden
+        # layer per dataset, instead of readout tokens and the Transformer; ROI tokens are flattened, volume
+        # tokens average-pooled (the public code's CNN head; a flatten of 392 × 512 would be a 200 k-input layer)
         self.mlps = nn.ModuleDict()
         for ds, info in self.infos.items():
             adapter = self._make_adapter(info)
             self.adapters[ds] = adapter
             if self.mlp:
+                n_in = d if isinstance(adapter, VolumeGrid) else adapter.num_tokens * d
                 self.mlps[ds] = nn.Sequential(
-                    nn.Linear(adapter.num_tokens * d, self.n_readout * d), nn.GELU(), nn.Dropout(cfg.dropout))
+                    nn.Linear(n_in, self.n_readout * d), nn.GELU(), nn.Dropout(cfg.dropout))
             else:
                 self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
             self.heads[ds] = nn.Sequential(
@@ -178,12 +183,15 @@ class CLIPMUSED(nn.Module):
             _trunc_normal_(p.data)
 
     # ------------------------------------------------------------------ construction helpers
-    def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeAdapter:
+    def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeGrid:
         if info.kind == "roi":
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
             return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
         if info.kind == "volume":
-            return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels)  # type: ignore[arg-type]
+            if self.cfg.patchifier == "cnn":
+                return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels)  # type: ignore[arg-type]
+            return ResNetVolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels,  # type: ignore[arg-type]
+                                       blocks=self.cfg.volume_blocks)
         raise ValueError(f"unknown DatasetInfo.kind {info.kind!r} (expected 'roi' or 'volume')")
 
     def _check_subject_datasets(self, keys: Sequence[str]) -> None:
@@ -230,7 +238,8 @@ class CLIPMUSED(nn.Module):
     def from_config_dict(cls, d: Mapping[str, Any]) -> CLIPMUSED:
         """Rebuild an (untrained) model from :meth:`config_dict`; load the state dict afterwards."""
         try:
-            cfg = ModelConfig(**d["model"])
+            # checkpoints written before model.patchifier existed used the plain CNN
+            cfg = ModelConfig(**{"patchifier": "cnn", **d["model"]})
             datasets = {ds: _info_from_dict(info) for ds, info in d["datasets"].items()}
             vocab = list(d["vocab"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -270,21 +279,24 @@ class CLIPMUSED(nn.Module):
         if dataset not in self.adapters:
             raise ValueError(f"unknown dataset {dataset!r}; this model has {sorted(self.adapters)}")
         adapter = self.adapters[dataset]
-        if isinstance(adapter, VolumeAdapter):
-            if voxel_index is None:
-                raise ValueError(f"dataset {dataset!r} is a volume dataset: forward() needs voxel_index")
-            patches = adapter(fmri, voxel_index)  # (B, M, D)
-        else:
-            patches = adapter(fmri)  # (B, M, D)
-        if subject_idx.shape != (patches.shape[0],):
-            raise ValueError(
-                f"subject_idx must have shape ({patches.shape[0]},), got {tuple(subject_idx.shape)}"
-            )
+        if isinstance(adapter, VolumeGrid) and voxel_index is None:
+            raise ValueError(f"dataset {dataset!r} is a volume dataset: forward() needs voxel_index")
+        if subject_idx.dim() != 1 or subject_idx.shape[0] != fmri.shape[0]:
+            raise ValueError(f"subject_idx must have shape ({fmri.shape[0]},), got {tuple(subject_idx.shape)}")
 
         if self.mlp:
-            h = self.mlps[dataset](patches.flatten(1))  # (B, R * D)
+            patches = adapter(fmri, voxel_index) if isinstance(adapter, VolumeGrid) else adapter(fmri)  # (B, M, D)
+            # volume tokens are average-pooled, ROI tokens flattened
+            h = self.mlps[dataset](patches.mean(1) if isinstance(adapter, VolumeGrid) else patches.flatten(1))
             z, attention = self.norm(h.view(h.shape[0], self.n_readout, -1)), None  # (B, R, D)
+        elif adapter.interleaved:
+            readout = self.readout_tokens(subject_idx)  # (B, R, D)
+            h, attention = adapter.forward_with_encoder(
+                fmri, voxel_index, readout, pos=self.pos_embed[dataset], blocks=self.encoder.blocks,
+                pos_drop=self.pos_drop, return_attention=return_attention)  # (B, R + M, D)
+            z = self.norm(h[:, : self.n_readout])  # (B, R, D)
         else:
+            patches = adapter(fmri, voxel_index) if isinstance(adapter, VolumeGrid) else adapter(fmri)  # (B, M, D)
             readout = self.readout_tokens(subject_idx)  # (B, R, D)
             x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
             h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)

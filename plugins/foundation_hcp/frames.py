@@ -1,24 +1,32 @@
 """Movie frames for image guidance: one frame per movie second, only when ``movie_frames:`` is given.
 
-The movies are not part of the volume download; users who have them (``7T_MOVIE1_CC1_v2.mp4`` ...
-``7T_MOVIE4_HO2_v2.mp4`` from the HCP 7T movie stimulus release) name their folder. For movie ``m``
-the folder must hold, matched by the run code (``MOVIE1_CC1`` ...) in the name:
+The movies are not part of the volume download; users who have them (the HCP 7T movie stimulus
+release, ``7T_MOVIE1_CC1_v2.mp4`` ... ``7T_MOVIE4_HO2_v2.mp4``; *file names unverified*, so any name
+containing the run code is accepted) name their folder. For movie ``m`` the folder must hold, matched
+by the run code (``MOVIE1_CC1`` ...) in the name:
 
-* a **folder of extracted frames** whose name contains the code, with one image per second named by
-  the second (``0000.png``, ``0001.png`` ... or ``.jpg``), read with Pillow; extract it once with
+* a **video file** (``.mp4``/``.mov``/``.mkv``/``.avi``/``.m4v``), decoded with PyAV
+  (``pip install "foundation[movies]"``). Second ``s`` shows the first frame whose presentation time is
+  at or after ``s`` seconds (half a frame of tolerance): frame ``24·s`` at 24 fps, as the public code
+  samples them. The first read of a movie decodes it once, front to back, and keeps the frames of every
+  sample second of that movie (the plan's seconds, plus any other second asked for) as
+  ``<frames_cache>/<movie file>-<size>-<sha256 of its first MiB>/<second:04d>.png``, lossless; later
+  reads (and later shard builds) load those PNGs. A partial cache is completed by another pass.
+* a **folder of extracted frames** whose name contains the code, one image per second named by the
+  second (``0000.png``, ``0001.png`` ... or ``.jpg``), read with Pillow, e.g. from
   ``ffmpeg -i 7T_MOVIE1_CC1_v2.mp4 -vf "select=not(mod(n\\,24))" -vsync vfr -start_number 0
-  7T_MOVIE1_CC1_v2/%04d.png`` (frame ``24·s`` for second ``s``, as the public code samples them); or
-* a **video file** whose name contains the code (``.mp4``/``.mov``/``.mkv``/``.avi``), decoded at time
-  ``s`` seconds (frame ``24·s`` at 24 fps) with ``torchcodec`` or PyAV (``av``), whichever is installed.
+  7T_MOVIE1_CC1_v2/%04d.png``.
 
 A folder of frames wins over a video file. Frames are returned as ``(H, W, 3)`` uint8 RGB.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +36,33 @@ from foundation_hcp.layout import MOVIES, RUNS
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+INSTALL = 'pip install "foundation[movies]"  (PyAV)'
 
 
-def _backend() -> str | None:
-    for name in ("torchcodec", "av"):
-        if importlib.util.find_spec(name) is not None:
-            return name
-    return None
+def default_cache() -> Path:
+    """``$XDG_CACHE_HOME/foundation/hcp_frames`` (``~/.cache/foundation/hcp_frames``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "foundation" / "hcp_frames"
+
+
+def _have_av() -> bool:
+    return importlib.util.find_spec("av") is not None
 
 
 class MovieFrames:
-    """Locates each movie's frames under ``folder`` (checked on construction) and reads them."""
+    """Locates each movie's frames under ``folder`` (checked on construction) and reads them.
 
-    def __init__(self, folder: Path) -> None:
+    Args:
+        folder: the ``movie_frames`` folder.
+        cache: where frames decoded from video files are kept (see the module docstring).
+        seconds: movie → the seconds to decode in the first pass over a video (the plan's samples).
+    """
+
+    def __init__(self, folder: Path, *, cache: Path | None = None,
+                 seconds: Mapping[int, Iterable[int]] | None = None) -> None:
         self.folder = Path(folder)
+        self.cache = Path(cache) if cache is not None else default_cache()
+        self.wanted = {m: sorted(set(v)) for m, v in (seconds or {}).items()}
         if not self.folder.is_dir():
             raise DataError(f"movie_frames folder {self.folder} not found (the folder of the 7T movie files "
                             f"7T_MOVIE1_CC1_v2.mp4 ... or of frames extracted from them)")
@@ -61,10 +82,10 @@ class MovieFrames:
                 if len(files) > 1:
                     raise DataError(f"movie_frames {self.folder}: several movie files match {code}: "
                                     f"{[p.name for p in files]}; keep one")
-                if _backend() is None:
-                    raise DataError(f"movie_frames: decoding {files[0]} needs `pip install torchcodec` or "
-                                    f"`pip install av`; or extract one frame per second into a folder "
-                                    f"(see foundation_hcp.frames) and point movie_frames at it")
+                if not _have_av():
+                    raise DataError(f"movie_frames: decoding {files[0]} needs PyAV: {INSTALL}; or extract one "
+                                    f"frame per second into a folder (see foundation_hcp.frames) and point "
+                                    f"movie_frames at it")
                 self.sources[movie] = files[0]
             else:
                 raise DataError(f"movie_frames {self.folder}: no movie file or frame folder for movie {movie} "
@@ -84,19 +105,30 @@ class MovieFrames:
             self._index[movie] = index
         return self._index[movie]
 
+    def cache_dir(self, movie: int) -> Path:
+        """The cache folder of ``movie``'s video file: its name, size and the sha256 of its first MiB."""
+        src = self.sources[movie]
+        with open(src, "rb") as fh:
+            head = hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]
+        return self.cache / f"{src.name}-{src.stat().st_size}-{head}"
+
     def read(self, movie: int, seconds: Sequence[int]) -> list[np.ndarray]:
         """The frames shown at ``seconds`` of ``movie``, ``(H, W, 3)`` uint8 each."""
         src = self.sources[movie]
         if src.is_dir():
             files = self._frame_files(movie)
-            out = []
-            for s in seconds:
-                if s not in files:
-                    raise DataError(f"movie_frames: no frame for second {s} of movie {movie} in {src} "
-                                    f"(expected an image named {s:04d}.png or .jpg)")
-                out.append(_read_image(files[s]))
-            return out
-        return _decode(src, seconds)
+            missing = [s for s in seconds if s not in files]
+            if missing:
+                raise DataError(f"movie_frames: no frame for second {missing[0]} of movie {movie} in {src} "
+                                f"(expected an image named {missing[0]:04d}.png or .jpg)")
+            return [_read_image(files[s]) for s in seconds]
+        folder = self.cache_dir(movie)
+        todo = sorted({s for s in seconds if not (folder / f"{s:04d}.png").is_file()})
+        if todo:
+            want = sorted(set(todo) | {s for s in self.wanted.get(movie, ()) if not (folder / f"{s:04d}.png").is_file()})
+            for s, frame in decode_seconds(src, want):
+                _write_png(folder / f"{s:04d}.png", frame)
+        return [_read_image(folder / f"{s:04d}.png") for s in seconds]
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -109,32 +141,50 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"movie frame {path} could not be read as an image: {exc}") from exc
 
 
-def _decode(path: Path, seconds: Sequence[int]) -> list[np.ndarray]:
-    backend = _backend()
+def _write_png(path: Path, frame: np.ndarray) -> None:
+    from PIL import Image
+
+    from foundation.core.atomic import atomic_open
+
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(frame).save(fh, format="PNG")
+
+
+def decode_seconds(path: Path, seconds: Sequence[int]) -> Iterable[tuple[int, np.ndarray]]:
+    """``(second, frame)`` for every second of ``seconds`` (sorted), in one front-to-back pass over ``path``.
+
+    Second ``s`` gets the first frame whose presentation time is ``>= s`` less half a frame.
+
+    Raises:
+        DataError: PyAV is missing, the file cannot be decoded, or it ends before the last second.
+    """
+    if not _have_av():
+        raise DataError(f"movie_frames: decoding {path} needs PyAV: {INSTALL}")
+    import av
+
+    pending = sorted(set(int(s) for s in seconds))
+    if not pending:
+        return
+    last = None
     try:
-        if backend == "torchcodec":
-            from torchcodec.decoders import VideoDecoder
-
-            batch = VideoDecoder(str(path)).get_frames_played_at(seconds=[float(s) for s in seconds])
-            return [f.permute(1, 2, 0).contiguous().numpy().astype(np.uint8) for f in batch.data]
-        if backend == "av":
-            import av
-
-            out = []
-            with av.open(str(path)) as container:
-                stream = container.streams.video[0]
-                for s in seconds:
-                    container.seek(int(s / stream.time_base), stream=stream, backward=True)
-                    frame = None
-                    for frame in container.decode(stream):
-                        if frame.time is not None and frame.time >= s - 1e-3:
-                            break
-                    if frame is None:
-                        raise DataError(f"movie file {path} has no frame at second {s}")
-                    out.append(frame.to_ndarray(format="rgb24"))
-            return out
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 24)
+            tolerance = 0.5 / rate
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                last = frame.time
+                if frame.time < pending[0] - tolerance:
+                    continue
+                image = frame.to_ndarray(format="rgb24")
+                while pending and frame.time >= pending[0] - tolerance:
+                    yield pending.pop(0), image
+                if not pending:
+                    return
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"decoding movie file {path} with {backend} failed: {type(exc).__name__}: {exc}") from exc
-    raise DataError(f"movie_frames: decoding {path} needs `pip install torchcodec` or `pip install av`")
+        raise DataError(f"decoding movie file {path} with PyAV failed: {type(exc).__name__}: {exc}") from exc
+    raise DataError(f"movie file {path} ends at {last} s, before second {pending[0]} (still needed: {len(pending)} "
+                    f"seconds); is it the movie of this run?")

@@ -32,17 +32,19 @@ class WordNet:
         path: the file read.
         synsets: category names, in column order.
         runs: movie → ``(seconds, categories)`` bool presence matrix.
+        sha256: checksum of the file.
     """
 
     path: Path
     synsets: tuple[str, ...]
     runs: dict[int, np.ndarray]
+    sha256: str = ""
 
     def rows(self, movie: int) -> int:
         return int(self.runs[movie].shape[0])
 
     def text(self, movie: int, second: int) -> str:
-        """The words of the categories present in ``second`` of ``movie``, joined by ``", "``."""
+        """The words of the categories present in ``second`` of ``movie``, joined by ``", "`` (``""`` if none)."""
         words = dict.fromkeys(word(self.synsets[k]) for k in np.flatnonzero(self.runs[movie][second]))
         return ", ".join(words)
 
@@ -97,7 +99,9 @@ def read_wordnet(path: Path) -> WordNet:
             if not np.isfinite(data.astype(np.float64)).all():
                 raise DataError(f"WordNet labels file {path}, dataset {code!r}: has NaN or Inf values")
             runs[movie] = data > 0
-    return WordNet(path=path, synsets=synsets, runs=runs)
+    import hashlib
+
+    return WordNet(path=path, synsets=synsets, runs=runs, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def select_categories(wn: WordNet, train: dict[int, np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,8 @@ from foundation_hcp import layout, volumes
 from foundation_hcp.frames import MovieFrames
 from foundation_hcp.labels import WordNet, read_wordnet, select_categories
 from foundation_hcp.layout import MOVIES, RUNS
-from foundation_hcp.segments import PACKAGED, Plan, Segments, load_segments, missing_segments_message, plan_seconds
+from foundation_hcp.segments import (Plan, Segments, load_packaged, load_segments, load_split_lists,
+                                     plan_khosla, plan_seconds, wordnet_segments)
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,32 @@ class HCPOptions:
             ``s + hemodynamic_delay`` (paper: 4). Seconds whose volume is past the run's end are dropped.
         label_threshold: keep the WordNet categories present in more than this fraction of the training
             seconds (paper: 0.1, 53 categories).
-        segments: the clip segments as JSON or CSV (see ``foundation_hcp.segments``); ``null``: the JSON
-            shipped in the package (``clip_times_24.json``), if present. A pickle is refused here.
+        segments: where the clip segments come from (see ``foundation_hcp.segments``): ``khosla2020``
+            (default; ``null`` means the same) — Khosla et al. (2020)'s published segments, shipped in the
+            package; ``wordnet`` — derived from the WordNet labels (runs of seconds with a category;
+            rest seconds have none); or a JSON/CSV file. A pickle is refused here.
         trust_pickle_segments: path of Khosla et al.'s ``clip_times_24.npy``: loaded with
-            ``allow_pickle=True`` (which can run code) only because you name it here.
-        repeated_clip: the last clip of every run is the same clip; in movies 1–3 keep its seconds in
-            ``train`` (public code) or ``drop`` them. In movie 4 (test) it is always dropped.
-        val_seconds: validation seconds (paper: 265), split over movies 1–3 and taken from the end of
-            each movie's last non-repeated clip(s); 0 disables validation.
-        val_gap: seconds just before each validation block (same clip) dropped from training, so no
-            training volume is temporally adjacent to a validation one; 0 keeps every in-segment
-            second of movies 1–3 (the paper's 2000 + 265; its validation rule is not published).
+            ``allow_pickle=True`` (which can run code) only because you name it here (with
+            ``segments`` left at ``khosla2020``/``null``).
+        split: ``khosla2020`` (default) — Khosla et al.'s published train/val seconds, exactly (2000 +
+            265 with their segments; needs those segments); ``val_gap`` — the deterministic rule of
+            ``val_seconds``/``val_gap`` below, for any segments.
+        repeated_clip: the last clip of every run is the same clip; in movies 1–3 keep its seconds
+            (``train``: in train/val as the split assigns them) or ``drop`` them. In movie 4 (test) it
+            is always dropped.
+        val_seconds: ``split: val_gap`` only: validation seconds (paper: 265), split over movies 1–3
+            and taken from the end of each movie's last non-repeated clip(s); 0 disables validation.
+        val_gap: ``split: val_gap`` only: seconds just before each validation block (same clip) dropped
+            from training, so no training volume is temporally adjacent to a validation one; 0 keeps
+            every in-segment second (with the Khosla segments: 2000 + 265, other seconds than theirs).
         wordnet: the labels file; ``null``: ``<root>/7T_movie_resources/WordNetFeatures.hdf5``.
         movie_frames: folder of the movie files (or of extracted frames, see ``foundation_hcp.frames``);
             if given, each stimulus carries the frame of its second for image guidance, else text only.
+        frames_cache: where frames decoded from movie files are kept (one PNG per second, read back on
+            later runs); ``null``: ``$XDG_CACHE_HOME/foundation/hcp_frames`` (``~/.cache/...``).
+        empty_text: ``Stimulus.text`` of a second with no WordNet category (text guidance needs a text;
+            the Khosla clips have none such, ``segments: wordnet`` clips neither; a user's segments
+            may). Recorded in ``index.json`` with the number of such seconds.
     """
 
     subjects: list[str | int] | None = None
@@ -93,13 +106,16 @@ class HCPOptions:
     mask_file: str | None = None
     hemodynamic_delay: int = 4
     label_threshold: float = 0.1
-    segments: str | None = None
+    segments: str | None = "khosla2020"
     trust_pickle_segments: str | None = None
+    split: Literal["khosla2020", "val_gap"] = "khosla2020"
     repeated_clip: Literal["train", "drop"] = "train"
     val_seconds: int = 265
     val_gap: int = 10
     wordnet: str | None = None
     movie_frames: str | None = None
+    frames_cache: str | None = None
+    empty_text: str = "a movie scene"
 
     def __post_init__(self) -> None:
         if self.subjects is not None:
@@ -116,8 +132,11 @@ class HCPOptions:
             raise ValueError(f"label_threshold must be in [0, 1), got {self.label_threshold}")
         if self.val_seconds < 0 or self.val_gap < 0:
             raise ValueError(f"val_seconds and val_gap must be >= 0, got {self.val_seconds} and {self.val_gap}")
-        if self.segments is not None and self.trust_pickle_segments is not None:
-            raise ValueError("give either segments (JSON/CSV) or trust_pickle_segments (the .npy pickle), not both")
+        if self.segments not in (None, "khosla2020") and self.trust_pickle_segments is not None:
+            raise ValueError("give either segments (wordnet or a JSON/CSV file) or trust_pickle_segments (the .npy "
+                             "pickle), not both")
+        if not self.empty_text.strip():
+            raise ValueError("empty_text must be a non-empty text (text guidance needs one for every second)")
 
 
 @dataclasses.dataclass
@@ -213,15 +232,21 @@ class HCPMovieDataset(DatasetPlugin):
         assert ref is not None
         return ref.grid, n_volumes
 
-    def _segments(self) -> Segments:
+    def _segments(self, wn: WordNet) -> Segments:
         o = self.options
         if o.trust_pickle_segments is not None:
             return load_segments(layout.resolve(o.trust_pickle_segments, self.root), trusted=True)
-        if o.segments is not None:
-            return load_segments(layout.resolve(o.segments, self.root), trusted=False)
-        if PACKAGED.is_file():
-            return load_segments(PACKAGED, trusted=False)
-        raise DataError(missing_segments_message())
+        if o.segments in (None, "khosla2020"):
+            return load_packaged()
+        if o.segments == "wordnet":
+            return wordnet_segments(wn.runs, source=str(wn.path), sha256=wn.sha256)
+        return load_segments(layout.resolve(o.segments, self.root), trusted=False)
+
+    def _plan(self, seg: Segments) -> Plan:
+        o = self.options
+        if o.split == "khosla2020":
+            return plan_khosla(seg, load_split_lists(), repeated_clip=o.repeated_clip)
+        return plan_seconds(seg, val_seconds=o.val_seconds, val_gap=o.val_gap, repeated_clip=o.repeated_clip)
 
     def _state(self) -> _State:
         if self._state_cache is not None:
@@ -233,24 +258,29 @@ class HCPMovieDataset(DatasetPlugin):
         grid = volumes.cropped_grid(raw_grid, self._crop)
         if min(grid) < 1:
             raise DataError(f"hcp: crop {o.crop!r} leaves nothing of the {raw_grid} grid")
-        seg = self._segments()
-        plan = plan_seconds(seg, val_seconds=o.val_seconds, val_gap=o.val_gap, repeated_clip=o.repeated_clip)
         wn_path = layout.resolve(o.wordnet, root) if o.wordnet else root / layout.WORDNET_RELPATH
         wn = read_wordnet(wn_path)
+        seg = self._segments(wn)
+        plan = self._plan(seg)
         for m in MOVIES:
             beyond = [s for s, _ in plan.seconds[m] if s >= wn.rows(m)]
             if beyond:
                 raise DataError(f"hcp: clip segments {seg.source} reach second {max(beyond)} of movie {m}, but "
                                 f"{wn.path} dataset {RUNS[m].code!r} labels only {wn.rows(m)} seconds; segments "
                                 f"and labels do not belong together")
+        unlabelled = sum(int(not wn.runs[m][s].any()) for m in MOVIES for s, _ in plan.seconds[m])
         # training seconds that have a volume for at least one subject (equal T everywhere in practice)
         longest = {m: max(n_volumes[s][m] for s in subjects) for m in MOVIES}
         train = {m: secs[secs + o.hemodynamic_delay < longest[m]] for m, secs in plan.of_split("train").items()}
         kept, freq = select_categories(wn, train, o.label_threshold)
-        frames = MovieFrames(layout.resolve(o.movie_frames, root)) if o.movie_frames else None
+        frames = None
+        if o.movie_frames:
+            cache = layout.resolve(o.frames_cache, root) if o.frames_cache else None
+            frames = MovieFrames(layout.resolve(o.movie_frames, root), cache=cache,
+                                 seconds={m: [s for s, _ in plan.seconds[m]] for m in MOVIES})
         names = tuple(wn.synsets[k] for k in kept)
-        stimuli = (f"frames + text: one frame per second from {frames.folder} ({frames.describe()}), text = the "
-                   f"WordNet names of the second" if frames else
+        stimuli = (f"frames + text: one frame per second from {frames.folder} ({frames.describe()}; decoded frames "
+                   f"cached in {frames.cache}), text = the WordNet names of the second" if frames else
                    "text-only: no movie_frames folder given (Stimulus.text = the WordNet names of the second, "
                    "Stimulus.image = None)")
         extra: dict[str, Any] = {
@@ -267,9 +297,14 @@ class HCPMovieDataset(DatasetPlugin):
             "hemodynamic_delay": o.hemodynamic_delay,
             "segments": seg.source,
             "segments_sha256": seg.sha256,
-            "split": (f"movies 1-3 train/val, movie 4 test without its repeated last clip; repeated clip in "
-                      f"movies 1-3: {o.repeated_clip}; val: last {o.val_seconds} seconds of the non-repeated clips "
-                      f"of movies 1-3 (split evenly), gap {o.val_gap} s"),
+            "split": ("movies 1-3 train/val, movie 4 test without its repeated last clip; repeated clip in "
+                      f"movies 1-3: {o.repeated_clip}; " + (
+                          "val: Khosla et al. 2020's published train/val seconds (khosla2020)"
+                          if o.split == "khosla2020" else
+                          f"val (val_gap rule): last {o.val_seconds} seconds of the non-repeated clips of movies "
+                          f"1-3 (split evenly), gap {o.val_gap} s")),
+            "empty_text": {"text": o.empty_text, "seconds": unlabelled,
+                           "rule": "Stimulus.text of a sample second with no WordNet category"},
             # movie seconds per split from the segments, before the delay drops any (index.json "counts"
             # has the samples per subject)
             "segment_seconds_per_split": plan.counts(),
@@ -369,7 +404,7 @@ class HCPMovieDataset(DatasetPlugin):
                 if secs:
                     images.update({(m, s): img for s, img in zip(secs, st.frames.read(m, secs))})
         for sid, (m, s) in zip(ids, parsed):
-            yield Stimulus(id=sid, image=images.get((m, s)), text=st.wordnet.text(m, s),
+            yield Stimulus(id=sid, image=images.get((m, s)), text=st.wordnet.text(m, s) or self.options.empty_text,
                            extras={"wordnet": st.wordnet.runs[m][s].astype(np.float32)})
 
     def artifacts(self, out_dir: Path) -> None:

@@ -1,17 +1,20 @@
-"""Clip segments of the four movie runs (Khosla et al. 2020) and the train/val/test plan built on them.
+"""Clip segments of the four movie runs and the train/val/test plan built on them.
 
-**The segments.** A movie run alternates movie clips and rest. Khosla et al. published the clip
-periods as ``clip_times_24.npy``: a *pickled* dict ``'1'..'4'`` → ``(n_segments, 2)`` array of
-``[start, end)`` frame numbers at 24 frames per second, counted from the start of the run; the last
-segment of every run is the same short clip, repeated in all four runs. A pickle can run code when
-loaded, so this module reads it only from a path the user explicitly trusts
-(``trust_pickle_segments:``) and otherwise reads the same segments as JSON or CSV:
+**The segments.** A movie run alternates movie clips and rest; the last clip of every run is the same
+short test-retest clip (83 s), repeated in all four runs. Three sources, chosen by ``segments:``:
 
-* JSON: ``{"format": "foundation-hcp-clip-segments/1", "fps": 24, "source": "...",
-  "segments": {"1": [[start, end], ...], ..., "4": [...]}}`` (or just the ``"segments"`` mapping);
-* CSV: a header ``movie,start,end`` then one row per segment (``#`` starts a comment line).
-
-Convert the trusted pickle once, then use the JSON::
+* ``khosla2020`` (default): Khosla et al. (2020)'s published ``clip_times_24.npy`` — movie →
+  ``(n_segments, 2)`` ``[start, end)`` frame numbers at 24 fps from the start of the run — shipped
+  in this package as ``khosla2020.json`` with its citation and sources, together with their exact
+  train/validation sample lists (2000 + 265 ``(movie, frame)`` pairs). Their windows are hand-trimmed:
+  they start 4–6 s after and end about 1 s before the WordNet clip boundaries.
+* ``wordnet``: derived from the user's own ``WordNetFeatures.hdf5``: rest seconds carry no WordNet
+  category (the ``{}`` lines of ``WordNet_MOVIE*.txt``), so every maximal run of seconds with at least
+  one category present is a clip, and the last run is the repeated clip (:func:`wordnet_segments`).
+* a file: JSON ``{"format": "foundation-hcp-clip-segments/1", "fps": 24, "source": "...",
+  "segments": {"1": [[start, end], ...], ..., "4": [...]}}`` (or just the ``"segments"`` mapping), or
+  CSV (header ``movie,start,end``, ``#`` comments). Khosla et al.'s pickle ``clip_times_24.npy`` can run
+  code when loaded, so it is read only from ``trust_pickle_segments:``; convert it once instead::
 
     python -m foundation_hcp.segments convert clip_times_24.npy segments.json
     python -m foundation_hcp.segments show segments.json        # seconds per movie and split
@@ -22,14 +25,23 @@ exclusive) contributes one sample every ``fps`` frames starting at frame ``start
 seconds ``floor(start/fps) + k`` for ``k = 0 .. ceil((end - start)/fps) - 1``. A second's label is WordNet row
 ``s``; its volume is ``s + hemodynamic_delay`` (see the plugin).
 
-**The plan** (:func:`plan_seconds`). Movies 1–3 are train/val, movie 4 is test with its repeated last
-clip dropped. In movies 1–3 the repeated clip stays in train (``repeated_clip: train``, as in the
-public code, which drops it only from the test movie) or is dropped (``repeated_clip: drop``).
-Validation is deterministic and seed-free: ``val_seconds`` (paper: 265) are split as evenly as
-possible over movies 1–3 (the first movies take the remainder) and taken as one contiguous block at
-the *end* of each movie's last non-repeated clip(s) — so each block borders a rest period on one side
-— and the ``val_gap`` seconds just before a block, within the same clip, are dropped from training, so
-no training volume is within ``val_gap`` seconds of a validation volume of the same clip.
+**The plan.** Movies 1–3 are train/val, movie 4 is test with its repeated last clip dropped (699
+seconds with the Khosla segments). In movies 1–3 the repeated clip stays in train/val (``repeated_clip:
+train``, as in the published lists) or is dropped (``repeated_clip: drop``). Two validation rules
+(``split:``):
+
+* ``khosla2020`` (:func:`plan_khosla`): the published lists, exactly: 2000 train and 265 validation
+  seconds, spread through every clip of movies 1–3 (the list is a random draw, so most validation
+  seconds have a training neighbour one second away). It needs the Khosla segments (the lists name
+  exactly their seconds); with other segments use ``val_gap``.
+* ``val_gap`` (:func:`plan_seconds`), deterministic and seed-free: ``val_seconds`` (paper: 265) are
+  split as evenly as possible over movies 1–3 (the first movies take the remainder) and taken as one
+  contiguous block at the *end* of each movie's last non-repeated clip(s) — so each block borders a
+  rest period on one side — and the ``val_gap`` seconds just before a block, within the same clip, are
+  dropped from training, so no training volume is within ``val_gap`` seconds of a validation volume of
+  the same clip (the haemodynamic response lasts ~15 s, so adjacent seconds share signal). With the
+  Khosla segments, ``val_seconds: 265, val_gap: 0`` gives the same 2000 + 265 counts as the published
+  lists, but other seconds in validation; a positive gap removes training seconds.
 """
 
 from __future__ import annotations
@@ -52,9 +64,8 @@ from foundation_hcp.layout import MOVIES
 
 FPS = 24
 FORMAT = "foundation-hcp-clip-segments/1"
-#: the segments file the package would ship; absent (see README/report): the published numbers
-#: could not be obtained when the plugin was written and none were invented
-PACKAGED = Path(__file__).with_name("clip_times_24.json")
+#: Khosla et al. (2020)'s segments and train/val lists, shipped as package data (see the file's citation)
+PACKAGED = Path(__file__).with_name("khosla2020.json")
 CONVERT_COMMAND = "python -m foundation_hcp.segments convert clip_times_24.npy segments.json"
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -239,18 +250,89 @@ def load_segments(path: Path, *, trusted: bool) -> Segments:
     return _validate(raw, fps, path, kind)
 
 
-def missing_segments_message() -> str:
-    """The error shown when no segments file is configured and the package ships none."""
-    return (
-        f"hcp: no clip segments. The Khosla et al. (2020) clip periods (clip_times_24.npy) decide which "
-        f"seconds are samples and which movie-4 clip is the repeated one; this package does not ship them "
-        f"({PACKAGED.name} is absent from {PACKAGED.parent}: the published values could not be obtained "
-        f"when the plugin was written, and none were invented). Get clip_times_24.npy (it is in the public "
-        f"CLIP-MUSED repository, dataset/clip_times_24.npy, and in Khosla et al.'s code), then either "
-        f"convert it once with `{CONVERT_COMMAND}` and set the dataset option `segments: segments.json`, or "
-        f"set `trust_pickle_segments: /path/to/clip_times_24.npy` if you trust the pickle. Copying the "
-        f"converted JSON to {PACKAGED} makes it the default."
-    )
+def load_packaged() -> Segments:
+    """Khosla et al. (2020)'s segments, shipped in this package (``khosla2020.json``).
+
+    Raises:
+        DataError: the file is missing from the installation (package data not installed).
+    """
+    if not PACKAGED.is_file():
+        raise DataError(f"hcp: the packaged Khosla et al. (2020) clip segments {PACKAGED} are missing from this "
+                        f"installation (package data of foundation_hcp); reinstall foundation, or set the dataset "
+                        f"option `segments:` to a JSON/CSV file or to `wordnet`")
+    seg = load_segments(PACKAGED, trusted=False)
+    return dataclasses.replace(seg, source=f"khosla2020: Khosla et al. 2020 clip_times_24, shipped as {PACKAGED}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleLists:
+    """Khosla et al. (2020)'s published train/validation samples, as movie seconds.
+
+    Attributes:
+        seconds: split (``train``/``val``) → movie → sorted int64 seconds (``frame // fps``).
+        source: the file read.
+    """
+
+    seconds: dict[str, dict[int, np.ndarray]]
+    source: str
+
+
+def load_split_lists(path: Path | None = None) -> SampleLists:
+    """The ``split`` lists of the packaged ``khosla2020.json`` (``[movie, frame]`` pairs at ``fps``).
+
+    Raises:
+        DataError: the file is missing or its lists are malformed, overlap, or name a movie other than 1–3.
+    """
+    path = Path(path or PACKAGED)
+    if not path.is_file():
+        raise DataError(f"hcp: split: khosla2020 needs the packaged lists {path}, which are missing from this "
+                        f"installation; reinstall foundation or use split: val_gap")
+    data = json.loads(path.read_text())
+    fps = int(data.get("fps", FPS))
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for split in ("train", "val"):
+        try:
+            pairs = np.asarray(data["split"][split], dtype=np.int64).reshape(-1, 2)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: 'split.{split}' must be a list of [movie, frame] pairs ({exc})") from exc
+        if not np.isin(pairs[:, 0], (1, 2, 3)).all():
+            raise DataError(f"{path}: 'split.{split}' names movies other than 1-3")
+        out[split] = {m: np.unique(pairs[pairs[:, 0] == m, 1] // fps) for m in (1, 2, 3)}
+        if sum(len(v) for v in out[split].values()) != len(pairs):
+            raise DataError(f"{path}: 'split.{split}' names a movie second twice")
+    for m in (1, 2, 3):
+        both = np.intersect1d(out["train"][m], out["val"][m])
+        if len(both):
+            raise DataError(f"{path}: movie {m} second {int(both[0])} is in both split.train and split.val")
+    return SampleLists(seconds=out, source=str(path))
+
+
+def wordnet_segments(presence: dict[int, np.ndarray], *, source: str, sha256: str, fps: int = FPS) -> Segments:
+    """Clips derived from the WordNet annotation: every maximal run of seconds with a category present.
+
+    Args:
+        presence: movie → ``(seconds, categories)`` bool, WordNet row ``s`` = movie second ``s``.
+        source: the labels file (for ``index.json``).
+        sha256: its checksum.
+
+    Returns:
+        Segments in ``fps`` frame numbers: run ``[a, b)`` seconds → ``[fps·a, fps·b)``; the last run of
+        every movie is taken as the repeated clip, as for the published segments.
+
+    Raises:
+        DataError: a movie has fewer than two runs (a clip and the repeated clip).
+    """
+    frames = {}
+    for movie in MOVIES:
+        busy = np.asarray(presence[movie]).any(axis=1).astype(np.int8)
+        edges = np.diff(np.concatenate([[0], busy, [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        if len(starts) < 2:
+            raise DataError(f"{source}: movie {movie} has {len(starts)} run(s) of labelled seconds; segments: "
+                            f"wordnet needs clips separated by rest seconds without any category (and the "
+                            f"repeated clip last)")
+        frames[movie] = np.stack([starts, ends], axis=1).astype(np.int64) * fps
+    return Segments(frames=frames, fps=fps, source=f"wordnet: runs of labelled seconds in {source}", sha256=sha256)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -282,7 +364,7 @@ class Plan:
 
 
 def plan_seconds(seg: Segments, *, val_seconds: int, val_gap: int, repeated_clip: str = "train") -> Plan:
-    """Assign every in-segment second to train/val/test (see the module docstring for the rule).
+    """The ``val_gap`` rule: assign every in-segment second to train/val/test (module docstring).
 
     Raises:
         DataError: a movie has too few non-repeated seconds for its share of ``val_seconds``.
@@ -291,18 +373,7 @@ def plan_seconds(seg: Segments, *, val_seconds: int, val_gap: int, repeated_clip
     shares = [val_seconds // 3 + (1 if i < val_seconds % 3 else 0) for i in range(3)]
     out: dict[int, list[tuple[int, str]]] = {}
     for movie in MOVIES:
-        n_clips = len(seg.frames[movie])
-        seen: set[int] = set()
-        per_clip: list[list[int]] = []
-        for c in range(n_clips):
-            secs = []
-            for s in seg.clip_seconds(movie, c).tolist():
-                if s in seen:
-                    dropped["duplicate_second"] += 1
-                    continue
-                seen.add(s)
-                secs.append(s)
-            per_clip.append(secs)
+        per_clip = _clip_seconds(seg, movie, dropped)
         repeated = per_clip[-1]
         novel = per_clip[:-1]
         if movie == 4 or repeated_clip == "drop":
@@ -332,6 +403,53 @@ def plan_seconds(seg: Segments, *, val_seconds: int, val_gap: int, repeated_clip
     return Plan(seconds=out, dropped=dropped)
 
 
+def _clip_seconds(seg: Segments, movie: int, dropped: dict[str, int]) -> list[list[int]]:
+    """The seconds of each segment of ``movie``; a second already in an earlier segment is counted once."""
+    seen: set[int] = set()
+    per_clip: list[list[int]] = []
+    for c in range(len(seg.frames[movie])):
+        secs = []
+        for s in seg.clip_seconds(movie, c).tolist():
+            if s in seen:
+                dropped["duplicate_second"] += 1
+                continue
+            seen.add(s)
+            secs.append(s)
+        per_clip.append(secs)
+    return per_clip
+
+
+def plan_khosla(seg: Segments, lists: SampleLists, *, repeated_clip: str = "train") -> Plan:
+    """Khosla et al.'s published split: their train/val seconds in movies 1–3, movie 4 as test.
+
+    Raises:
+        DataError: the segments' seconds of movies 1–3 are not exactly the seconds the lists name (the
+            lists belong to the Khosla segments; other segments need ``split: val_gap``).
+    """
+    dropped = {"repeated_clip": 0, "val_gap": 0, "duplicate_second": 0}
+    out: dict[int, list[tuple[int, str]]] = {}
+    for movie in MOVIES:
+        per_clip = _clip_seconds(seg, movie, dropped)
+        novel, repeated = per_clip[:-1], per_clip[-1]
+        if movie == 4:
+            dropped["repeated_clip"] += len(repeated)
+            out[movie] = [(s, "test") for clip in novel for s in clip]
+            continue
+        listed = {s: sp for sp in ("train", "val") for s in lists.seconds[sp][movie].tolist()}
+        ours = {s for clip in per_clip for s in clip}
+        if ours != set(listed):
+            extra, missing = sorted(ours - set(listed)), sorted(set(listed) - ours)
+            raise DataError(f"hcp: split: khosla2020 assigns exactly the seconds of Khosla et al.'s lists "
+                            f"({lists.source}), but the clip segments {seg.source} differ in movie {movie}: "
+                            f"{len(extra)} second(s) not in the lists (first {extra[:3]}), {len(missing)} listed "
+                            f"second(s) outside the segments (first {missing[:3]}); use segments: khosla2020, or "
+                            f"split: val_gap with these segments")
+        drop = set(repeated) if repeated_clip == "drop" else set()
+        dropped["repeated_clip"] += len(drop)
+        out[movie] = sorted((s, listed[s]) for s in ours if s not in drop)
+    return Plan(seconds=out, dropped=dropped)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -345,9 +463,12 @@ def _convert(src: Path, dst: Path) -> int:
     return 0
 
 
-def _show(path: Path, val_seconds: int, val_gap: int) -> int:
-    seg = load_segments(path, trusted=False)
-    plan = plan_seconds(seg, val_seconds=val_seconds, val_gap=val_gap)
+def _show(path: str, split: str, val_seconds: int, val_gap: int) -> int:
+    seg = load_packaged() if path == "khosla2020" else load_segments(Path(path), trusted=False)
+    if split == "khosla2020":
+        plan = plan_khosla(seg, load_split_lists())
+    else:
+        plan = plan_seconds(seg, val_seconds=val_seconds, val_gap=val_gap)
     for m in MOVIES:
         print(f"movie {m}: " + ", ".join(f"[{a}, {b})" for a, b in seg.frames[m].tolist()))
     print(f"seconds per split (before the hemodynamic delay drops any): {plan.counts()}; not samples: {plan.dropped}")
@@ -363,15 +484,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "loading a pickle runs code, so only convert a file you trust")
     conv.add_argument("src", type=Path)
     conv.add_argument("dst", type=Path)
-    show = sub.add_parser("show", help="print the segments and the seconds per split of a JSON/CSV file")
-    show.add_argument("path", type=Path)
+    show = sub.add_parser("show", help="print the segments and the seconds per split of a JSON/CSV file (or of "
+                                       "the packaged Khosla et al. 2020 segments: khosla2020)")
+    show.add_argument("path")
+    show.add_argument("--split", choices=("khosla2020", "val_gap"), default="val_gap")
     show.add_argument("--val-seconds", type=int, default=265)
     show.add_argument("--val-gap", type=int, default=10)
     args = parser.parse_args(argv)
     try:
         if args.command == "convert":
             return _convert(args.src, args.dst)
-        return _show(args.path, args.val_seconds, args.val_gap)
+        return _show(args.path, args.split, args.val_seconds, args.val_gap)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,12 @@
 Shard directories and run directories are found again by these hashes, so a change to how recipes are
 parsed or serialised (``to_dict``) that changes a hash would silently rebuild every user's shards.
 If a recipe file in recipes/ is edited on purpose, update its row here in the same commit.
+
+Updated on purpose by issue 14: ``model.patchifier`` / ``model.volume_blocks`` are new model fields (every
+recipe hash changes, since the hash covers the whole model config), and the ``hcp`` options gained
+``split`` / ``frames_cache`` / ``empty_text`` with ``segments: khosla2020`` in the shipped recipes (new
+HCP options hash: its shards hold a different split). Dataset options of the other plugins, guidance
+options and the synthetic shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -18,19 +24,17 @@ from foundation.core.recipe import from_dict, load_recipe, recipe_hash, to_dict
 ROOT = Path(__file__).parents[2] / "recipes"
 
 PINNED = {
-    # issue 15 edited these three on purpose: CLIP ViT-B-16 named in guidance.options.clip, HCP's
-    # movie_frames, NSD's new test_repeats option
-    "hcp": {"recipe": "f929494e972f44f4", "datasets.0.options": "76816ef95c5aa4f3",
-            "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "49c4f0e83754d6de", "datasets.0.options": "e01a14a955ea0772",
-                "datasets.1.options": "76816ef95c5aa4f3", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "985b9197c02eeb33", "datasets.0.options": "dbae4797f76d8375",
-            "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "ec7dc698e2ff2b9e", "datasets.0.options": "ff41f93d54e46e07",
+    "hcp": {"recipe": "a7b61176c0d96786", "datasets.0.options": "39fa21025c57f113",
+            "guidance.clip": "f07178370eab1ca6"},
+    "hcp_nsd": {"recipe": "dd0d87682591e50e", "datasets.0.options": "d0fff92dc80a4352",
+                "datasets.1.options": "39fa21025c57f113", "guidance.clip": "f07178370eab1ca6"},
+    "nsd": {"recipe": "ee33052f331883a5", "datasets.0.options": "d0fff92dc80a4352",
+            "guidance.clip": "f07178370eab1ca6"},
+    "synthetic": {"recipe": "0b95c7c7ccb0687d", "datasets.0.options": "ff41f93d54e46e07",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "5628656e029cc1bf", "datasets.0.options": "ff41f93d54e46e07",
+    "synthetic_multi": {"recipe": "66997ca9859c6a1d", "datasets.0.options": "ff41f93d54e46e07",
                         "datasets.1.options": "68d82004e67e2b88", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "9c5b943396007891", "datasets.0.options": "279185fd58df02a1",
+    "synthetic_volume": {"recipe": "719425210677bfdf", "datasets.0.options": "279185fd58df02a1",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

@@ -2,7 +2,8 @@
 
 The fixture (``hcp_fixture.py``) plants the right answers: a ramp voxel for the delay, 0/1 WordNet
 categories with known training frequencies, three clip segments per run with the last one repeated.
-Default fixture, crop ``1:,1:-1,:-1`` (9×10×8 → 8×8×7), ``val_seconds: 6``, ``val_gap: 2``: per movie
+Default fixture, crop ``1:,1:-1,:-1`` (9×10×8 → 8×8×7), the fixture's own segments file with ``split:
+val_gap``, ``val_seconds: 6``, ``val_gap: 2``: per movie
 1–3 the seconds 2..9 and 12..15 are train, 16..17 the val gap, 18..19 val, T-8..T-5 (repeated clip,
 volume 4 s later still in the run) train; movie 4 has 2..9 and 12..19 as test.
 """
@@ -40,7 +41,7 @@ from tests.plugins.hcp_fixture import CONSTANT, MARKER, ZERO, brain_mask, write_
 
 CROP = "1:,1:-1,:-1"
 CROP_SLICES = (slice(1, None), slice(1, -1), slice(None, -1))
-OPTIONS = {"segments": "clip_segments.json", "crop": CROP, "val_seconds": 6, "val_gap": 2}
+OPTIONS = {"segments": "clip_segments.json", "split": "val_gap", "crop": CROP, "val_seconds": 6, "val_gap": 2}
 TRAIN_SECONDS = [*range(2, 10), 12, 13, 14, 15]  # + the repeated clip's T-8..T-5
 VAL_SECONDS = [18, 19]
 TEST_SECONDS = [*range(2, 10), *range(12, 20)]
@@ -294,23 +295,57 @@ def test_frames_folder_gives_images(tmp_path: Path) -> None:
     assert int(stims[1].image[0, 0, 0]) == 53 and stims[1].text
 
 
-def test_movie_files_decoded_one_frame_per_second(tmp_path: Path) -> None:
-    av = pytest.importorskip("av", reason="decoding movie files needs PyAV (or torchcodec)")
-    fx = write_hcp_fixture(tmp_path, subjects=("100610",))
+def write_movie(path: Path, av, *, seconds: int, fps: int = 24) -> None:
+    """A tiny generated video: every frame of second ``s`` has brightness ``20·s`` (mod 256)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+        for i in range(fps * seconds):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 32, 3), (i // fps) * 20 % 256, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_movie_files_decoded_one_frame_per_second_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    av = pytest.importorskip("av", reason="decoding movie files needs PyAV: pip install 'foundation[movies]'")
+    from foundation_hcp import frames as frames_mod
+
+    fx = write_hcp_fixture(tmp_path, subjects=("100610",), seconds=(12, 12, 12, 12),
+                           segments={str(m): [[48, 120], [168, 216]] for m in (1, 2, 3, 4)})
     movies = tmp_path / "movies"
     movies.mkdir()
     for code in ("MOVIE1_CC1", "MOVIE2_HO1", "MOVIE3_CC2", "MOVIE4_HO2"):
-        with av.open(str(movies / f"7T_{code}_v2.mp4"), "w") as container:
-            stream = container.add_stream("mpeg4", rate=24)
-            stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
-            for i in range(24 * 12):  # brightness 20 * second
-                frame = av.VideoFrame.from_ndarray(np.full((16, 32, 3), (i // 24) * 20, np.uint8), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    stims = list(make(fx.root, movie_frames="movies").stimuli(["hcp-m3-s0007", "hcp-m3-s0002"]))
-    assert [abs(float(s.image.mean()) - 20 * sec) < 4 for s, sec in zip(stims, (7, 2))] == [True, True]
+        write_movie(movies / f"7T_{code}_v2.mp4", av, seconds=12)
+    cache = tmp_path / "cache"
+    ds = make(fx.root, movie_frames="movies", frames_cache=str(cache), val_seconds=1, val_gap=0)
+    stims = list(ds.stimuli(["hcp-m3-s0007", "hcp-m3-s0002"]))
+    assert [round(float(s.image.mean()) / 20) for s in stims] == [7, 2] and stims[0].image.shape == (16, 32, 3)
+    # the first read decoded every sample second of movie 3 (2, 3, 4 and 7, 8) in one pass and kept them
+    folder = ds._state().frames.cache_dir(3)
+    assert folder.parent == cache and sorted(p.name for p in folder.iterdir()) == [
+        "0002.png", "0003.png", "0004.png", "0007.png", "0008.png"]
+    # a later read (a new plugin instance: a later shard build) decodes nothing
+    monkeypatch.setattr(frames_mod, "decode_seconds", lambda *a, **k: pytest.fail("decoded again"))
+    again = make(fx.root, movie_frames="movies", frames_cache=str(cache), val_seconds=1, val_gap=0)
+    assert round(float(next(again.stimuli(["hcp-m3-s0008"])).image.mean()) / 20) == 8
+    # a second past the end of the movie file is a clear error
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"ends at .* before second 30"):
+        list(frames_mod.decode_seconds(movies / "7T_MOVIE1_CC1_v2.mp4", [3, 30]))
+
+
+def test_movie_file_without_pyav_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foundation_hcp import frames as frames_mod
+
+    fx = write_hcp_fixture(tmp_path, subjects=("100610",))
+    (tmp_path / "movies").mkdir()
+    for code in ("MOVIE1_CC1", "MOVIE2_HO1", "MOVIE3_CC2", "MOVIE4_HO2"):
+        (tmp_path / "movies" / f"7T_{code}_v2.mp4").write_bytes(b"not decoded")
+    monkeypatch.setattr(frames_mod, "_have_av", lambda: False)
+    with pytest.raises(DataError, match=r"needs PyAV.*foundation\[movies\]"):
+        make(fx.root, movie_frames="movies").info()
 
 
 # ----------------------------------------------------------------------------- segments and pickles
@@ -342,10 +377,7 @@ def test_segments_csv_and_missing_segments(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "segments.csv").write_text("\n".join(rows))
     assert make(fx.root, segments="segments.csv").info().label_names == make(fx.root).info().label_names
     monkeypatch.setattr(seg_mod, "PACKAGED", tmp_path / "absent.json")
-    import foundation_hcp.plugin as plugin_mod
-
-    monkeypatch.setattr(plugin_mod, "PACKAGED", tmp_path / "absent.json")
-    with pytest.raises(DataError, match=r"no clip segments.*foundation_hcp\.segments convert"):
+    with pytest.raises(DataError, match=r"packaged Khosla .* missing from this installation"):
         make(fx.root, segments=None).info()
     (tmp_path / "seg.json").write_text(json.dumps({"1": [[0, 10]], "2": [[0, 10]], "3": [[0, 10]]}))
     with pytest.raises(DataError, match=r"movie\(s\) \[4\]"):

@@ -277,8 +277,8 @@ def hcp(tmp_path, fresh_plugins):
         recipe = from_dict(Recipe, {
             "seed": 0,
             "datasets": [{"plugin": "hcp", "name": "hcp", "root": str(fx.root),
-                          "options": {"segments": "clip_segments.json", "crop": "1:,1:-1,:-1", "val_seconds": 6,
-                                      "val_gap": 2}}],
+                          "options": {"segments": "clip_segments.json", "split": "val_gap", "crop": "1:,1:-1,:-1",
+                                      "val_seconds": 6, "val_gap": 2}}],
             "guidance": {"low": "robustness-hash", "high": "robustness-hash"},
             "shards": {"root": str(tmp_path / "shards"), "samples_per_shard": 32},
         })
