@@ -24,6 +24,15 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 InputKind = Literal["roi", "volume"]
 
 
+def _plain_id(value: Any) -> Any:
+    """A numpy string or bytes scalar as a plain ``str``; anything else unchanged (checked later)."""
+    if isinstance(value, np.str_):
+        return str(value)
+    if isinstance(value, np.bytes_):
+        return value.decode()
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset looks like to the model.
@@ -48,6 +57,12 @@ class DatasetInfo:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # ids read from arrays arrive as numpy scalars (np.str_): keep plain str, so messages and
+        # index.json show 'sub-01', not np.str_('sub-01')
+        for field in ("label_names", "subjects", "token_names"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, tuple(_plain_id(v) for v in value))
         if self.kind == "roi" and self.token_shape is None:
             raise ValueError("DatasetInfo(kind='roi') needs token_shape=(n_tokens, token_dim)")
         if self.kind == "volume" and self.grid is None:
@@ -82,6 +97,12 @@ class Sample:
     fmri: np.ndarray
     labels: np.ndarray
 
+    def __post_init__(self) -> None:  # numpy scalars read from arrays → plain Python values
+        self.subject, self.split, self.stimulus = (_plain_id(self.subject), _plain_id(self.split),
+                                                   _plain_id(self.stimulus))
+        if isinstance(self.index, np.integer):
+            self.index = int(self.index)
+
 
 @dataclasses.dataclass
 class Stimulus:
@@ -95,6 +116,9 @@ class Stimulus:
     image: np.ndarray | None = None
     text: str | None = None
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id, self.text = _plain_id(self.id), _plain_id(self.text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The ``foundation`` command line.
 
-``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json
-``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards
+``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json (--rebuild)
+``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards (--rebuild: build them again)
 ``foundation finetune RUN_DIR RECIPE``          add RECIPE's new subjects to RUN_DIR's model, train only their tokens
 ``foundation bench RECIPE [--methods …]``      baselines, ablations and statistics over seeds
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from foundation.errors import FoundationError
+from foundation.errors import FoundationError, plain_text
 
 
 def _recipe(args: argparse.Namespace):
@@ -34,7 +34,7 @@ def _recipe(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from foundation.train import train
 
-    path = train(_recipe(args), progress=not args.no_progress)
+    path = train(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -67,9 +67,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_shard(args: argparse.Namespace) -> int:
     from foundation.data.shards import build_shards
 
-    for name, index in build_shards(_recipe(args), progress=not args.no_progress).items():
+    from foundation.data.staleness import describe_build
+
+    for name, index in build_shards(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild).items():
         counts = {split: sum(v.values()) for split, v in index.data["counts"].items()}
-        print(f"{name}: {index.root}  samples {counts}  stimuli encoded {index.data['stimuli_encoded']}")
+        how = f"reused: {describe_build(index.data.get('built'))}" if index.reused else "built now"
+        print(f"{name}: {index.root}  samples {counts}  stimuli encoded {index.data['stimuli_encoded']}  ({how})")
     return 0
 
 
@@ -122,10 +125,28 @@ def _print_summary(path) -> None:
     print(f"metrics: {path}")
 
 
+def _add_common(parser: argparse.ArgumentParser, *, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log at INFO level, and on an error print its full chained traceback (a plugin's "
+                             "exception with its file and line) before the one-line message")
+    parser.add_argument("--traceback", action="store_true", default=default,
+                        help="on an error print its full chained traceback (without the INFO log)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundation", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    _add_common(parser, default=False)
+    # the same switches after the command name (`foundation train -v RECIPE`): SUPPRESS keeps a
+    # subcommand that does not see them from resetting what was given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(*args, **kwargs):
+        return _add_parser(*args, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     for name, fn, text in (("train", cmd_train, "train (or resume) a recipe"),
                            ("shard", cmd_shard, "build the recipe's WebDataset shards")):
@@ -133,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", help="recipe YAML, e.g. recipes/synthetic.yaml")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 seed=1")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--rebuild", action="store_true",
+                       help="delete the recipe's existing shard directories and guidance feature caches and build "
+                            "them again (after editing a plugin's code or its raw data)")
         p.set_defaults(fn=fn)
 
     text = "add the recipe's new subjects to a trained run's model and train only their tokens"
@@ -207,5 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except FoundationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = ""
+        if args.verbose or args.traceback:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)  # the whole cause chain: the plugin's own frames
+        elif exc.__cause__ is not None:
+            hint = " (rerun with -v for the full traceback)"
+        print(f"error: {plain_text(str(exc))}{hint}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import pluggy
 
 from foundation import hookspecs
 from foundation.api import DatasetPlugin, GuidancePlugin
-from foundation.errors import PluginError
+from foundation.errors import PluginError, exception_text
 
 PluginKind = Literal["dataset", "guidance"]
 
@@ -132,8 +132,7 @@ def get_plugin_manager(*, refresh: bool = False) -> FoundationPluginManager:
             module = ep.load()
         except Exception as exc:
             raise PluginError(
-                f"plugin {origin} failed to import: "
-                f"{type(exc).__name__}: {exc}"
+                f"plugin {origin} failed to import: {exception_text(exc)}"
             ) from exc
         pm.register_origin(module, ep.name, origin)
     _manager = pm
@@ -154,8 +153,7 @@ def register_module(module_path: str) -> None:
         module = importlib.import_module(module_path)
     except Exception as exc:
         raise PluginError(
-            f"plugin module {module_path!r} (named explicitly) failed to import: "
-            f"{type(exc).__name__}: {exc}"
+            f"plugin module {module_path!r} (named explicitly) failed to import: {exception_text(exc)}"
         ) from exc
     pm.register_origin(module, module_path, origin)
 
@@ -198,7 +196,7 @@ def _collect(pm: FoundationPluginManager, kind: PluginKind) -> dict[str, PluginE
         except Exception as exc:
             raise PluginError(
                 f"plugin {impl.plugin_name!r} from {origin} raised in hook {_HOOKS[kind]}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{exception_text(exc)}"
             ) from exc
         if result is None:
             continue
