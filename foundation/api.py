@@ -166,7 +166,37 @@ class DatasetPlugin(ABC):
         """Yield the :class:`Stimulus` for each requested id, in the order given."""
 
     def artifacts(self, out_dir: Path) -> None:
-        """Write per-dataset files that belong next to the shards (e.g. PCA bases). Optional."""
+        """Write per-dataset files that belong next to the shards (e.g. PCA bases). Optional.
+
+        Called once per build, after :meth:`samples` has been read for every subject, with the shard
+        directory being built (``out_dir`` is its root; write under a folder named after the plugin).
+        """
+
+    #: ROI datasets that implement :meth:`encode_raw`: one line saying what raw input it takes, shown
+    #: by ``foundation plugins`` and in ``foundation predict --raw`` errors
+    raw_input: ClassVar[str] = ""
+
+    def encode_raw(self, subject: str, raw: np.ndarray, *, artifacts: Path) -> np.ndarray:
+        """ROI datasets, optional: tokens ``(N, n_tokens, token_dim)`` of new raw scans of ``subject``.
+
+        Makes exactly what :meth:`samples` would make of the same scans (same per-subject
+        preprocessing, e.g. the PCA fitted at shard time), so that ``foundation predict RUN RAW
+        --raw --subject S`` decodes raw data with a trained model.  ``raw`` is the input file's array
+        (a ``.npy`` array as saved; a NIfTI image as ``np.asarray(nibabel.load(path).dataobj)``);
+        its layout is the plugin's to define: say it in :attr:`raw_input`.  ``artifacts`` is the
+        shard directory the run was trained on, holding what :meth:`artifacts` wrote.
+
+        The instance is built from the run's recipe (options, seed), but ``root`` is ``None`` when
+        the recipe's raw dataset is not on this machine: read only ``raw`` and ``artifacts``.  Raise
+        :class:`foundation.errors.DataError` naming what is wrong (shape, subject).  The default
+        raises ``NotImplementedError``: the plugin does not take raw input.
+        """
+        raise NotImplementedError(f"dataset plugin {self.name!r} does not implement encode_raw")
+
+    @classmethod
+    def takes_raw_input(cls) -> bool:
+        """Whether the class overrides :meth:`encode_raw`."""
+        return cls.encode_raw is not DatasetPlugin.encode_raw
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@
 ``foundation finetune RUN_DIR RECIPE``          add RECIPE's new subjects to RUN_DIR's model, train only their tokens
 ``foundation bench RECIPE [--methods …]``      baselines, ablations and statistics over seeds
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
-``foundation predict RUN_DIR INPUT [--subject S]`` decode labels of new scans of known subjects
+``foundation predict RUN_DIR INPUT [--subject S] [--raw]`` decode labels of new scans of known subjects
 ``foundation plot RUN_DIR [--compare OTHER…]``  paper figures of a finished run (curves, attention, token RSMs)
 ``foundation plugins``                         list dataset and guidance plugins and their origin
 """
@@ -89,7 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     records = predict_run(args.run_dir, args.input, subject=args.subject, dataset=args.dataset, output=args.output,
                           fmt=args.format, batch_size=args.batch_size, threshold=args.threshold, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, raw=args.raw)
     if args.output is None:
         sys.stdout.write(format_predictions(records, resolve_format(args.format, None)))
     else:
@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="decode labels of new scans of subjects the run was trained on")
     p.add_argument("run_dir", help="run directory (holds best/)")
     p.add_argument("input", help="shard .tar or directory of them, .npy array (N, tokens, dim) or NIfTI (X, Y, Z, N)")
+    p.add_argument("--raw", action="store_true",
+                   help="INPUT holds raw scans of --subject (.npy or NIfTI), turned into tokens by the ROI dataset "
+                        "plugin's encode_raw with the files it saved next to the run's shards (e.g. NSD: one betas "
+                        "session, PCA per ROI group); `foundation plugins` says which plugins take it")
     p.add_argument("--subject", help="subject of a .npy/NIfTI input ('dataset/subject', or the bare id with one "
                                      "dataset); for shards: keep only this subject")
     p.add_argument("--dataset", help="the model's dataset the input belongs to (default: from the shards' "

@@ -80,8 +80,12 @@ def _device() -> str:
         return "cpu"
 
 
-def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetPlugin:
-    """Instantiate the dataset plugin named by ``cfg`` with validated options."""
+def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str, require_root: bool = True) -> DatasetPlugin:
+    """Instantiate the dataset plugin named by ``cfg`` with validated options.
+
+    ``require_root=False``: a ``root`` that is not on this machine is passed as ``None`` instead of
+    being an error (``foundation predict --raw`` needs only the options and the shard artifacts).
+    """
     from foundation.plugins import get_dataset_plugin
 
     cls = get_dataset_plugin(cfg.plugin)
@@ -90,7 +94,9 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
     if cfg.root is not None:
         root = Path(cfg.root).expanduser().resolve()
         if not root.exists():
-            raise RecipeError(f"{path}.root: {root} does not exist (dataset {cfg.id!r}, plugin {cfg.plugin!r})")
+            if require_root:
+                raise RecipeError(f"{path}.root: {root} does not exist (dataset {cfg.id!r}, plugin {cfg.plugin!r})")
+            root = None
     try:
         return cls(options, root=root, seed=seed)
     except (DataError, RecipeError):
