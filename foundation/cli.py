@@ -7,7 +7,7 @@
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
 ``foundation predict RUN_DIR INPUT [--subject S] [--raw]`` decode labels of new scans of known subjects
 ``foundation plot RUN_DIR [--compare OTHER…]``  paper figures of a finished run (curves, attention, token RSMs)
-``foundation plugins``                         list dataset and guidance plugins and their origin
+``foundation plugins [--check NAME]``          list dataset and guidance plugins and their origin, or check one
 """
 
 from __future__ import annotations
@@ -111,6 +111,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from foundation.plugin_check import check_plugin
+
+        for line in check_plugin(args.check, recipe_path=args.recipe, root=args.root, samples=args.samples):
+            print(line)
+        return 0
+    if args.recipe is not None or args.root is not None:
+        raise FoundationError("--recipe and --root go with --check NAME")
     from foundation.plugins import plugin_table
 
     print(plugin_table())
@@ -223,7 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subjects per attention figure (default 8; 0 = all); the token RSMs show all")
     p.set_defaults(fn=cmd_plot)
 
-    p = sub.add_parser("plugins", help="list registered dataset and guidance plugins")
+    text = "list registered dataset and guidance plugins (and broken plugin packages), or check one"
+    p = sub.add_parser("plugins", help=text, description=text)
+    p.add_argument("--check", metavar="NAME", help="read a few samples and stimuli of dataset plugin NAME, or "
+                   "encode a few stimuli with guidance plugin NAME, through the checks `foundation shard` applies")
+    p.add_argument("--recipe", help="with --check: take options, root and seed from this recipe (default: the "
+                                    "plugin's default options, no root, seed 0)")
+    p.add_argument("--root", help="with --check: the dataset's root folder (replaces the recipe's)")
+    p.add_argument("--samples", type=int, default=4, help="with --check: samples per subject (first two subjects) "
+                                                          "and stimuli to read (default 4)")
     p.set_defaults(fn=cmd_plugins)
     return parser
 

@@ -266,3 +266,67 @@ def test_an_installed_broken_package_breaks_only_what_needs_it(tmp_path: Path) -
     assert proc.returncode == 2
     assert "unknown dataset plugin 'toybold'" in proc.stderr and "broken-plugin 0.1.0" in proc.stderr
     assert "no_such_dependency_xyz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- foundation plugins --check NAME
+
+
+def test_check_passes_the_worked_example(installed_example: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(installed_example))
+    for name, expected in (("example-dataset", ["info(): roi, token_shape (3, 4), 2 labels, 2 subjects (ex1, ex2)",
+                                                "samples('ex2'): the first 3 pass the shard checks",
+                                                "stimuli(): 3 returned in order (image (8, 8, 3) uint8, text)",
+                                                "encode_raw: implemented (predict --raw): (N, V_s)"]),
+                           ("example-guidance", ["encode(): low (3, 8), high (3, 4), finite, the same on a second call",
+                                                 "'salt': 'example'"])):
+        proc = subprocess.run([sys.executable, "-m", "foundation", "plugins", "--check", name, "--samples", "3"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for text in expected:
+            assert text in proc.stdout, (text, proc.stdout)
+        assert proc.stdout.splitlines()[-1].startswith(f"ok: '{name}' passed")
+
+
+def test_check_fails_naming_the_sample_or_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from foundation.api import Sample, Stimulus
+    from foundation.errors import DataError
+    from foundation.plugin_check import check_plugin
+
+    class Wide(_Dataset):
+        name = "wide"
+
+        def info(self) -> DatasetInfo:
+            return DatasetInfo(kind="roi", label_names=("a",), subjects=("s1",), token_shape=(2, 3))
+
+        def samples(self, subject):
+            for i in range(3):
+                yield Sample(subject=subject, index=i, split="train", stimulus=f"x{i}",
+                             fmri=np.zeros((2, 3 if i < 2 else 4)), labels=np.array([1]))
+
+        def stimuli(self, ids):
+            return (Stimulus(id=i, text="t") for i in ids)
+
+    class Moody(_Guidance):
+        name = "moody"
+        calls = 0
+
+        def encode(self, stimuli) -> GuidanceFeatures:
+            Moody.calls += 1
+            n = len(stimuli)
+            return GuidanceFeatures(low=np.full((n, 2), Moody.calls, np.float32), high=np.zeros((n, 2), np.float32))
+
+    _fake_module(monkeypatch, "fake_checked", foundation_dataset_plugins=lambda: [Wide],
+                 foundation_guidance_plugins=lambda: [Moody])
+    _only_entry_points(monkeypatch, checked="fake_checked")
+    assert check_plugin("wide", samples=2)[-1].startswith("ok: 'wide' passed")
+    with pytest.raises(DataError, match=r"sample wide/s1/0000002: fMRI has shape \(2, 4\), expected \(2, 3\)"):
+        check_plugin("wide", samples=3)
+    monkeypatch.setattr(plugins, "_manager", None)
+    from foundation_synthetic.plugin import SyntheticDataset  # a guidance check encodes its stimuli
+
+    _fake_module(monkeypatch, "fake_synth", foundation_dataset_plugins=lambda: [SyntheticDataset])
+    _only_entry_points(monkeypatch, checked="fake_checked", synth="fake_synth")
+    with pytest.raises(PluginError, match="'moody' is not deterministic"):
+        check_plugin("moody", samples=2)
