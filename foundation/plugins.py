@@ -203,7 +203,8 @@ def register_module(module_path: str) -> None:
 
 
 def _describe(cls: type) -> str:
-    text = getattr(cls, "description", "") or inspect.getdoc(cls) or ""
+    # the class's own docstring only: an undocumented subclass must not show its base class's
+    text = getattr(cls, "description", "") or inspect.cleandoc(cls.__doc__ or "")
     return text.strip().splitlines()[0] if text.strip() else ""
 
 

@@ -127,6 +127,7 @@ def stale_reasons(built: dict[str, Any] | None, dataset_plugin: Any, guidance: d
     now = {"dataset": _plugin_record(dataset_plugin, "dataset"),
            **{level: _plugin_record(g, "guidance") for level, g in guidance.items()}}
     then = {"dataset": built.get("dataset_plugin", {}), **built.get("guidance", {})}
+    changed: dict[tuple[str, str, str], list[str]] = {}  # (path, old sha, new sha) → plugins in that package
     seen: set[str] = set()
     for key, cur in now.items():
         old = then.get(key) or {}
@@ -136,10 +137,12 @@ def stale_reasons(built: dict[str, Any] | None, dataset_plugin: Any, guidance: d
         seen.add(what)
         old_code = (old.get("code") or {}).get("sha256")
         if old_code and cur["code"]["sha256"] and old_code != cur["code"]["sha256"]:
-            reasons.append(f"the code of {what} changed since the build ({cur['code']['path']}: sha256 "
-                           f"{old_code[:12]} then, {cur['code']['sha256'][:12]} now)")
+            changed.setdefault((cur["code"]["path"], old_code, cur["code"]["sha256"]), []).append(what)
         if old.get("origin") and cur["origin"] and old["origin"] != cur["origin"]:
             reasons.append(f"{what} now comes from {cur['origin']} (was {old['origin']})")
+    for (path, old_code, new_code), whats in changed.items():  # one reason per package edited
+        reasons.insert(0, f"the code of {' and '.join(whats)} changed since the build ({path}: sha256 "
+                          f"{old_code[:12]} then, {new_code[:12]} now)")
     old_raw, new_raw = built.get("raw"), raw_record(dataset_plugin.root)
     if old_raw and new_raw and old_raw.get("sha256") != new_raw["sha256"]:
         reasons.append(f"the raw files under {new_raw['root']} changed since the build ({old_raw.get('files')} "
