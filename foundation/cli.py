@@ -71,7 +71,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
     for name, index in build_shards(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild).items():
         counts = {split: sum(v.values()) for split, v in index.data["counts"].items()}
-        how = f"reused: {describe_build(index.data.get('built'))}" if index.reused else "built now"
+        how = f"reused: {describe_build(index.data.get('built'), index.root)}" if index.reused else "built now"
         print(f"{name}: {index.root}  samples {counts}  stimuli encoded {index.data['stimuli_encoded']}  ({how})")
     return 0
 

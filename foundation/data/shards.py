@@ -429,7 +429,7 @@ def _remove(directory: Path) -> None:
 def reuse_message(build: DatasetBuild, index: ShardIndex) -> tuple[str, list[str]]:
     """``("reusing shards built <when> by <plugin version> in <dir>", [staleness warnings])``."""
     built = index.data.get("built")
-    message = f"{build.config.id}: reusing shards {describe_build(built)} in {build.directory}"
+    message = f"{build.config.id}: reusing shards {describe_build(built, build.directory)} in {build.directory}"
     reasons = stale_reasons(built, build.plugin, build.guidance)
     return message, reasons
 

@@ -8,10 +8,10 @@ compared when it is reused (:func:`stale_reasons`).  A difference is a warning, 
 directory name, and so every existing shard directory, stays valid for an unchanged recipe.
 ``foundation shard --rebuild`` / ``foundation train --rebuild`` rebuild on request.
 
-``index.json["built"]``::
+``index.json["built"]`` (no timestamp, so that a resumed build stays byte-identical to an uninterrupted
+one: *when* is the modification time of ``index.json``, written last)::
 
-    {"at": "2026-12-01T22:51:07Z",
-     "dataset_plugin": {"name": "nsd", "version": "1", "origin": "foundation 0.1.0 (entry point …)",
+    {"dataset_plugin": {"name": "nsd", "version": "1", "origin": "foundation 0.1.0 (entry point …)",
                         "code": {"path": ".../foundation_nsd", "files": 9, "sha256": "…"}},
      "guidance": {"low": {…same for the guidance plugin…}, "high": {…}},
      "raw": {"root": "/data/NSD", "files": 812, "bytes": 123456789, "sha256": "…",
@@ -100,22 +100,30 @@ def _plugin_record(plugin: Any, kind: str) -> dict[str, Any]:
 
 
 def build_record(dataset_plugin: Any, guidance: dict[str, Any]) -> dict[str, Any]:
-    """``index.json["built"]``: when, by which plugin code, from which raw files (see the module doc)."""
+    """``index.json["built"]``: by which plugin code, from which raw files (see the module doc)."""
     return {
-        "at": _utc(datetime.datetime.now(datetime.timezone.utc).timestamp()),
         "dataset_plugin": _plugin_record(dataset_plugin, "dataset"),
         "guidance": {level: _plugin_record(g, "guidance") for level, g in guidance.items()},
         "raw": raw_record(dataset_plugin.root),
     }
 
 
-def describe_build(built: dict[str, Any] | None) -> str:
+def built_at(directory: Path) -> str | None:
+    """When the shard directory was finished: its ``index.json``'s modification time, UTC."""
+    try:
+        return _utc((Path(directory) / "index.json").stat().st_mtime)
+    except OSError:
+        return None
+
+
+def describe_build(built: dict[str, Any] | None, directory: Path) -> str:
     """``"built 2026-12-01T22:51:07Z by dataset plugin 'nsd' version 1 from foundation 0.1.0 (…)"``."""
+    when = built_at(directory) or "at an unknown time"
     if not built:
-        return "built at an unknown time (its index.json predates build records)"
+        return f"built {when} (by an older foundation, which recorded no plugin code)"
     p = built.get("dataset_plugin", {})
     origin = f" from {p['origin']}" if p.get("origin") else ""
-    return f"built {built.get('at', '?')} by dataset plugin {p.get('name')!r} version {p.get('version')}{origin}"
+    return f"built {when} by dataset plugin {p.get('name')!r} version {p.get('version')}{origin}"
 
 
 def stale_reasons(built: dict[str, Any] | None, dataset_plugin: Any, guidance: dict[str, Any]) -> list[str]:

@@ -105,7 +105,10 @@ def test_reuse_says_when_and_by_what_and_warns_on_edits(setup, capsys, caplog) -
 
     line, again = _shard(path, capsys)
     assert again == directory
-    assert f"(reused: built {built['at']} by dataset plugin 'stale-betas' version 1" in line
+    from foundation.data.staleness import built_at
+
+    assert built_at(Path(directory)).startswith("20") and "Z" in built_at(Path(directory))
+    assert f"(reused: built {built_at(Path(directory))} by dataset plugin 'stale-betas' version 1" in line
     assert not [r for r in caplog.records if "stale" in r.getMessage()]  # nothing changed: no warning
 
     # new raw data of the same size, and an edited plugin: same directory, two warnings
