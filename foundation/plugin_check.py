@@ -28,7 +28,8 @@ from foundation.api import DatasetInfo, DatasetPlugin, GuidancePlugin, Sample, S
 from foundation.errors import DataError, PluginError, RecipeError
 
 
-def _dataset_instance(name: str, recipe, root: str | Path | None = None) -> DatasetPlugin:
+def _dataset_instance(name: str, recipe, root: str | Path | None = None) -> tuple[DatasetPlugin, str]:
+    """The plugin instance and the dataset id its sample keys use."""
     from foundation.config import DatasetConfig
     from foundation.data.shards import make_dataset_plugin
 
@@ -37,9 +38,9 @@ def _dataset_instance(name: str, recipe, root: str | Path | None = None) -> Data
             if cfg.plugin == name:
                 if root is not None:
                     cfg = DatasetConfig(**{**cfg.__dict__, "root": str(root)})
-                return make_dataset_plugin(cfg, seed=recipe.seed, path=f"datasets.{i}")
+                return make_dataset_plugin(cfg, seed=recipe.seed, path=f"datasets.{i}"), cfg.id
     cfg = DatasetConfig(plugin=name, root=None if root is None else str(root))
-    return make_dataset_plugin(cfg, seed=0, path=f"plugin {name!r} (default options)")
+    return make_dataset_plugin(cfg, seed=0, path=f"plugin {name!r} (default options)"), cfg.id
 
 
 def _guidance_instance(name: str, recipe) -> GuidancePlugin:
@@ -92,7 +93,7 @@ def check_dataset(name: str, *, recipe=None, root: str | Path | None = None,
     """Check dataset plugin ``name``; returns report lines and the stimuli it gave (for a guidance check)."""
     from foundation.data.shards import check_sample, plugin_errors, sample_key
 
-    plugin = _dataset_instance(name, recipe, root)
+    plugin, dataset_id = _dataset_instance(name, recipe, root)
     where = f"dataset plugin {name!r}"
     with plugin_errors(f"{where} raised in info()", plugin):
         info = plugin.info()
@@ -124,7 +125,7 @@ def check_dataset(name: str, *, recipe=None, root: str | Path | None = None,
         for s in got:
             if not isinstance(s, Sample):
                 raise PluginError(f"{where}: samples() yielded {type(s).__name__}, not foundation.api.Sample")
-            key = sample_key(name, subject, s.index)
+            key = sample_key(dataset_id, subject, s.index)
             if not isinstance(s.index, int) or isinstance(s.index, bool) or s.index < 0:
                 raise DataError(f"sample {key}: index must be a non-negative integer, got {s.index!r}")
             if s.subject != subject:
@@ -205,8 +206,14 @@ def check_plugin(name: str, *, recipe_path: str | Path | None = None, overrides=
     recipe = load_recipe(recipe_path, list(overrides)) if recipe_path is not None else None
     kinds = [k for k, reg in (("dataset", plugins.dataset_plugins()), ("guidance", plugins.guidance_plugins()))
              if name in reg]
-    if not kinds:
-        plugins.get_dataset_plugin(name)  # raises: unknown name, closest match, broken packages
+    if not kinds:  # raises: unknown name, the closest match of the likelier kind, broken packages
+        import difflib
+
+        guidance_like = difflib.get_close_matches(name, list(plugins.guidance_plugins()), n=1, cutoff=0.5)
+        dataset_like = difflib.get_close_matches(name, list(plugins.dataset_plugins()), n=1, cutoff=0.5)
+        if guidance_like and not dataset_like:
+            plugins.get_guidance_plugin(name)
+        plugins.get_dataset_plugin(name)
     lines = []
     for kind in kinds:
         entry = (plugins.dataset_plugins() if kind == "dataset" else plugins.guidance_plugins())[name]
