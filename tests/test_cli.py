@@ -63,8 +63,8 @@ def test_shard_command_reports_counts(tmp_path):
 
 TOYBOLD = '''
 import numpy as np
-from foundation.api import DatasetInfo, DatasetPlugin, Sample
-from foundation.hookspecs import hookimpl
+from foundation.core.api import DatasetInfo, DatasetPlugin, Sample
+from foundation.core.hookspecs import hookimpl
 
 class ToyBold(DatasetPlugin):
     name = "toybold"
@@ -90,7 +90,7 @@ def foundation_dataset_plugins():
 def test_a_plugin_exception_names_its_line_and_v_prints_the_chain(tmp_path, monkeypatch, capsys):
     """The one-line error names the plugin's file and line with plain ids; -v / --traceback add the
     full chained traceback (the plugin's own frames), before or after the command name."""
-    from foundation import plugins
+    from foundation.core import plugins
     from foundation.cli import main
 
     (tmp_path / "toybold_pkg.py").write_text(TOYBOLD)

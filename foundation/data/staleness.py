@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from foundation.errors import source_folder
+from foundation.core.errors import source_folder
 
 #: at most this many raw files are listed into the digest (a huge tree is summarised by its first ones)
 MAX_RAW_FILES = 200_000
@@ -91,7 +91,7 @@ def raw_record(root: Path | None) -> dict[str, Any] | None:
 
 
 def _plugin_record(plugin: Any, kind: str) -> dict[str, Any]:
-    from foundation import plugins
+    from foundation.core import plugins
 
     registry = plugins.dataset_plugins() if kind == "dataset" else plugins.guidance_plugins()
     entry = registry.get(plugin.name)

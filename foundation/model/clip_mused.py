@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foundation.api import DatasetInfo
-from foundation.config import ModelConfig
-from foundation.errors import CheckpointError
+from foundation.core.api import DatasetInfo
+from foundation.core.config import ModelConfig
+from foundation.core.errors import CheckpointError
 
 from .adapters import ROIAdapter, VolumeAdapter
 from .encoder import Encoder

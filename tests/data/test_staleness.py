@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import yaml
 
-from foundation import plugins
+from foundation.core import plugins
 from foundation.cli import main
 
 PLUGIN = textwrap.dedent('''
     """A dataset read from ROOT/betas.npy (N, 2, 3) and a guidance hashing stimulus ids."""
     import hashlib
     import numpy as np
-    from foundation.api import DatasetInfo, DatasetPlugin, GuidanceFeatures, GuidancePlugin, Sample, Stimulus
-    from foundation.hookspecs import hookimpl
+    from foundation.core.api import DatasetInfo, DatasetPlugin, GuidanceFeatures, GuidancePlugin, Sample, Stimulus
+    from foundation.core.hookspecs import hookimpl
 
     class Betas(DatasetPlugin):
         name = "stale-betas"
@@ -138,7 +138,7 @@ def test_reuse_says_when_and_by_what_and_warns_on_edits(setup, capsys, caplog) -
 
 def test_train_rebuild_refuses_a_run_with_checkpoints(setup, tmp_path: Path, capsys) -> None:
     path, _, _ = setup
-    from foundation.checkpoint import STATE_NAME
+    from foundation.engine.checkpoint import STATE_NAME
 
     step = tmp_path / "run" / "checkpoints" / "step-10"
     step.mkdir(parents=True)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from foundation import plugins
-from foundation.api import GuidanceFeatures, GuidancePlugin
-from foundation.errors import DataError
-from foundation.hookspecs import hookimpl
+from foundation.core import plugins
+from foundation.core.api import GuidanceFeatures, GuidancePlugin
+from foundation.core.errors import DataError
+from foundation.core.hookspecs import hookimpl
 from tests.plugins.nsd_fixture import id_code, write_nsd_fixture
 
 PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
@@ -80,8 +80,8 @@ def _tokens(samples):
 
 
 def _recipe(tmp, root, **options):
-    from foundation.config import Recipe
-    from foundation.recipe import from_dict, validate_recipe
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict, validate_recipe
 
     recipe = from_dict(Recipe, {
         "name": "nsd-tiny", "seed": 0,
@@ -201,7 +201,7 @@ def test_pca_bases_are_saved_and_project_new_scans(fx, built):
 
 
 def test_trains_a_few_steps_through_the_spine(built):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     tmp, recipe, _ = built
     path = train(recipe, progress=False)
@@ -214,8 +214,8 @@ def test_predict_raw_betas_session_matches_its_shards(fx, built, tmp_path):
     """`foundation predict RUN betas_session01.nii.gz --raw --subject subj01`: the plugin's encode_raw
     projects the session with the saved PCA bases; the predictions are those of the session's shards."""
     from foundation.cli import main
-    from foundation.predict import predict_run
-    from foundation.train import train
+    from foundation.workflows.predict import predict_run
+    from foundation.workflows.train import train
 
     tmp, recipe, index = built
     run = tmp / "run"
@@ -237,7 +237,7 @@ def test_predict_raw_betas_session_matches_its_shards(fx, built, tmp_path):
     assert main(["predict", str(run), str(moved), "--raw", "--subject", "nsd/subj01", "--output", str(out),
                  "--no-progress"]) == 0
     assert [r["probabilities"] for r in json.loads(out.read_text())] == [r["probabilities"] for r in from_raw]
-    from foundation.raw import run_dataset_plugin
+    from foundation.workflows.raw import run_dataset_plugin
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["datasets"][0]["root"] = str(tmp_path / "elsewhere")
