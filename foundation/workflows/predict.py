@@ -134,9 +134,14 @@ def predict_run(
         if info.kind != "roi":
             raise DataError(f"{input}: --raw is for ROI datasets; dataset {dataset or ds!r} is a volume dataset, "
                             f"whose raw scans are given directly as a NIfTI image (X, Y, Z, N) on the grid {info.grid}")
-        from foundation.workflows.raw import raw_tokens
+        from foundation.workflows.raw import raw_plugin, raw_tokens
 
-        tokens = raw_tokens(run_dir, input, ds, gid.split("/", 1)[1], tuple(info.token_shape))
+        plugin = raw_plugin(run_dir, ds, tuple(info.token_shape))
+        index = run_shard_index(
+            run_dir, ds, contents=" (with what the plugin's artifacts() saved)",
+            needed_for=f"dataset plugin {plugin.name!r} turns raw scans into tokens with the files it saved in")
+        tokens = raw_tokens(plugin, input, gid.split("/", 1)[1], tuple(info.token_shape), artifacts=index.root,
+                            dataset=ds)
         total, chunks = _token_chunks(tokens, input, ds, gid, batch_size=batch_size)
     elif input.is_dir() or input.suffix == ".tar":
         total, chunks = _shard_chunks(model, input, subject=subject, dataset=dataset, batch_size=batch_size)

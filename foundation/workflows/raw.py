@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from foundation.core.api import DatasetPlugin
-from foundation.data.index import INDEX_NAME
 from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError
+from foundation.data.index import INDEX_NAME
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -43,8 +43,8 @@ def load_raw(path: Path) -> np.ndarray:
 def run_dataset_plugin(run_dir: Path, dataset: str) -> DatasetPlugin:
     """The dataset plugin of ``dataset`` as the run's ``config.yaml`` configures it (``root`` is ``None``
     when the raw dataset is not on this machine)."""
-    from foundation.data.shards import make_dataset_plugin
     from foundation.core.recipe import load_recipe
+    from foundation.data.shards import make_dataset_plugin
 
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -57,31 +57,33 @@ def run_dataset_plugin(run_dir: Path, dataset: str) -> DatasetPlugin:
     raise RecipeError(f"{config} has no dataset {dataset!r} (it has {[c.id for c in recipe.datasets]})")
 
 
-def raw_tokens(run_dir: Path, input: Path, dataset: str, subject: str,
-               token_shape: tuple[int, int]) -> np.ndarray:
-    """Tokens ``(N, n_tokens, token_dim)`` float32 of the raw scans in ``input`` of ``subject`` (bare id)
-    of the run's ROI ``dataset``, made by its plugin's ``encode_raw``; shape and values checked."""
-    from foundation.data.shards import plugin_errors
-    from foundation.workflows.predict import run_shard_index
-
+def raw_plugin(run_dir: Path, dataset: str, token_shape: tuple[int, int]) -> DatasetPlugin:
+    """The run's dataset plugin of ``dataset``, if it implements ``encode_raw`` (else a :class:`PluginError`
+    saying what ``predict`` takes instead)."""
     plugin = run_dataset_plugin(run_dir, dataset)
     if not type(plugin).takes_raw_input():
         raise PluginError(f"dataset plugin {plugin.name!r} (dataset {dataset!r}) does not implement encode_raw, "
                           f"so it cannot turn raw scans into tokens; give tokens (N, {token_shape[0]}, "
                           f"{token_shape[1]}) as a .npy array without --raw, or shards")
-    index = run_shard_index(
-        run_dir, dataset, contents=" (with what the plugin's artifacts() saved)",
-        needed_for=f"dataset plugin {plugin.name!r} turns raw scans into tokens with the files it saved in")
+    return plugin
+
+
+def raw_tokens(plugin: DatasetPlugin, input: Path, subject: str, token_shape: tuple[int, int], *,
+               artifacts: Path, dataset: str) -> np.ndarray:
+    """Tokens ``(N, n_tokens, token_dim)`` float32 of the raw scans in ``input`` of ``subject`` (bare id),
+    made by ``plugin.encode_raw`` with the files in the shard directory ``artifacts``; shape checked."""
+    from foundation.data.shards import plugin_errors
+
     raw = load_raw(input)
     with plugin_errors(f"dataset plugin {plugin.name!r} (dataset {dataset!r}) raised in encode_raw for subject "
                        f"{subject!r} and {input}", plugin):
-        tokens = plugin.encode_raw(subject, raw, artifacts=index.root)
+        tokens = plugin.encode_raw(subject, raw, artifacts=artifacts)
     tokens = np.asarray(tokens)
     expected = tuple(token_shape)
     if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected or not np.issubdtype(tokens.dtype, np.floating):
         raise PluginError(f"dataset plugin {plugin.name!r} encode_raw returned {tokens.dtype} {tokens.shape} for "
                           f"{input}; the model takes (N, {expected[0]}, {expected[1]}) floats "
-                          f"(token_shape in {index.root / INDEX_NAME})")
+                          f"(token_shape in {artifacts / INDEX_NAME})")
     if len(tokens) == 0:
         raise DataError(f"{input}: dataset plugin {plugin.name!r} found no scans in it")
     return tokens.astype(np.float32, copy=False)

@@ -13,7 +13,7 @@ import yaml
 
 from foundation.core import plugins
 
-DOC = Path(__file__).parents[1] / "docs" / "PLUGINS.md"
+DOC = Path(__file__).parents[2] / "docs" / "PLUGINS.md"
 
 
 def _block(marker: str) -> str:

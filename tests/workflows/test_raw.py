@@ -13,7 +13,7 @@ import yaml
 from foundation.core import plugins
 from foundation.core.errors import DataError, PluginError
 
-EXTERNAL_PLUGIN = Path(__file__).parent / "external_plugin"
+EXTERNAL_PLUGIN = Path(__file__).parents[1] / "external_plugin"
 
 
 @pytest.fixture(scope="module")
