@@ -119,3 +119,13 @@ def test_a_plugin_exception_names_its_line_and_v_prints_the_chain(tmp_path, monk
         assert "The above exception was the direct cause of the following exception" in err
         assert 'toybold_pkg.py", line' in err and "labels=np.array([labels[stim]])" in err
         assert err.splitlines()[-1].startswith("error: dataset plugin 'toybold'")
+def test_train_into_a_log_writes_plain_progress_lines_not_a_bar(tmp_path):
+    """stderr is a pipe here, as in a batch job's log: no carriage-return bar states, a plain final line."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))
+    proc = _run("train", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train tiny:")]
+    assert lines and len(lines) <= 3, proc.stderr  # one per 30 s at most, and the closing one
+    assert lines[-1].startswith("train tiny: 20/20 step (100%)")

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
@@ -53,6 +52,7 @@ from foundation.core.errors import (
     source_folder,
     write_error,
 )
+from foundation.core.progress import progress as progress_bar
 from foundation.core.recipe import recipe_hash
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
@@ -364,7 +364,7 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
 
     try:
         samples = _plugin_samples(build, subject)
-        for s in tqdm(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, disable=not progress):
+        for s in progress_bar(samples, desc=f"{ds}/{subject}", unit="sample", leave=False, enabled=progress):
             key = sample_key(ds, subject, getattr(s, "index", "?"))
             try:
                 index = getattr(s, "index", None)
@@ -442,7 +442,7 @@ def _report_reuse(build: DatasetBuild, index: ShardIndex, *, progress: bool) -> 
     message, reasons = reuse_message(build, index)
     log.info("%s", message)
     if progress:
-        tqdm.write(message, file=sys.stderr)
+        print(message, file=sys.stderr)
     for reason in reasons:
         log.warning("%s: the shards in %s may be stale: %s; rebuild them with --rebuild (foundation shard/train "
                     "RECIPE --rebuild)", build.config.id, build.directory, reason)
@@ -481,7 +481,7 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True,
         caches[level] = by_dir[folder]
 
     manifests = {}
-    bar = tqdm(info.subjects, desc=f"shard {build.config.id}", unit="subject", disable=not progress)
+    bar = progress_bar(info.subjects, desc=f"shard {build.config.id}", unit="subject", enabled=progress)
     for subject in bar:
         part = directory / "_parts" / f"{subject}.json"
         if part.is_file():

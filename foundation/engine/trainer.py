@@ -315,16 +315,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> None:
-        from tqdm.auto import tqdm
-
+        from foundation.core.progress import progress
         from foundation.engine.checkpoint import save_checkpoint, save_model
         from foundation.objectives.losses import clip_mused_loss
 
         acc, t, r = self.accelerator, self.recipe.train, self.recipe
         acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
         self.resume()
-        bar = tqdm(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
-                   disable=not (self.progress and acc.is_local_main_process), dynamic_ncols=True)
+        bar = progress(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
+                       enabled=self.progress and acc.is_local_main_process)
         iterators = None
         running: dict[str, torch.Tensor] = {}
         n_running = 0

@@ -115,7 +115,7 @@ def predict_run(
         DataError: malformed input (wrong shape or dtype, NaN/Inf), naming the file and the sample.
         CheckpointError: ``run_dir`` holds no saved model.
     """
-    from tqdm.auto import tqdm
+    from foundation.core.progress import progress as progress_bar
 
     from foundation.engine.checkpoint import load_model
 
@@ -156,7 +156,7 @@ def predict_run(
                         f"NIfTI image ({', '.join(NIFTI_SUFFIXES)})")
 
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=total, desc=f"predict {input.name}", unit="sample", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=f"predict {input.name}", unit="sample", enabled=progress)
     with torch.no_grad():
         for chunk in chunks:
             probs = _probabilities(model, chunk, device=device)
