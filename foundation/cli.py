@@ -1,13 +1,13 @@
 """The ``foundation`` command line.
 
-``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json
-``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards
+``foundation train RECIPE [key=value ...]``   build shards if missing, train, write metrics.json (--rebuild)
+``foundation shard RECIPE [key=value ...]``   only build (or reuse) the shards (--rebuild: build them again)
 ``foundation finetune RUN_DIR RECIPE``          add RECIPE's new subjects to RUN_DIR's model, train only their tokens
 ``foundation bench RECIPE [--methods …]``      baselines, ablations and statistics over seeds
 ``foundation evaluate RUN_DIR [--split test]`` recompute metrics from the run's best weights
-``foundation predict RUN_DIR INPUT [--subject S]`` decode labels of new scans of known subjects
+``foundation predict RUN_DIR INPUT [--subject S] [--raw]`` decode labels of new scans of known subjects
 ``foundation plot RUN_DIR [--compare OTHER…]``  paper figures of a finished run (curves, attention, token RSMs)
-``foundation plugins``                         list dataset and guidance plugins and their origin
+``foundation plugins [--check NAME]``          list dataset and guidance plugins and their origin, or check one
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from foundation.core.errors import FoundationError
+from foundation.core.errors import FoundationError, plain_text
 
 
 def _recipe(args: argparse.Namespace):
@@ -34,7 +34,7 @@ def _recipe(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from foundation.workflows.train import train
 
-    path = train(_recipe(args), progress=not args.no_progress)
+    path = train(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -67,9 +67,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_shard(args: argparse.Namespace) -> int:
     from foundation.data.shards import build_shards
 
-    for name, index in build_shards(_recipe(args), progress=not args.no_progress).items():
+    from foundation.data.staleness import describe_build
+
+    for name, index in build_shards(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild).items():
         counts = {split: sum(v.values()) for split, v in index.data["counts"].items()}
-        print(f"{name}: {index.root}  samples {counts}  stimuli encoded {index.data['stimuli_encoded']}")
+        how = f"reused: {describe_build(index.data.get('built'), index.root)}" if index.reused else "built now"
+        print(f"{name}: {index.root}  samples {counts}  stimuli encoded {index.data['stimuli_encoded']}  ({how})")
     return 0
 
 
@@ -86,7 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     records = predict_run(args.run_dir, args.input, subject=args.subject, dataset=args.dataset, output=args.output,
                           fmt=args.format, batch_size=args.batch_size, threshold=args.threshold, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, raw=args.raw)
     if args.output is None:
         sys.stdout.write(format_predictions(records, resolve_format(args.format, None)))
     else:
@@ -108,6 +111,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from foundation.workflows.plugin_check import check_plugin
+
+        for line in check_plugin(args.check, recipe_path=args.recipe, root=args.root, samples=args.samples):
+            print(line)
+        return 0
+    if args.recipe is not None or args.root is not None:
+        raise FoundationError("--recipe and --root go with --check NAME")
     from foundation.core.plugins import plugin_table
 
     print(plugin_table())
@@ -128,10 +139,28 @@ def _print_summary(path) -> None:
     print(f"metrics: {path}")
 
 
+def _add_common(parser: argparse.ArgumentParser, *, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log at INFO level, and on an error print its full chained traceback (a plugin's "
+                             "exception with its file and line) before the one-line message")
+    parser.add_argument("--traceback", action="store_true", default=default,
+                        help="on an error print its full chained traceback (without the INFO log)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundation", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    _add_common(parser, default=False)
+    # the same switches after the command name (`foundation train -v RECIPE`): SUPPRESS keeps a
+    # subcommand that does not see them from resetting what was given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(*args, **kwargs):
+        return _add_parser(*args, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     for name, fn, text in (("train", cmd_train, "train (or resume) a recipe"),
                            ("shard", cmd_shard, "build the recipe's WebDataset shards")):
@@ -139,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", help="recipe YAML, e.g. recipes/synthetic.yaml")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 seed=1")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--rebuild", action="store_true",
+                       help="delete the recipe's existing shard directories and guidance feature caches and build "
+                            "them again (after editing a plugin's code or its raw data)")
         p.set_defaults(fn=fn)
 
     text = "add the recipe's new subjects to a trained run's model and train only their tokens"
@@ -175,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="decode labels of new scans of subjects the run was trained on")
     p.add_argument("run_dir", help="run directory (holds best/)")
     p.add_argument("input", help="shard .tar or directory of them, .npy array (N, tokens, dim) or NIfTI (X, Y, Z, N)")
+    p.add_argument("--raw", action="store_true",
+                   help="INPUT holds raw scans of --subject (.npy or NIfTI), turned into tokens by the ROI dataset "
+                        "plugin's encode_raw with the files it saved next to the run's shards (e.g. NSD: one betas "
+                        "session, PCA per ROI group); `foundation plugins` says which plugins take it")
     p.add_argument("--subject", help="subject of a .npy/NIfTI input ('dataset/subject', or the bare id with one "
                                      "dataset); for shards: keep only this subject")
     p.add_argument("--dataset", help="the model's dataset the input belongs to (default: from the shards' "
@@ -201,7 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subjects per attention figure (default 8; 0 = all); the token RSMs show all")
     p.set_defaults(fn=cmd_plot)
 
-    p = sub.add_parser("plugins", help="list registered dataset and guidance plugins")
+    text = "list registered dataset and guidance plugins (and broken plugin packages), or check one"
+    p = sub.add_parser("plugins", help=text, description=text)
+    p.add_argument("--check", metavar="NAME", help="read a few samples and stimuli of dataset plugin NAME, or "
+                   "encode a few stimuli with guidance plugin NAME, through the checks `foundation shard` applies")
+    p.add_argument("--recipe", help="with --check: take options, root and seed from this recipe (default: the "
+                                    "plugin's default options, no root, seed 0)")
+    p.add_argument("--root", help="with --check: the dataset's root folder (replaces the recipe's)")
+    p.add_argument("--samples", type=int, default=4, help="with --check: samples per subject (first two subjects) "
+                                                          "and stimuli to read (default 4)")
     p.set_defaults(fn=cmd_plugins)
     return parser
 
@@ -213,5 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except FoundationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = ""
+        if args.verbose or args.traceback:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)  # the whole cause chain: the plugin's own frames
+        elif exc.__cause__ is not None:
+            hint = " (rerun with -v for the full traceback)"
+        print(f"error: {plain_text(str(exc))}{hint}", file=sys.stderr)
         return 2

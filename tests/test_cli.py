@@ -61,6 +61,64 @@ def test_shard_command_reports_counts(tmp_path):
     assert "'train': 108" in proc.stdout and "'test': 36" in proc.stdout  # 3 subjects × (36 train, 12 test)
 
 
+TOYBOLD = '''
+import numpy as np
+from foundation.core.api import DatasetInfo, DatasetPlugin, Sample
+from foundation.core.hookspecs import hookimpl
+
+class ToyBold(DatasetPlugin):
+    name = "toybold"
+
+    def info(self):
+        return DatasetInfo(kind="roi", label_names=("a",), subjects=tuple(np.array(["sub-01"])), token_shape=(1, 2))
+
+    def samples(self, subject):
+        labels = {"img0001": 1}
+        for i, stim in enumerate(np.array(["img0001", "img0046"])):
+            yield Sample(subject=subject, index=i, split="train", stimulus=stim, fmri=np.zeros((1, 2)),
+                         labels=np.array([labels[stim]]))
+
+    def stimuli(self, ids):
+        return iter(())
+
+@hookimpl
+def foundation_dataset_plugins():
+    return [ToyBold]
+'''
+
+
+def test_a_plugin_exception_names_its_line_and_v_prints_the_chain(tmp_path, monkeypatch, capsys):
+    """The one-line error names the plugin's file and line with plain ids; -v / --traceback add the
+    full chained traceback (the plugin's own frames), before or after the command name."""
+    from foundation.core import plugins
+    from foundation.cli import main
+
+    (tmp_path / "toybold_pkg.py").write_text(TOYBOLD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "toybold_pkg", raising=False)
+    monkeypatch.setattr(plugins, "_manager", None)
+    plugins.register_module("toybold_pkg")
+    d = tiny_recipe_dict(tmp_path)
+    d["datasets"] = [{"plugin": "toybold"}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(d))
+
+    assert main(["shard", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert "dataset plugin 'toybold'" in line and "reading subject 'sub-01' after sample toybold/sub-01/0000000" in line
+    assert "KeyError: 'img0046'" in line and "np.str_" not in line
+    assert f"(at {tmp_path / 'toybold_pkg.py'}:" in line and " in samples)" in line
+    assert line.endswith("(rerun with -v for the full traceback)")
+
+    for argv in (["-v", "shard", str(path), "--no-progress"], ["shard", str(path), "--traceback", "--no-progress"],
+                 ["shard", "-v", str(path), "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err
+        assert "The above exception was the direct cause of the following exception" in err
+        assert 'toybold_pkg.py", line' in err and "labels=np.array([labels[stim]])" in err
+        assert err.splitlines()[-1].startswith("error: dataset plugin 'toybold'")
 def test_train_into_a_log_writes_plain_progress_lines_not_a_bar(tmp_path):
     """stderr is a pipe here, as in a batch job's log: no carriage-return bar states, a plain final line."""
     path = tmp_path / "r.yaml"

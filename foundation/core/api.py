@@ -24,6 +24,15 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 InputKind = Literal["roi", "volume"]
 
 
+def _plain_id(value: Any) -> Any:
+    """A numpy string or bytes scalar as a plain ``str``; anything else unchanged (checked later)."""
+    if isinstance(value, np.str_):
+        return str(value)
+    if isinstance(value, np.bytes_):
+        return value.decode()
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset looks like to the model.
@@ -48,6 +57,12 @@ class DatasetInfo:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # ids read from arrays arrive as numpy scalars (np.str_): keep plain str, so messages and
+        # index.json show 'sub-01', not np.str_('sub-01')
+        for field in ("label_names", "subjects", "token_names"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, tuple(_plain_id(v) for v in value))
         if self.kind == "roi" and self.token_shape is None:
             raise ValueError("DatasetInfo(kind='roi') needs token_shape=(n_tokens, token_dim)")
         if self.kind == "volume" and self.grid is None:
@@ -82,6 +97,12 @@ class Sample:
     fmri: np.ndarray
     labels: np.ndarray
 
+    def __post_init__(self) -> None:  # numpy scalars read from arrays → plain Python values
+        self.subject, self.split, self.stimulus = (_plain_id(self.subject), _plain_id(self.split),
+                                                   _plain_id(self.stimulus))
+        if isinstance(self.index, np.integer):
+            self.index = int(self.index)
+
 
 @dataclasses.dataclass
 class Stimulus:
@@ -95,6 +116,9 @@ class Stimulus:
     image: np.ndarray | None = None
     text: str | None = None
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id, self.text = _plain_id(self.id), _plain_id(self.text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +173,37 @@ class DatasetPlugin(ABC):
         """Yield the :class:`Stimulus` for each requested id, in the order given."""
 
     def artifacts(self, out_dir: Path) -> None:
-        """Write per-dataset files that belong next to the shards (e.g. PCA bases). Optional."""
+        """Write per-dataset files that belong next to the shards (e.g. PCA bases). Optional.
+
+        Called once per build, after :meth:`samples` has been read for every subject, with the shard
+        directory being built (``out_dir`` is its root; write under a folder named after the plugin).
+        """
+
+    #: ROI datasets that implement :meth:`encode_raw`: one line saying what raw input it takes, shown
+    #: by ``foundation plugins`` and in ``foundation predict --raw`` errors
+    raw_input: ClassVar[str] = ""
+
+    def encode_raw(self, subject: str, raw: np.ndarray, *, artifacts: Path) -> np.ndarray:
+        """ROI datasets, optional: tokens ``(N, n_tokens, token_dim)`` of new raw scans of ``subject``.
+
+        Makes exactly what :meth:`samples` would make of the same scans (same per-subject
+        preprocessing, e.g. the PCA fitted at shard time), so that ``foundation predict RUN RAW
+        --raw --subject S`` decodes raw data with a trained model.  ``raw`` is the input file's array
+        (a ``.npy`` array as saved; a NIfTI image as ``np.asarray(nibabel.load(path).dataobj)``);
+        its layout is the plugin's to define: say it in :attr:`raw_input`.  ``artifacts`` is the
+        shard directory the run was trained on, holding what :meth:`artifacts` wrote.
+
+        The instance is built from the run's recipe (options, seed), but ``root`` is ``None`` when
+        the recipe's raw dataset is not on this machine: read only ``raw`` and ``artifacts``.  Raise
+        :class:`foundation.core.errors.DataError` naming what is wrong (shape, subject).  The default
+        raises ``NotImplementedError``: the plugin does not take raw input.
+        """
+        raise NotImplementedError(f"dataset plugin {self.name!r} does not implement encode_raw")
+
+    @classmethod
+    def takes_raw_input(cls) -> bool:
+        """Whether the class overrides :meth:`encode_raw`."""
+        return cls.encode_raw is not DatasetPlugin.encode_raw
 
 
 @dataclasses.dataclass

@@ -6,6 +6,11 @@ so a user staring at a traceback from a multi-day run knows what to fix without 
 
 from __future__ import annotations
 
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
 
 class FoundationError(Exception):
     """Base class of all errors foundation raises on purpose."""
@@ -58,3 +63,72 @@ def write_error(path, exc: BaseException) -> WriteError:
 
 class WeightsMissingError(FoundationError, FileNotFoundError):
     """A guidance network's weight file is absent; says which file, where it was looked for and how to get it."""
+
+
+# --------------------------------------------------------------------------- message helpers
+
+_NUMPY_REPR = re.compile(
+    r"np\.(?:str_|bytes_|bool_?|u?int(?:8|16|32|64)|float(?:16|32|64)|longlong|intp)"
+    r"\(('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^()]*)\)"
+)
+
+
+def plain_text(text: str) -> str:
+    """``text`` with numpy 2's scalar reprs shown as plain Python ones: ``np.str_('a')`` → ``'a'``,
+    ``np.int64(3)`` → ``3``.  Ids read from arrays are numpy scalars; messages should not say so."""
+    return _NUMPY_REPR.sub(r"\1", text)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars (also inside tuples, lists and dict values) turned into Python ones."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def raised_at(exc: BaseException, *, within: str | Path | None = None) -> str | None:
+    """``"file.py:57 in samples"``: where ``exc`` was raised — the innermost frame inside ``within`` (a
+    plugin's file or package folder) if any frame is, else the innermost frame; ``None`` without a traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    if not frames:
+        return None
+    frame = frames[-1]
+    if within is not None:
+        root = str(Path(within).resolve())
+        inside = [f for f in frames if str(Path(f.filename).resolve()).startswith(root)]
+        if inside:
+            frame = inside[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def exception_text(exc: BaseException, *, within: str | Path | None = None) -> str:
+    """``"KeyError: 'img0046' (at plugin.py:57 in samples)"``: the exception's type and message with
+    plain ids, and where it was raised (see :func:`raised_at`) — enough to find the line without ``-v``."""
+    message = plain_text(str(exc)) if not isinstance(exc, KeyError) or len(exc.args) != 1 \
+        else repr(plain(exc.args[0]))
+    where = raised_at(exc, within=within)
+    return f"{type(exc).__name__}: {message}" + (f" (at {where})" if where else "")
+
+
+def source_folder(obj: Any) -> Path | None:
+    """The folder of the package (or the file of the module) that defines class ``obj``: where its
+    frames are looked for by :func:`exception_text`."""
+    import inspect
+    import sys
+
+    module = sys.modules.get(getattr(obj, "__module__", ""), None)
+    try:
+        path = Path(inspect.getfile(module if module is not None else obj))
+    except (TypeError, OSError):
+        return None
+    top = sys.modules.get(obj.__module__.partition(".")[0])
+    top_file = getattr(top, "__file__", None)
+    if top_file and Path(top_file).name == "__init__.py":
+        return Path(top_file).parent
+    return path

@@ -5,9 +5,11 @@ distributions under the ``foundation`` entry-point group, and modules a user nam
 (:func:`register_module`).  Nothing is imported from the working directory or a recipe's folder
 on its own.
 
-Every failure raises :class:`~foundation.core.errors.PluginError` naming the culprit: the entry point,
-its module and the distribution that provides it (or the explicitly named module), with the
-original exception chained.
+A broken plugin package (one that fails to import, whose hook raises or returns something that is
+not a plugin class, or that uses a name another package uses too) is isolated: it is recorded, listed
+by ``foundation plugins`` as broken, and only a command that needs one of its names fails, with a
+:class:`~foundation.core.errors.PluginError` naming the culprit — the entry point, its module and the
+distribution that provides it (or the explicitly named module) — and the original exception chained.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import logging
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any, Literal, cast
@@ -24,9 +27,11 @@ import pluggy
 
 from foundation.core import hookspecs
 from foundation.core.api import DatasetPlugin, GuidancePlugin
-from foundation.core.errors import PluginError
+from foundation.core.errors import PluginError, exception_text
 
 PluginKind = Literal["dataset", "guidance"]
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
@@ -57,6 +62,30 @@ class PluginEntry:
     description: str
 
 
+@dataclasses.dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin package (or one name) that could not be used, and why.
+
+    Attributes:
+        name: the entry-point name (a package that failed) or the plugin name (a name conflict).
+        origin: where it came from, as in :attr:`PluginEntry.origin`.
+        error: the one-line :class:`PluginError` message.
+        cause: the exception behind it (chained when a command needs the package).
+        kind: ``"dataset"``/``"guidance"`` for a problem with one hook or name, else ``None``.
+        conflict: a plugin name two packages use (``name`` is that plugin name), not a broken package.
+    """
+
+    name: str
+    origin: str
+    error: str
+    cause: BaseException | None = None
+    kind: PluginKind | None = None
+    conflict: bool = False
+
+    def raise_error(self) -> None:
+        raise PluginError(self.error) from self.cause
+
+
 class FoundationPluginManager(pluggy.PluginManager):
     """A :class:`pluggy.PluginManager` that remembers where each registered module came from."""
 
@@ -64,7 +93,10 @@ class FoundationPluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}
+        #: packages that failed to import or register, by entry-point name
+        self.broken: dict[str, BrokenPlugin] = {}
         self._registries: dict[PluginKind, dict[str, PluginEntry]] | None = None
+        self._problems: dict[PluginKind, list[BrokenPlugin]] = {}
 
     def origin_of(self, plugin_name: str) -> str:
         """Human description of where the module registered as ``plugin_name`` came from."""
@@ -91,10 +123,18 @@ class FoundationPluginManager(pluggy.PluginManager):
             raise PluginError(f"plugin {name!r} from {origin} could not be registered: {exc}") from exc
 
     def registries(self) -> dict[PluginKind, dict[str, PluginEntry]]:
-        """The dataset and guidance registries, built on first use by calling the hooks."""
+        """The dataset and guidance registries, built on first use by calling the hooks; packages whose
+        hook fails and names two packages use are left out (see :meth:`problems`)."""
         if self._registries is None:
-            self._registries = {kind: _collect(self, kind) for kind in _HOOKS}
+            built = {kind: _collect(self, kind) for kind in _HOOKS}
+            self._problems = {kind: problems for kind, (_, problems) in built.items()}
+            self._registries = {kind: registry for kind, (registry, _) in built.items()}
         return self._registries
+
+    def problems(self) -> list[BrokenPlugin]:
+        """Every broken package and name conflict: import failures first, then per kind."""
+        self.registries()
+        return [*self.broken.values(), *(p for kind in _HOOKS for p in self._problems[kind])]
 
 
 _manager: FoundationPluginManager | None = None
@@ -117,9 +157,8 @@ def get_plugin_manager(*, refresh: bool = False) -> FoundationPluginManager:
     Built once and cached; ``refresh=True`` discards the cache (including modules added with
     :func:`register_module`) and discovers the installed entry points again.
 
-    Raises:
-        PluginError: an entry point failed to import or register; the message names the entry
-            point, its module and its distribution.
+    An entry point that fails to import or register does not stop discovery: it is recorded in
+    ``broken`` (listed by ``foundation plugins``; a lookup of a name it may provide raises).
     """
     global _manager
     if _manager is not None and not refresh:
@@ -131,11 +170,15 @@ def get_plugin_manager(*, refresh: bool = False) -> FoundationPluginManager:
         try:
             module = ep.load()
         except Exception as exc:
-            raise PluginError(
-                f"plugin {origin} failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        pm.register_origin(module, ep.name, origin)
+            pm.broken[ep.name] = BrokenPlugin(ep.name, origin, f"plugin {origin} failed to import: "
+                                              f"{exception_text(exc)}", exc)
+            log.info("%s", pm.broken[ep.name].error)
+            continue
+        try:
+            pm.register_origin(module, ep.name, origin)
+        except PluginError as exc:
+            pm.broken[ep.name] = BrokenPlugin(ep.name, origin, str(exc), exc.__cause__ or exc)
+            log.info("%s", exc)
     _manager = pm
     return pm
 
@@ -154,14 +197,14 @@ def register_module(module_path: str) -> None:
         module = importlib.import_module(module_path)
     except Exception as exc:
         raise PluginError(
-            f"plugin module {module_path!r} (named explicitly) failed to import: "
-            f"{type(exc).__name__}: {exc}"
+            f"plugin module {module_path!r} (named explicitly) failed to import: {exception_text(exc)}"
         ) from exc
     pm.register_origin(module, module_path, origin)
 
 
 def _describe(cls: type) -> str:
-    text = getattr(cls, "description", "") or inspect.getdoc(cls) or ""
+    # the class's own docstring only: an undocumented subclass must not show its base class's
+    text = getattr(cls, "description", "") or inspect.cleandoc(cls.__doc__ or "")
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
@@ -185,39 +228,59 @@ def _validate(kind: PluginKind, item: Any, plugin_name: str, origin: str) -> Plu
     return PluginEntry(kind=kind, name=name, cls=item, origin=origin, description=_describe(item))
 
 
-def _collect(pm: FoundationPluginManager, kind: PluginKind) -> dict[str, PluginEntry]:
-    """Call one hook on every registered module separately, so a failure names its module."""
+def _hook_entries(impl: Any, kind: PluginKind, origin: str) -> list[PluginEntry]:
+    """The validated classes one module's hook returns; :class:`PluginError` naming it if anything is wrong."""
+    try:
+        result = impl.function()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {impl.plugin_name!r} from {origin} raised in hook {_HOOKS[kind]}: "
+            f"{exception_text(exc)}"
+        ) from exc
+    if result is None:
+        return []
+    if isinstance(result, (str, bytes, type)) or not hasattr(result, "__iter__"):
+        raise PluginError(
+            f"plugin {impl.plugin_name!r} from {origin}, hook {_HOOKS[kind]} must return a list "
+            f"of classes, got {result!r}"
+        )
+    return [_validate(kind, item, impl.plugin_name, origin) for item in result]
+
+
+def _collect(pm: FoundationPluginManager, kind: PluginKind) -> tuple[dict[str, PluginEntry], list[BrokenPlugin]]:
+    """Call one hook on every registered module separately, so a failure names its module.
+
+    Returns the registry and its problems: a module whose hook fails contributes nothing (all or
+    none of its classes), and a name two modules use is left out, so that neither is picked silently.
+    """
     registry: dict[str, PluginEntry] = {}
+    problems: list[BrokenPlugin] = []
+    conflicts: dict[str, list[PluginEntry]] = {}
     hook = getattr(pm.hook, _HOOKS[kind])
     for impl in hook.get_hookimpls():  # registration order (tryfirst/trylast aside)
         if impl.hookwrapper or impl.wrapper:
             continue
         origin = pm.origin_of(impl.plugin_name)
         try:
-            result = impl.function()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} from {origin} raised in hook {_HOOKS[kind]}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if result is None:
+            entries = _hook_entries(impl, kind, origin)
+        except PluginError as exc:
+            problems.append(BrokenPlugin(impl.plugin_name, origin, str(exc), exc.__cause__ or exc, kind))
+            log.info("%s", exc)
             continue
-        if isinstance(result, (str, bytes, type)) or not hasattr(result, "__iter__"):
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} from {origin}, hook {_HOOKS[kind]} must return a list "
-                f"of classes, got {result!r}"
-            )
-        for item in result:
-            entry = _validate(kind, item, impl.plugin_name, origin)
+        for entry in entries:
             previous = registry.get(entry.name)
             if previous is not None and previous.cls is not entry.cls:
-                raise PluginError(
-                    f"two {kind} plugins are named {entry.name!r}: {previous.cls.__qualname__} from "
-                    f"{previous.origin} and {entry.cls.__qualname__} from {entry.origin}; "
-                    f"uninstall or rename one of them"
-                )
-            registry[entry.name] = entry
-    return registry
+                conflicts.setdefault(entry.name, [previous]).append(entry)
+            registry.setdefault(entry.name, entry)
+    for name, entries in conflicts.items():
+        del registry[name]
+        first, second = entries[0], entries[1]
+        problems.append(BrokenPlugin(
+            name, f"{first.origin}; {second.origin}",
+            f"two {kind} plugins are named {name!r}: {first.cls.__qualname__} from {first.origin} and "
+            f"{second.cls.__qualname__} from {second.origin}; uninstall or rename one of them", None, kind,
+            conflict=True))
+    return registry, problems
 
 
 def dataset_plugins() -> dict[str, PluginEntry]:
@@ -231,22 +294,32 @@ def guidance_plugins() -> dict[str, PluginEntry]:
 
 
 def _lookup(kind: PluginKind, name: str) -> type:
-    registry = get_plugin_manager().registries()[kind]
+    pm = get_plugin_manager()
+    registry = pm.registries()[kind]
     if name in registry:
         return registry[name].cls
+    problems = pm.problems()
+    for p in problems:  # the name itself is ambiguous
+        if p.conflict and p.kind == kind and p.name == name:
+            p.raise_error()
+    # packages that failed entirely, or whose hook of this kind failed, may be the one that provides it
+    suspects = [p for p in problems if not p.conflict and p.kind in (None, kind)]
+    broken = ""
+    if suspects:
+        listed = "; ".join(p.error for p in suspects)
+        broken = (f" {len(suspects)} plugin package(s) could not be loaded and may provide it: {listed}")
     names = sorted(registry)
     if not names:
-        raise PluginError(
-            f"unknown {kind} plugin {name!r}: no {kind} plugins are registered "
-            f"(install a plugin package; see docs/PLUGINS.md)"
-        )
-    by_lower = {n.lower(): n for n in names}
-    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.5)
-    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else "."
-    raise PluginError(
-        f"unknown {kind} plugin {name!r}{hint} Registered {kind} plugins: {', '.join(names)} "
-        f"(run `foundation plugins` to see where each comes from)"
-    )
+        message = (f"unknown {kind} plugin {name!r}: no {kind} plugins are registered "
+                   f"(install a plugin package; see docs/PLUGINS.md).{broken}")
+    else:
+        by_lower = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.5)
+        hint = f"; did you mean {by_lower[close[0]]!r}?" if close else "."
+        message = (f"unknown {kind} plugin {name!r}{hint} Registered {kind} plugins: {', '.join(names)} "
+                   f"(run `foundation plugins` to see where each comes from).{broken}")
+    cause = suspects[0].cause if len(suspects) == 1 else None
+    raise PluginError(message) from cause
 
 
 def get_dataset_plugin(name: str) -> type[DatasetPlugin]:
@@ -260,13 +333,20 @@ def get_guidance_plugin(name: str) -> type[GuidancePlugin]:
 
 
 def plugin_table() -> str:
-    """The table printed by ``foundation plugins``: kind, name, origin, description per plugin."""
-    registries = get_plugin_manager().registries()
+    """The table printed by ``foundation plugins``: kind, name, origin, description per plugin, then
+    one ``broken`` row per package that could not be loaded (the description says why)."""
+    pm = get_plugin_manager()
+    registries = pm.registries()
     rows = [("KIND", "NAME", "ORIGIN", "DESCRIPTION")]
     for kind in _HOOKS:
         for name in sorted(registries[kind]):
             e = registries[kind][name]
-            rows.append((e.kind, e.name, e.origin, e.description))
+            description = e.description
+            if kind == "dataset" and getattr(e.cls, "takes_raw_input", lambda: False)():
+                description += " [takes predict --raw]"
+            rows.append((e.kind, e.name, e.origin, description))
+    for p in pm.problems():
+        rows.append(("broken", p.name, p.origin, p.error))
     if len(rows) == 1:
         return "no plugins registered (install a plugin package; see docs/PLUGINS.md)"
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

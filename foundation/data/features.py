@@ -22,7 +22,7 @@ import numpy as np
 
 from foundation.core.api import GuidancePlugin, Stimulus
 from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
-from foundation.core.errors import DataError, PluginError
+from foundation.core.errors import DataError, PluginError, exception_text, source_folder
 
 
 class FeatureCache:
@@ -115,7 +115,8 @@ class FeatureCache:
                 raise
             except Exception as exc:
                 raise PluginError(f"guidance plugin {plugin.name!r} failed while encoding stimuli "
-                                  f"{chunk[0]!r}…: {type(exc).__name__}: {exc}") from exc
+                                  f"{chunk[0]!r}…: {exception_text(exc, within=source_folder(type(plugin)))}"
+                                  ) from exc
             for level, arr in (("low", feats.low), ("high", feats.high)):
                 if arr.ndim != 2 or arr.shape[0] != len(chunk):
                     raise PluginError(f"guidance plugin {plugin.name!r} returned {level} features of shape "

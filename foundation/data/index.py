@@ -29,6 +29,8 @@ class ShardIndex:
     data: dict[str, Any]
     #: ``shards.url`` template (``{dir}``, ``{path}``): tars are read from there instead of ``root``
     url: str | None = None
+    #: set by ``build_shards`` when the directory already existed and was reused, not built
+    reused: bool = False
 
     def locate(self, rel: str) -> Path | str:
         """Where the tar ``rel`` (a path relative to ``root``) is read from: a local path or a URL."""

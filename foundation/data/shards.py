@@ -23,11 +23,14 @@ one pipeline whose invariants (write order, resume, fingerprint) are easier to c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import logging
 import os
+import shutil
+import sys
 import tarfile
 import time
 from collections.abc import Iterator, Sequence
@@ -39,12 +42,21 @@ import numpy as np
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
 from foundation.core.config import DatasetConfig, Recipe
+from foundation.core.convert import from_dict, to_dict
+from foundation.core.errors import (
+    DataError,
+    FoundationError,
+    PluginError,
+    RecipeError,
+    exception_text,
+    source_folder,
+    write_error,
+)
+from foundation.core.progress import progress as progress_bar
+from foundation.core.recipe import recipe_hash
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
-from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError, write_error
-from foundation.core.progress import progress as progress_bar
-from foundation.core.convert import from_dict, to_dict
-from foundation.core.recipe import recipe_hash
+from foundation.data.staleness import build_record, describe_build, stale_reasons
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +84,12 @@ def _device() -> str:
         return "cpu"
 
 
-def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetPlugin:
-    """Instantiate the dataset plugin named by ``cfg`` with validated options."""
+def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str, require_root: bool = True) -> DatasetPlugin:
+    """Instantiate the dataset plugin named by ``cfg`` with validated options.
+
+    ``require_root=False``: a ``root`` that is not on this machine is passed as ``None`` instead of
+    being an error (``foundation predict --raw`` needs only the options and the shard artifacts).
+    """
     from foundation.core.plugins import get_dataset_plugin
 
     cls = get_dataset_plugin(cfg.plugin)
@@ -83,13 +99,16 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
     if cfg.root is not None:
         root = Path(cfg.root).expanduser().resolve()
         if not root.exists():
-            raise RecipeError(f"{path}.root: {root} does not exist (dataset {cfg.id!r}, plugin {cfg.plugin!r})")
+            if require_root:
+                raise RecipeError(f"{path}.root: {root} does not exist (dataset {cfg.id!r}, plugin {cfg.plugin!r})")
+            root = None
     try:
         return cls(options, root=root, seed=seed)
     except (DataError, RecipeError):
         raise
     except Exception as exc:
-        raise PluginError(f"dataset plugin {cfg.plugin!r} failed to initialise: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"dataset plugin {cfg.plugin!r} failed to initialise: "
+                          f"{exception_text(exc, within=source_folder(cls))}") from exc
 
 
 def single_subject_options(cls: type[DatasetPlugin], options: Any, cfg: DatasetConfig) -> Any:
@@ -122,7 +141,8 @@ def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
         except Exception as exc:
             if isinstance(exc, (DataError, RecipeError, PluginError, FileNotFoundError)):
                 raise
-            raise PluginError(f"guidance plugin {name!r} failed to initialise: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"guidance plugin {name!r} failed to initialise: "
+                              f"{exception_text(exc, within=source_folder(cls))}") from exc
     return {"low": instances[g.low], "high": instances[g.high]}
 
 
@@ -242,6 +262,19 @@ def sample_key(dataset: str, subject: str, index: Any) -> str:
     return f"{dataset}/{subject}/{index!r}"
 
 
+@contextlib.contextmanager
+def plugin_errors(what: str, plugin: Any) -> Iterator[None]:
+    """Turn an unexpected exception raised inside ``plugin``'s code into a :class:`PluginError` saying
+    ``what`` was being done, the exception and the plugin's line that raised it (chained, so ``-v``
+    prints the full traceback); foundation's own errors pass through unchanged."""
+    try:
+        yield
+    except FoundationError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{what}: {exception_text(exc, within=source_folder(type(plugin)))}") from exc
+
+
 def _plugin_samples(build: DatasetBuild, subject: str) -> Iterator[Sample]:
     """The plugin's samples of ``subject``; an unexpected exception raised inside the plugin becomes a
     :class:`PluginError` naming the plugin and the subject (foundation's own errors pass through)."""
@@ -255,7 +288,8 @@ def _plugin_samples(build: DatasetBuild, subject: str) -> Iterator[Sample]:
     except Exception as exc:
         after = "" if last is None else f" after sample {sample_key(build.config.id, subject, last)}"
         raise PluginError(f"dataset plugin {build.config.plugin!r} (dataset {build.config.id!r}) raised while "
-                          f"reading subject {subject!r}{after}: {type(exc).__name__}: {exc}") from exc
+                          f"reading subject {subject!r}{after}: "
+                          f"{exception_text(exc, within=source_folder(type(build.plugin)))}") from exc
 
 
 def check_sample(sample: Sample, info: DatasetInfo, *, n_voxels: int | None, key: str) -> None:
@@ -314,7 +348,9 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
     buffer: list[Sample] = []
 
     def fetch(ids: Sequence[str]) -> list:
-        stimuli = list(plugin.stimuli(ids))
+        with plugin_errors(f"dataset plugin {build.config.plugin!r} (dataset {ds!r}) raised in stimuli() for "
+                           f"ids starting at {ids[0]!r}", plugin):
+            stimuli = list(plugin.stimuli(ids))
         if [s.id for s in stimuli] != list(ids):
             raise PluginError(f"dataset plugin {build.config.plugin!r} returned stimuli out of order or missing "
                               f"for ids starting at {ids[0]!r}")
@@ -382,28 +418,80 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
     return manifest
 
 
-def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True) -> ShardIndex:
-    """Build (or reuse) one dataset's shards and return its index."""
+def _feature_dirs(build: DatasetBuild, recipe: Recipe) -> dict[str, Path]:
+    """Level (``low``/``high``) → the guidance feature cache folder of this dataset (one folder when the
+    same plugin serves both levels)."""
+    feature_root = Path(recipe.shards.root) / "_features"
+    dataset_key = recipe_hash({k: build.fingerprint[k] for k in ("plugin", "plugin_version", "seed", "root", "options")})
+    out = {}
+    for level in ("low", "high"):
+        g = build.guidance[level]
+        key = f"{build.config.id}-{g.name}-{recipe_hash({'d': dataset_key, 'g': build.fingerprint['guidance'][level]})}"
+        out[level] = feature_root / key
+    return out
+
+
+def _remove(directory: Path) -> None:
+    """Delete a shard directory or feature cache: its ``index.json`` first, so that an interrupted
+    removal leaves an unfinished directory (rebuilt, never reused), then the rest."""
+    if not directory.exists():
+        return
+    (directory / INDEX_NAME).unlink(missing_ok=True)
+    try:
+        shutil.rmtree(directory)
+    except OSError as exc:
+        raise write_error(directory, exc) from exc
+
+
+def reuse_message(build: DatasetBuild, index: ShardIndex) -> tuple[str, list[str]]:
+    """``("reusing shards built <when> by <plugin version> in <dir>", [staleness warnings])``."""
+    built = index.data.get("built")
+    message = f"{build.config.id}: reusing shards {describe_build(built, build.directory)} in {build.directory}"
+    reasons = stale_reasons(built, build.plugin, build.guidance)
+    return message, reasons
+
+
+def _report_reuse(build: DatasetBuild, index: ShardIndex, *, progress: bool) -> None:
+    message, reasons = reuse_message(build, index)
+    log.info("%s", message)
+    if progress:
+        print(message, file=sys.stderr)
+    for reason in reasons:
+        log.warning("%s: the shards in %s may be stale: %s; rebuild them with --rebuild (foundation shard/train "
+                    "RECIPE --rebuild)", build.config.id, build.directory, reason)
+
+
+def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True, rebuild: bool = False) -> ShardIndex:
+    """Build (or reuse) one dataset's shards and return its index.
+
+    A finished directory is reused, saying when and by which plugin it was built, with a warning when
+    the plugin's code or the raw files changed since (:mod:`foundation.data.staleness`).
+    ``rebuild=True`` deletes the directory and this dataset's guidance feature caches first.
+    """
     directory = build.directory
+    if rebuild:
+        for folder in (directory, *dict.fromkeys(_feature_dirs(build, recipe).values())):
+            if folder.exists():
+                log.warning("--rebuild: deleting %s", folder)
+                _remove(folder)
     if (directory / INDEX_NAME).is_file():
         index = read_index(directory)
-        log.info("reusing finished shards in %s", directory)
+        index.reused = True
+        _report_reuse(build, index, progress=progress)
         return index
     t0 = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     for sub in (directory, *[directory / s for s in SPLITS], directory / "masks", directory / "_parts"):
         remove_stale_tmp(sub)
-    info = build.plugin.info()
-    feature_root = Path(recipe.shards.root) / "_features"
-    dataset_key = recipe_hash({k: build.fingerprint[k] for k in ("plugin", "plugin_version", "seed", "root", "options")})
-    by_key: dict[str, FeatureCache] = {}
+    with plugin_errors(f"dataset plugin {build.config.plugin!r} (dataset {build.config.id!r}) raised in info()",
+                       build.plugin):
+        info = build.plugin.info()
+    by_dir: dict[Path, FeatureCache] = {}
     caches: dict[str, FeatureCache] = {}
-    for level in ("low", "high"):
-        g = build.guidance[level]
-        key = f"{build.config.id}-{g.name}-{recipe_hash({'d': dataset_key, 'g': build.fingerprint['guidance'][level]})}"
-        if key not in by_key:  # the same plugin for both levels shares one cache: encoded once
-            by_key[key] = FeatureCache(feature_root / key)
-        caches[level] = by_key[key]
+    for level, folder in _feature_dirs(build, recipe).items():
+        if folder not in by_dir:  # the same plugin for both levels shares one cache: encoded once
+            by_dir[folder] = FeatureCache(folder)
+        caches[level] = by_dir[folder]
 
     manifests = {}
     bar = progress_bar(info.subjects, desc=f"shard {build.config.id}", unit="subject", enabled=progress)
@@ -414,7 +502,9 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
             continue
         manifests[subject] = _write_subject(build, info, subject, caches, recipe.shards.samples_per_shard, progress,
                                             recipe.shards.on_bad_sample)
-    build.plugin.artifacts(directory)
+    with plugin_errors(f"dataset plugin {build.config.plugin!r} (dataset {build.config.id!r}) raised in "
+                       f"artifacts()", build.plugin):
+        build.plugin.artifacts(directory)
 
     if not len(caches["low"]) or not len(caches["high"]):
         raise DataError(f"dataset {build.config.id!r}: no stimuli were encoded")
@@ -444,6 +534,7 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         "stimuli_encoded": {level: len(caches[level]) for level in ("low", "high")},
         "on_bad_sample": recipe.shards.on_bad_sample,
         "skipped": _skipped_summary(manifests, info.subjects),
+        "built": build_record(build.plugin, build.guidance),
     }
     write_json(directory / INDEX_NAME, index)
     n = sum(sum(v.values()) for v in index["counts"].values())
@@ -462,14 +553,18 @@ def _skipped_summary(manifests: dict[str, dict[str, Any]], subjects: Sequence[st
     return {"count": sum(per_subject.values()), "per_subject": per_subject, "samples": listed}
 
 
-def build_shards(recipe: Recipe, *, progress: bool = True) -> dict[str, ShardIndex]:
-    """Build or reuse the shards of every dataset of ``recipe``; returns dataset id → index."""
+def build_shards(recipe: Recipe, *, progress: bool = True, rebuild: bool = False) -> dict[str, ShardIndex]:
+    """Build or reuse the shards of every dataset of ``recipe``; returns dataset id → index.
+
+    ``rebuild=True``: delete each dataset's existing shard directory and guidance feature caches and
+    build them again (after editing a plugin's code or its raw files).
+    """
     from threadpoolctl import threadpool_limits
 
     # Plugins do their linear algebra (PCA, z-scoring) in numpy; with torch loaded, a multi-threaded
     # BLAS fights torch's OpenMP threads for the cores and runs many times slower than one thread.
     with threadpool_limits(limits=1, user_api="blas"):
-        return {b.config.id: build_dataset(b, recipe, progress=progress) for b in plan(recipe)}
+        return {b.config.id: build_dataset(b, recipe, progress=progress, rebuild=rebuild) for b in plan(recipe)}
 
 
 def find_shards(recipe: Recipe) -> dict[str, ShardIndex] | None:

@@ -59,12 +59,40 @@ def read_spec(run_dir: Path) -> FinetuneSpec | None:
         raise CheckpointError(f"{path} is unreadable: {exc}") from exc
 
 
-def _check_compatible(ds: str, ours: DatasetInfo, theirs: DatasetInfo, source: Path) -> None:
+def _check_compatible(ds: str, ours: DatasetInfo, theirs: DatasetInfo, source: Path, *,
+                      what: str = "the recipe's shards have", hint: str = "") -> None:
     for field in ("kind", "token_shape", "grid", "label_names"):
         a, b = getattr(ours, field), getattr(theirs, field)
         if (tuple(a) if a is not None else None) != (tuple(b) if b is not None else None):
-            raise RecipeError(f"dataset {ds!r}: the recipe's shards have {field}={a!r} but the model in "
-                              f"{source} was trained with {field}={b!r}")
+            raise RecipeError(f"dataset {ds!r}: {what} {field}={a!r} but the model in "
+                              f"{source} was trained with {field}={b!r}{hint}")
+
+
+def check_before_sharding(source: Path, recipe) -> None:
+    """Refuse, before any shard is built, a recipe whose datasets the source model cannot take: a
+    dataset the model lacks, or one whose plugin describes (``info()``) another input kind, token
+    shape, grid or label set.  Datasets whose shards already exist are checked later, from them."""
+    from foundation.data.index import INDEX_NAME
+    from foundation.data.shards import plan, plugin_errors
+    from foundation.model.clip_mused import CLIPMUSED
+
+    meta_path = Path(source) / "best" / "model.json"
+    try:
+        infos = CLIPMUSED.from_config_dict(json.loads(meta_path.read_text())["model"]).infos
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path} does not describe a model: {exc}") from exc
+    for build in plan(recipe):
+        ds = build.config.id
+        if ds not in infos:
+            raise RecipeError(f"dataset {ds!r} is not in the pre-trained model of {source} "
+                              f"(it has {sorted(infos)}); a new dataset needs pre-training")
+        if (build.directory / INDEX_NAME).is_file():
+            continue
+        with plugin_errors(f"dataset plugin {build.config.plugin!r} (dataset {ds!r}) raised in info()", build.plugin):
+            info = build.plugin.info()
+        _check_compatible(ds, info, infos[ds], Path(source), what=f"plugin {build.config.plugin!r} describes",
+                          hint=" (nothing was built; set the dataset's options so that the plugin's info() "
+                               "matches the model, e.g. a fixed token width instead of one chosen from the data)")
 
 
 @dataclasses.dataclass

@@ -136,9 +136,12 @@ class TrainState:
 class Trainer:
     """Holds the pieces of one run; :meth:`fit` trains, :meth:`test` writes metrics.json."""
 
-    def __init__(self, recipe: Recipe, *, progress: bool = True, finetune: FinetuneSpec | None = None) -> None:
+    def __init__(self, recipe: Recipe, *, progress: bool = True, finetune: FinetuneSpec | None = None,
+                 rebuild: bool = False) -> None:
         """``finetune``: start from a trained run's model, add the recipe's new subjects and train only
-        their tokens (see :mod:`foundation.engine.surgery`); the recipe's ``model`` section is then unused."""
+        their tokens (see :mod:`foundation.engine.surgery`); the recipe's ``model`` section is then unused.
+        ``rebuild``: rebuild the recipe's shards first (refused when the run directory already has
+        checkpoints made from the old ones)."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
@@ -164,14 +167,23 @@ class Trainer:
         acc = self.accelerator
         check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
 
+        from foundation.engine.checkpoint import checkpoint_dirs
+
+        if rebuild and recipe.shards.url:
+            raise RecipeError("--rebuild: the shards are read from shards.url; rebuild them where they were built")
+        if rebuild and checkpoint_dirs(self.run_dir):
+            raise RecipeError(f"--rebuild: {self.run_dir} already has checkpoints trained on the old shards; "
+                              f"pass run.dir=<new directory> (or delete {self.run_dir}) to train on rebuilt ones")
+
         def prepare_shards() -> None:
-            if find_shards(recipe) is None:
-                if recipe.shards.url:
+            if recipe.shards.url:
+                if find_shards(recipe) is None:
                     missing = [str(b.directory / "index.json") for b in plan(recipe)
                                if not (b.directory / "index.json").is_file()]
                     raise ShardError(f"shards.url is set but {missing[0]} is missing: copy each dataset's "
                                      f"index.json (and masks/) from where the shards were built")
-                build_shards(recipe, progress=progress)
+                return
+            build_shards(recipe, progress=progress, rebuild=rebuild)  # reuses finished ones, saying so
 
         def prepare_run_dir() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)

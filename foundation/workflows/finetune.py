@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from foundation.core.errors import CheckpointError, RecipeError
-from foundation.engine.surgery import FinetuneSpec
+from foundation.engine.surgery import FinetuneSpec, check_before_sharding
 from foundation.engine.trainer import Trainer, run_dir_for
 
 
@@ -21,6 +21,7 @@ def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progre
     if run_dir_for(recipe).resolve() == source.resolve():
         raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
     spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
+    check_before_sharding(spec.source, recipe)
     trainer = Trainer(recipe, progress=progress, finetune=spec)
     trainer.fit()
     path = trainer.test()

@@ -86,6 +86,7 @@ def predict_run(
     threshold: float = 0.5,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    raw: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict label probabilities for every sample of ``input`` with the run's best weights.
 
@@ -102,6 +103,9 @@ def predict_run(
         threshold: a label is ``predicted`` when its probability is above this.
         device: where the model runs.
         progress: show a tqdm progress bar.
+        raw: ``input`` holds raw scans of ``subject`` (a ``.npy`` array or NIfTI image in the layout
+            the ROI dataset plugin's ``encode_raw`` documents), turned into tokens by that plugin
+            with the artifacts it saved next to the run's shards (see :mod:`foundation.workflows.raw`).
 
     Returns:
         One record per sample, in input order: ``{"key", "subject", "probabilities", "predicted"}``.
@@ -124,7 +128,22 @@ def predict_run(
     model, _ = load_model(run_dir / "best", device=device)
     model.eval()
 
-    if input.is_dir() or input.suffix == ".tar":
+    if raw:
+        ds, gid = _resolve_subject(model, subject, dataset, input=input)
+        info = model.infos[ds]
+        if info.kind != "roi":
+            raise DataError(f"{input}: --raw is for ROI datasets; dataset {dataset or ds!r} is a volume dataset, "
+                            f"whose raw scans are given directly as a NIfTI image (X, Y, Z, N) on the grid {info.grid}")
+        from foundation.workflows.raw import raw_plugin, raw_tokens
+
+        plugin = raw_plugin(run_dir, ds, tuple(info.token_shape))
+        index = run_shard_index(
+            run_dir, ds, contents=" (with what the plugin's artifacts() saved)",
+            needed_for=f"dataset plugin {plugin.name!r} turns raw scans into tokens with the files it saved in")
+        tokens = raw_tokens(plugin, input, gid.split("/", 1)[1], tuple(info.token_shape), artifacts=index.root,
+                            dataset=ds)
+        total, chunks = _token_chunks(tokens, input, ds, gid, batch_size=batch_size)
+    elif input.is_dir() or input.suffix == ".tar":
         total, chunks = _shard_chunks(model, input, subject=subject, dataset=dataset, batch_size=batch_size)
     elif input.suffix == ".npy":
         ds, gid = _resolve_subject(model, subject, dataset, input=input)
@@ -380,12 +399,20 @@ def _array_chunks(model, input: Path, dataset: str, gid: str, *,
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{input}: not a plain .npy array ({type(exc).__name__}: {exc})") from exc
     expected = tuple(info.token_shape)  # type: ignore[arg-type]
+    raw_hint = ("; raw scans take --raw, when the dataset's plugin implements encode_raw "
+                "(`foundation plugins` lists what raw input each takes)")
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{input}: dtype {getattr(arr, 'dtype', type(arr).__name__)} is not floating point; "
-                        f"expected a float16/32/64 array (N, {expected[0]}, {expected[1]})")
+                        f"expected a float16/32/64 array (N, {expected[0]}, {expected[1]}){raw_hint}")
     if arr.ndim != 3 or tuple(arr.shape[1:]) != expected or arr.shape[0] == 0:
         raise DataError(f"{input}: array has shape {arr.shape}, expected (N, {expected[0]}, {expected[1]}) "
-                        f"(samples, ROI tokens, token dim) for dataset {dataset!r}")
+                        f"(samples, ROI tokens, token dim) for dataset {dataset!r}{raw_hint}")
+    return _token_chunks(arr, input, dataset, gid, batch_size=batch_size)
+
+
+def _token_chunks(arr: np.ndarray, input: Path, dataset: str, gid: str, *,
+                  batch_size: int) -> tuple[int, Iterator[_Chunk]]:
+    """Chunks of tokens ``arr`` ``(N, n_tokens, token_dim)`` of subject ``gid`` (read from ``input``)."""
 
     def chunks() -> Iterator[_Chunk]:
         for start in range(0, arr.shape[0], batch_size):

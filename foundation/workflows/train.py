@@ -9,9 +9,10 @@ from foundation.core.config import Recipe
 from foundation.engine.trainer import Trainer
 
 
-def train(recipe: Recipe, *, progress: bool = True) -> Path:
-    """Train (or resume) the recipe's run; returns the path of its metrics.json."""
-    trainer = Trainer(recipe, progress=progress)
+def train(recipe: Recipe, *, progress: bool = True, rebuild: bool = False) -> Path:
+    """Train (or resume) the recipe's run; returns the path of its metrics.json.  ``rebuild``: rebuild
+    the recipe's shards first (see :func:`foundation.data.shards.build_shards`)."""
+    trainer = Trainer(recipe, progress=progress, rebuild=rebuild)
     trainer.fit()
     path = trainer.test()
     trainer.accelerator.end_training()  # closes trackers and the process group: last

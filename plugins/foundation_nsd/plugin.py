@@ -45,7 +45,7 @@ from foundation_nsd.layout import (
     require_file,
     subject_number,
 )
-from foundation_nsd.pca import CovAccumulator, SubjectBases, fit_basis
+from foundation_nsd.pca import CovAccumulator, SubjectBases, fit_basis, load_bases, project
 from foundation_nsd.rois import KASTNER_GROUPS, SubjectROIs, subject_rois
 
 log = logging.getLogger(__name__)
@@ -169,22 +169,29 @@ class NSDDataset(DatasetPlugin):
 
     def __init__(self, options: NSDOptions, *, root: Path | None = None, seed: int = 0) -> None:
         super().__init__(options, root=root, seed=seed)
-        if root is None:
-            raise RecipeError("the nsd dataset plugin needs datasets[].root: the NSD download folder (holding "
-                              "nsddata/, nsddata_betas/ and nsddata_stimuli/)")
-        root = Path(root)
-        ann = None
-        if options.coco_annotations is not None:
-            ann = Path(options.coco_annotations).expanduser()
-            ann = ann if ann.is_absolute() else root / ann
-        self.layout = NSDLayout(root=root, betas_dir=options.betas_dir, resolution=options.resolution,
-                                atlas=options.atlas, betas_format=options.betas_format, coco_annotations=ann)
+        self._layout: NSDLayout | None = None
         self._state: _State | None = None
         self._bases: dict[str, SubjectBases] = {}
         self._labels: dict[int, np.ndarray] | None = None
         self._stim_info: StimInfo | None = None
         self._captions: dict[str, dict[int, list[str]]] = {}
         self._carry: tuple[str, int, np.ndarray] | None = None  # last session read by the fit pass
+
+    @property
+    def layout(self) -> NSDLayout:
+        """Where the NSD files are; needs ``datasets[].root`` (only :meth:`encode_raw` works without)."""
+        if self._layout is None:
+            if self.root is None:
+                raise RecipeError("the nsd dataset plugin needs datasets[].root: the NSD download folder (holding "
+                                  "nsddata/, nsddata_betas/ and nsddata_stimuli/)")
+            root, o = Path(self.root), self.options
+            ann = None
+            if o.coco_annotations is not None:
+                ann = Path(o.coco_annotations).expanduser()
+                ann = ann if ann.is_absolute() else root / ann
+            self._layout = NSDLayout(root=root, betas_dir=o.betas_dir, resolution=o.resolution, atlas=o.atlas,
+                                     betas_format=o.betas_format, coco_annotations=ann)
+        return self._layout
 
     # ------------------------------------------------------------------ info (cheap: headers only)
     def _build_state(self) -> _State:
@@ -412,6 +419,17 @@ class NSDDataset(DatasetPlugin):
                 yield Stimulus(id=sid, image=image, text=captions[0] if captions else None,
                                extras={"captions": np.array(captions, dtype=str) if captions else np.array([], dtype="<U1"),
                                        "nsd_id": np.array(nsd), "coco_id": np.array(coco_id)})
+
+    raw_input = ("one betas session of the subject, (X, Y, Z, T) in file units: a betas_sessionNN.nii.gz "
+                 "(or a .npy of f['betas'][()].T from the .hdf5); z-scored per voxel over the session as in training")
+
+    def encode_raw(self, subject: str, raw: np.ndarray, *, artifacts: Path) -> np.ndarray:
+        """Tokens ``(T, n_groups, pca_dim)`` of one new betas session of ``subject`` (see
+        :func:`foundation_nsd.pca.project`), with the PCA bases saved in ``artifacts/nsd_pca``."""
+        path = Path(artifacts) / "nsd_pca" / f"{subject}.npz"
+        if not path.is_file():
+            raise DataError(f"{path} not found: the run's nsd shards have no PCA bases for subject {subject!r}")
+        return project(raw, subject, load_bases(path))
 
     def artifacts(self, out_dir: Path) -> None:
         """Save each subject's PCA bases as ``out_dir/nsd_pca/<subject>.npz`` (see :mod:`foundation_nsd.pca`).

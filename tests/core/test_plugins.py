@@ -140,10 +140,18 @@ def test_external_package_installs_and_registers(installed_example: Path) -> Non
 # ---------------------------------------------------------------- (3)-(7) failures name the culprit
 
 
-def test_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    _only_entry_points(monkeypatch, broken="no_such_module_xyz")
-    with pytest.raises(PluginError, match=r"'broken'.*no_such_module_xyz") as err:
-        plugins.get_plugin_manager()
+def test_plugin_that_fails_to_import_is_listed_and_named_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_module(monkeypatch, "fake_ok", foundation_dataset_plugins=lambda: [_Dataset])
+    _only_entry_points(monkeypatch, broken="no_such_module_xyz", ok="fake_ok")
+    pm = plugins.get_plugin_manager()  # discovery goes on past the broken package
+    assert list(pm.broken) == ["broken"]
+    assert plugins.get_dataset_plugin("fake-dataset") is _Dataset  # the others work
+    rows = plugins.plugin_table().splitlines()
+    assert rows[-1].startswith("broken") and "'broken' → no_such_module_xyz" in rows[-1]
+    assert "failed to import: ModuleNotFoundError" in rows[-1]
+    with pytest.raises(PluginError, match=r"unknown dataset plugin 'toybold'.*could not be loaded and may "
+                                          r"provide it.*'broken'.*no_such_module_xyz") as err:
+        plugins.get_dataset_plugin("toybold")
     assert isinstance(err.value.__cause__, ModuleNotFoundError)
 
 
@@ -161,11 +169,15 @@ def test_plugin_whose_hook_raises_is_named(monkeypatch: pytest.MonkeyPatch) -> N
     def boom() -> list:
         raise RuntimeError("kaboom")
 
-    _fake_module(monkeypatch, "fake_raising", foundation_guidance_plugins=boom)
+    _fake_module(monkeypatch, "fake_raising", foundation_guidance_plugins=boom,
+                 foundation_dataset_plugins=lambda: [_Dataset])
     _only_entry_points(monkeypatch, raiser="fake_raising")
+    assert plugins.guidance_plugins() == {}  # left out, not fatal
+    assert plugins.get_dataset_plugin("fake-dataset") is _Dataset  # its working hook still counts
     with pytest.raises(PluginError, match=r"'raiser'.*fake_raising.*foundation_guidance_plugins.*kaboom") as err:
-        plugins.guidance_plugins()
+        plugins.get_guidance_plugin("fake-guidance")
     assert isinstance(err.value.__cause__, RuntimeError)
+    assert "kaboom" in plugins.plugin_table().splitlines()[-1]
 
 
 @pytest.mark.parametrize("returned", [[dict], [_Guidance], ["fake-dataset"]])
@@ -173,7 +185,7 @@ def test_hook_returning_a_non_plugin_class_is_named(monkeypatch: pytest.MonkeyPa
     _fake_module(monkeypatch, "fake_wrong", foundation_dataset_plugins=lambda: returned)
     _only_entry_points(monkeypatch, wrong="fake_wrong")
     with pytest.raises(PluginError, match=r"'wrong'.*fake_wrong.*not a subclass of foundation.core.api.DatasetPlugin"):
-        plugins.dataset_plugins()
+        plugins.get_dataset_plugin("fake-dataset")
 
 
 def test_plugin_class_without_name_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +193,7 @@ def test_plugin_class_without_name_is_named(monkeypatch: pytest.MonkeyPatch) -> 
     _fake_module(monkeypatch, "fake_nameless", foundation_dataset_plugins=lambda: [nameless])
     _only_entry_points(monkeypatch, nameless="fake_nameless")
     with pytest.raises(PluginError, match=r"'nameless'.*Nameless.*non-empty string"):
-        plugins.dataset_plugins()
+        plugins.get_dataset_plugin("fake-dataset")
 
 
 def test_duplicate_names_are_rejected_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,10 +201,12 @@ def test_duplicate_names_are_rejected_naming_both(monkeypatch: pytest.MonkeyPatc
     _fake_module(monkeypatch, "fake_first", foundation_dataset_plugins=lambda: [_Dataset])
     _fake_module(monkeypatch, "fake_second", foundation_dataset_plugins=lambda: [twin])
     _only_entry_points(monkeypatch, first="fake_first", second="fake_second")
+    assert "fake-dataset" not in plugins.dataset_plugins()  # neither is picked silently
     with pytest.raises(PluginError, match="'fake-dataset'") as err:
-        plugins.dataset_plugins()
+        plugins.get_dataset_plugin("fake-dataset")
     message = str(err.value)
     assert "'first' → fake_first" in message and "'second' → fake_second" in message
+    assert plugins.plugin_table().splitlines()[-1].split()[:2] == ["broken", "fake-dataset"]
 
 
 def test_unknown_name_suggests_the_closest(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,3 +222,111 @@ def test_unknown_name_suggests_the_closest(monkeypatch: pytest.MonkeyPatch) -> N
         plugins.get_guidance_plugin("zzz")
     assert plugins.get_guidance_plugin("fake-guidance") is _Guidance
     assert len(plugins.plugin_table().splitlines()) == 3  # header + 2 rows
+
+
+def test_an_installed_broken_package_breaks_only_what_needs_it(tmp_path: Path) -> None:
+    """A distribution whose plugin module cannot import (a missing dependency), installed in a temporary
+    site folder: `foundation plugins` lists it as broken, `foundation shard` of a recipe that does not
+    use it works, and a recipe naming a plugin it may provide fails naming it."""
+    import yaml
+
+    from tests.conftest import tiny_recipe_dict
+
+    site = tmp_path / "site"
+    info = site / "broken_plugin-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[foundation]\ntoybold = broken_plugin.plugin\n")
+    (site / "broken_plugin").mkdir()
+    (site / "broken_plugin" / "__init__.py").write_text("")
+    (site / "broken_plugin" / "plugin.py").write_text("import no_such_dependency_xyz  # noqa\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "foundation", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    proc = run("plugins")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines()[1:]}
+    assert rows["toybold"].startswith("broken") and "broken-plugin 0.1.0" in rows["toybold"]
+    assert "ModuleNotFoundError" in rows["toybold"] and "no_such_dependency_xyz" in rows["toybold"]
+    assert rows["synthetic"].startswith("dataset")
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))
+    proc = run("shard", str(good), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+
+    d = tiny_recipe_dict(tmp_path)
+    d["datasets"][0]["plugin"] = "toybold"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(d))
+    proc = run("shard", str(bad), "--no-progress")
+    assert proc.returncode == 2
+    assert "unknown dataset plugin 'toybold'" in proc.stderr and "broken-plugin 0.1.0" in proc.stderr
+    assert "no_such_dependency_xyz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- foundation plugins --check NAME
+
+
+def test_check_passes_the_worked_example(installed_example: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(installed_example))
+    for name, expected in (("example-dataset", ["info(): roi, token_shape (3, 4), 2 labels, 2 subjects (ex1, ex2)",
+                                                "samples('ex2'): the first 3 pass the shard checks",
+                                                "stimuli(): 3 returned in order (image (8, 8, 3) uint8, text)",
+                                                "encode_raw: implemented (predict --raw): (N, V_s)"]),
+                           ("example-guidance", ["encode(): low (3, 8), high (3, 4), finite, the same on a second call",
+                                                 "'salt': 'example'"])):
+        proc = subprocess.run([sys.executable, "-m", "foundation", "plugins", "--check", name, "--samples", "3"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for text in expected:
+            assert text in proc.stdout, (text, proc.stdout)
+        assert proc.stdout.splitlines()[-1].startswith(f"ok: '{name}' passed")
+
+
+def test_check_fails_naming_the_sample_or_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from foundation.core.api import Sample, Stimulus
+    from foundation.core.errors import DataError
+    from foundation.workflows.plugin_check import check_plugin
+
+    class Wide(_Dataset):
+        name = "wide"
+
+        def info(self) -> DatasetInfo:
+            return DatasetInfo(kind="roi", label_names=("a",), subjects=("s1",), token_shape=(2, 3))
+
+        def samples(self, subject):
+            for i in range(3):
+                yield Sample(subject=subject, index=i, split="train", stimulus=f"x{i}",
+                             fmri=np.zeros((2, 3 if i < 2 else 4)), labels=np.array([1]))
+
+        def stimuli(self, ids):
+            return (Stimulus(id=i, text="t") for i in ids)
+
+    class Moody(_Guidance):
+        name = "moody"
+        calls = 0
+
+        def encode(self, stimuli) -> GuidanceFeatures:
+            Moody.calls += 1
+            n = len(stimuli)
+            return GuidanceFeatures(low=np.full((n, 2), Moody.calls, np.float32), high=np.zeros((n, 2), np.float32))
+
+    _fake_module(monkeypatch, "fake_checked", foundation_dataset_plugins=lambda: [Wide],
+                 foundation_guidance_plugins=lambda: [Moody])
+    _only_entry_points(monkeypatch, checked="fake_checked")
+    assert check_plugin("wide", samples=2)[-1].startswith("ok: 'wide' passed")
+    with pytest.raises(DataError, match=r"sample wide/s1/0000002: fMRI has shape \(2, 4\), expected \(2, 3\)"):
+        check_plugin("wide", samples=3)
+    monkeypatch.setattr(plugins, "_manager", None)
+    from foundation_synthetic.plugin import SyntheticDataset  # a guidance check encodes its stimuli
+
+    _fake_module(monkeypatch, "fake_synth", foundation_dataset_plugins=lambda: [SyntheticDataset])
+    _only_entry_points(monkeypatch, checked="fake_checked", synth="fake_synth")
+    with pytest.raises(PluginError, match="'moody' is not deterministic"):
+        check_plugin("moody", samples=2)

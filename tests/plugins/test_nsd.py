@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from foundation.core import plugins
 from foundation.core.api import GuidanceFeatures, GuidancePlugin
@@ -207,6 +208,47 @@ def test_trains_a_few_steps_through_the_spine(built):
     assert Path(path).is_file() and (tmp / "run" / "metrics.json").is_file()
     metrics = json.loads(Path(path).read_text())
     assert set(metrics["test"]["per_subject"]) == {"nsd/subj01", "nsd/subj02"}
+
+
+def test_predict_raw_betas_session_matches_its_shards(fx, built, tmp_path):
+    """`foundation predict RUN betas_session01.nii.gz --raw --subject subj01`: the plugin's encode_raw
+    projects the session with the saved PCA bases; the predictions are those of the session's shards."""
+    from foundation.cli import main
+    from foundation.workflows.predict import predict_run
+    from foundation.workflows.train import train
+
+    tmp, recipe, index = built
+    run = tmp / "run"
+    if not (run / "metrics.json").is_file():
+        train(recipe, progress=False)
+    n = fx.session_trials["subj01"][0]
+    session = fx.betas_path("subj01", 1)
+    from_raw = predict_run(run, session, subject="subj01", raw=True, progress=False)
+    from_shards = {int(r["key"].rsplit("/", 1)[1]): r for r in predict_run(run, index.root, subject="subj01",
+                                                                             progress=False)}
+    assert [r["key"] for r in from_raw] == list(range(n))
+    for r in from_raw:
+        np.testing.assert_allclose(list(r["probabilities"].values()),
+                                   list(from_shards[r["key"]]["probabilities"].values()), atol=2e-3)
+    # the same from the command line, and without the NSD download on this machine (root is not needed)
+    moved = tmp_path / "session01.nii.gz"
+    moved.write_bytes(session.read_bytes())
+    out = tmp_path / "p.json"
+    assert main(["predict", str(run), str(moved), "--raw", "--subject", "nsd/subj01", "--output", str(out),
+                 "--no-progress"]) == 0
+    assert [r["probabilities"] for r in json.loads(out.read_text())] == [r["probabilities"] for r in from_raw]
+    from foundation.workflows.raw import run_dataset_plugin
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["datasets"][0]["root"] = str(tmp_path / "elsewhere")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        plugin = run_dataset_plugin(run, "nsd")
+        assert plugin.root is None
+        assert predict_run(run, moved, subject="subj01", raw=True, progress=False) == from_raw
+    finally:
+        config["datasets"][0]["root"] = str(fx.root)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 # ----------------------------------------------------------------------------- the plugin on its own

@@ -175,8 +175,10 @@ def _entry_points(monkeypatch, **extra: str) -> None:
 
 
 def test_plugin_that_fails_to_import(tmp_path, monkeypatch, request):
+    # isolated: only a recipe needing a plugin the broken package may provide fails, naming it
     _entry_points(monkeypatch, broken="foundation_no_such_plugin_module")
-    expect("plugin that raises during registration (import)", PluginError, _train(_recipe(tmp_path)),
+    expect("plugin that raises during registration (import)", PluginError,
+           _train(_recipe(tmp_path, **{"datasets.0.plugin": "broken-dataset"})), "'broken-dataset'",
            "entry point 'broken'", "foundation_no_such_plugin_module", "ModuleNotFoundError", request=request)
     _nothing_made(tmp_path)
 
@@ -190,7 +192,8 @@ def test_plugin_whose_registration_hook_raises(tmp_path, monkeypatch, request):
     module.foundation_dataset_plugins = hookimpl(foundation_dataset_plugins)
     monkeypatch.setitem(sys.modules, "foundation_raising_plugin", module)
     _entry_points(monkeypatch, raiser="foundation_raising_plugin")
-    expect("plugin that raises during registration (hook)", PluginError, _train(_recipe(tmp_path)), "'raiser'",
+    expect("plugin that raises during registration (hook)", PluginError,
+           _train(_recipe(tmp_path, **{"datasets.0.plugin": "raiser-dataset"})), "'raiser'",
            "foundation_raising_plugin", "foundation_dataset_plugins", "RuntimeError: cannot list my datasets",
            request=request)
     _nothing_made(tmp_path)

@@ -105,8 +105,12 @@ def test_finetune_refuses_what_it_cannot_do(pretrained, tiny_recipe, tmp_path):
         FinetuneSpec(source=pretrained, unfreeze=("encoder",))
     other = _ft_recipe(tiny_recipe, tmp_path, name="other")
     other.datasets[0].options = {**other.datasets[0].options, "token_dim": 4}
-    with pytest.raises(RecipeError, match="token_shape"):
+    with pytest.raises(RecipeError, match=r"token_shape=\(3, 4\).*token_shape=\(3, 8\).*nothing was built"):
         finetune(pretrained, other, progress=False)
+    from foundation.data.shards import plan
+
+    assert not any(b.directory.exists() for b in plan(other))  # refused before building any shard
+    assert not (tmp_path / "other").exists()
 
 
 def test_check_frozen_catches_a_changed_tensor(pretrained, tiny_recipe, tmp_path):
