@@ -1,7 +1,11 @@
 """``foundation plugins --check NAME``: a smoke test for plugin authors.
 
 Runs one plugin through the same validation ``foundation shard`` applies, on a few items, and says
-what it saw — without writing shards:
+what it saw — without writing shards. It is also the plugin contract test
+(``tests/plugins/test_contract.py`` runs it over every built-in plugin; a third-party package calls
+:func:`check_plugin` from its own tests, docs/PLUGINS.md):
+
+* the **options** (:func:`check_options`): defaults build, round-trip, unknown keys refused;
 
 * a **dataset plugin**: ``info()``; the first ``samples`` samples of each of the first two subjects
   (index, subject, split, stimulus id, fMRI shape and values, labels — :func:`check_sample`);
@@ -195,6 +199,48 @@ def check_guidance(name: str, *, recipe=None, samples: int = 4) -> list[str]:
     return lines
 
 
+def check_options(name: str) -> list[str]:
+    """The options contract of plugin ``name``: defaults round-trip, an unknown key is a named error.
+
+    * ``Options`` is a dataclass whose defaults build (``from_dict(Options, {})``);
+    * ``to_dict`` then ``from_dict`` gives back an equal value (what ``index.json``/``config.yaml`` store
+      is what a rerun reads), and the same shard hash;
+    * an unknown key is a :class:`~foundation.core.errors.RecipeError` naming it.
+    """
+    import dataclasses
+
+    from foundation.core import plugins
+    from foundation.core.convert import from_dict, to_dict
+    from foundation.core.recipe import recipe_hash
+
+    lines = []
+    for kind, registry in (("dataset", plugins.dataset_plugins()), ("guidance", plugins.guidance_plugins())):
+        if name not in registry:
+            continue
+        cls = registry[name].cls
+        where = f"{kind} plugin {name!r}"
+        if not dataclasses.is_dataclass(cls.Options):
+            raise PluginError(f"{where}: Options must be a dataclass, got {cls.Options!r}")
+        try:
+            options = from_dict(cls.Options, {}, path=f"{name}.options")
+        except RecipeError as exc:
+            raise PluginError(f"{where}: its Options defaults do not build: {exc}") from exc
+        again = from_dict(cls.Options, to_dict(options), path=f"{name}.options")
+        if again != options or recipe_hash(to_dict(again)) != recipe_hash(to_dict(options)):
+            raise PluginError(f"{where}: Options do not round-trip through to_dict/from_dict: {options!r} -> {again!r}")
+        try:
+            from_dict(cls.Options, {"no_such_option_xyz": 1}, path=f"{name}.options")
+        except RecipeError as exc:
+            if "no_such_option_xyz" not in str(exc):
+                raise PluginError(f"{where}: an unknown option's error does not name it: {exc}") from exc
+        else:
+            raise PluginError(f"{where}: Options accepted an unknown key (no_such_option_xyz)")
+        lines.append(f"{where}: Options: defaults build, round-trip through to_dict/from_dict, unknown keys refused")
+    if not lines:
+        raise RecipeError(f"no dataset or guidance plugin named {name!r}")
+    return lines
+
+
 def check_plugin(name: str, *, recipe_path: str | Path | None = None, overrides=(), root: str | Path | None = None,
                  samples: int = 4) -> list[str]:
     """Run the checks of the plugin named ``name`` (dataset, guidance or both); returns the report lines.
@@ -214,7 +260,7 @@ def check_plugin(name: str, *, recipe_path: str | Path | None = None, overrides=
         if guidance_like and not dataset_like:
             plugins.get_guidance_plugin(name)
         plugins.get_dataset_plugin(name)
-    lines = []
+    lines = check_options(name)
     for kind in kinds:
         entry = (plugins.dataset_plugins() if kind == "dataset" else plugins.guidance_plugins())[name]
         lines.append(f"{kind} plugin {name!r} from {entry.origin}")
