@@ -39,7 +39,18 @@ class Method:
     overrides: tuple[str, ...]
     per_subject: bool = False
     description: str = ""
-    kind: str = "train"  # "train": foundation train; "srm": foundation.srm (no network training)
+    kind: str = "train"  # "train": foundation train; "srm" / "linear": a closed-form module (CLOSED_FORM)
+    args: tuple[str, ...] = ()  # extra command-line arguments of a closed-form module
+
+    @property
+    def one_model(self) -> bool:
+        """Whether a run is one model over all its subjects (has a pooled mAP)."""
+        return not self.per_subject and self.kind != "linear"
+
+
+#: closed-form methods: kind -> module run as ``python -m MODULE RECIPE --no-progress [args]``; each
+#: writes ``metrics.json`` in the schema of a training run
+CLOSED_FORM = {"srm": "foundation.srm", "linear": "foundation.linear"}
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -61,6 +72,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="Table B4: the tokens regress the guidance features (MSE) instead of the RSA losses"),
     Method("srm", "SRM", (), kind="srm",
            description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
+    Method("ridge", "Ridge (per subject)", (), kind="linear", args=("--solver", "ridge"),
+           description="one ridge regression per subject from the flattened inputs to the labels, alpha on val"),
+    Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"),
+           description="one L2 logistic regression per subject and label on the flattened inputs, C on val"),
     Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),
            description="ablation: no orthogonality loss (Table 3)"),
     Method("no-low", "CLIP-MUSED w/o RSA_low", ("model.tokens=subject", "loss.lambda_low=0"),
@@ -71,7 +86,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="ablation: neither RSA loss (Table 3)"),
 )}
 REFERENCE = "clip-mused"
-DEFAULT_METHODS = ("clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "no-orth", "no-low", "no-high")
+DEFAULT_METHODS = ("clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "ridge", "logistic", "no-orth", "no-low",
+                   "no-high")
 
 
 def resolve_method(name: str) -> Method:
@@ -141,9 +157,11 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
     metrics = job.run_dir / "metrics.json"
     if not metrics.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        module = "foundation.srm" if job.method.kind == "srm" else "foundation"
-        cmd = [sys.executable, "-m", module, *(["train"] if module == "foundation" else []),
-               str(job.recipe_file), "--no-progress"]
+        if job.method.kind == "train":
+            cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
+        else:
+            cmd = [sys.executable, "-m", CLOSED_FORM[job.method.kind], str(job.recipe_file), "--no-progress",
+                   *job.method.args]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -172,7 +190,7 @@ def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
                 row["scores"][k][f"seed{job.seed}/{subject}"] = values[k]
         for ds, values in m["test"]["per_dataset"].items():
             row = per[ds][job.method.name]
-            if job.subject is None:
+            if job.subject is None and job.method.one_model:
                 row["pooled"][job.seed] = values["mAP"]
             if m.get("train_seconds"):
                 row["seconds"].append(m["train_seconds"])
