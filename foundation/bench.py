@@ -76,6 +76,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="one ridge regression per subject from the flattened inputs to the labels, alpha on val"),
     Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"),
            description="one L2 logistic regression per subject and label on the flattened inputs, C on val"),
+    Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
+           description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
+                       "(model.alignment=guidance-ridge)"),
+    Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
+           ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
+           description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),
     Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),
            description="ablation: no orthogonality loss (Table 3)"),
     Method("no-low", "CLIP-MUSED w/o RSA_low", ("model.tokens=subject", "loss.lambda_low=0"),
