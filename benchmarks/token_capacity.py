@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="recipes/synthetic.yaml")
     p.add_argument("--alignment-dim", type=int, default=32)
+    p.add_argument("--onboarding", action="store_true",
+                   help="also: a new subject from a fraction of its data, each subject held out in turn")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     args = p.parse_args(argv)
 
     from foundation_synthetic.world import SyntheticOptions, World, _rng
@@ -130,7 +133,85 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{test:.3f} (λ = {lam:g})")
         print(f"| {name} | {cells[0]} | {cells[1]} |", flush=True)
     print("\ntest mAP, mean over subjects of each subject's shared-test mAP; λ chosen on the mean validation mAP.")
+    if args.onboarding:
+        onboarding(data, subjects, args.fractions, k)
     return 0
+
+
+def onboarding(data: dict, subjects: tuple[str, ...], fractions: list[float], k: int) -> None:
+    """Linear-probe onboarding: each subject in turn is new; the others make the shared space and read-out.
+
+    * scratch: the new subject's own ridge read-out on its fraction (λ on its validation split);
+    * aligned: the new subject's alignment fitted on its fraction (basis from the others' training
+      stimuli), then the ridge read-out pooled over the other subjects' aligned data, unchanged;
+    * joint: the same pooled read-out fitted with the subject's full training data among the others'.
+    """
+    import math
+
+    from foundation.model.alignment import fit_guidance_ridge, guidance_basis
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1)
+
+    rows: dict[str, dict[float, list[float]]] = {"scratch": {}, "aligned": {}}
+    joint = []
+    for new in subjects:
+        others = [s for s in subjects if s != new]
+        lows = np.concatenate([data[s]["train"][2] for s in others])
+        highs = np.concatenate([data[s]["train"][3] for s in others])
+        (cl, pl), (ch, ph) = guidance_basis(lows, k), guidance_basis(highs, k)
+
+        def targets(lo, hi):
+            return np.c_[(lo - cl) @ pl, (hi - ch) @ ph]
+
+        def align(s, rows_=None):
+            x, _, lo, hi = data[s]["train"]
+            idx = np.arange(len(x)) if rows_ is None else rows_
+            mean, weight, _ = fit_guidance_ridge(flat(x[idx]), targets(lo[idx], hi[idx]))
+            return lambda z: (flat(z) - mean) @ weight
+
+        maps = {s: align(s) for s in others}
+
+        def pooled_readout(members: dict):
+            best = None
+            for lam in LAMBDAS:
+                f = ridge(np.concatenate([members[s](data[s]["train"][0]) for s in members]),
+                          np.concatenate([data[s]["train"][1] for s in members]), lam)
+                val = np.mean([average_precision(data[s]["val"][1], f(members[s](data[s]["val"][0]))) for s in others])
+                if best is None or val > best[0]:
+                    best = (val, f)
+            return best[1]
+
+        readout = pooled_readout(maps)
+        full = pooled_readout({**maps, new: align(new)})
+        joint.append(average_precision(data[new]["test"][1], full(align(new)(data[new]["test"][0]))))
+        x, y = data[new]["train"][0], data[new]["train"][1]
+        order = np.random.default_rng(0).permutation(len(x))
+        for frac in fractions:
+            sub = np.sort(order[: max(3, math.ceil(frac * len(x)))])
+            a = align(new, sub)
+            rows["aligned"].setdefault(frac, []).append(
+                average_precision(data[new]["test"][1], readout(a(data[new]["test"][0]))))
+            best = None
+            for lam in LAMBDAS:
+                f = ridge(flat(x[sub]), y[sub], lam)
+                val = average_precision(data[new]["val"][1], f(flat(data[new]["val"][0])))
+                if best is None or val > best[0]:
+                    best = (val, average_precision(data[new]["test"][1], f(flat(data[new]["test"][0]))))
+            rows["scratch"].setdefault(frac, []).append(best[1])
+    n_train = len(data[subjects[0]]["train"][0])
+    print(f"\nOnboarding (linear probes), each of the {len(subjects)} subjects held out in turn; test mAP mean ± std "
+          f"over held-out subjects. joint (pooled read-out with the subject's full data): "
+          f"{np.mean(joint):.3f} ± {np.std(joint, ddof=1):.3f}\n")
+    print("| new subject's training data | " + " | ".join(
+        f"{f:.0%} ({max(3, math.ceil(f * n_train))})" for f in fractions) + " |")
+    print("|---|" + "---|" * len(fractions))
+    for name, label in (("scratch", "scratch: own ridge read-out"),
+                        ("aligned", "aligned: own map + the others' read-out")):
+        print(f"| {label} | " + " | ".join(
+            f"{np.mean(rows[name][f]):.3f} ± {np.std(rows[name][f], ddof=1):.3f}" for f in fractions) + " |")
+    print("| aligned / joint | " + " | ".join(f"{np.mean(rows['aligned'][f]) / np.mean(joint):.0%}"
+                                           for f in fractions) + " |")
 
 
 if __name__ == "__main__":

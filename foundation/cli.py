@@ -58,6 +58,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from foundation.bench import bench
 
     seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    if isinstance(seeds, int) and seeds < 1:
+        print(f"error: --seeds {seeds}: one number is a count of seeds (0..N-1) and must be ≥ 1; "
+              f"to run only seed 0 write --seeds 1, for other seeds list several", file=sys.stderr)
+        return 2
     path = bench(args.recipe, methods=args.methods, seeds=seeds, out=args.out, overrides=args.overrides,
                  subjects=args.subjects, jobs=args.jobs)
     print(f"results: {path}")

@@ -82,3 +82,10 @@ def test_bench_writes_tables_and_reuses_finished_runs(recipe_file, tmp_path):
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
     assert f"their training took {summed / 3600:.2f} h in all" in again  # reused runs still counted
     assert logs[0].startswith("4 runs (0 to train)")
+
+
+def test_cli_refuses_zero_seeds(recipe_file, capsys):
+    from foundation.cli import main
+
+    assert main(["bench", str(recipe_file), "--seeds", "0"]) == 2  # a count of 0 seeds would run nothing
+    assert "--seeds 1" in capsys.readouterr().err
