@@ -4,8 +4,8 @@ Every method is a switch of the same model code (recipe overrides), trained over
 whose ``metrics.json`` exists are reused, so an interrupted bench resumes by rerunning it.  The
 report (``results.md`` + ``results.json`` in ``OUT/<recipe>/``) gives, per dataset, the mean over
 subjects of each subject's test mAP / AUC / Hamming as mean ± std over seeds, and a paired t-test of
-CLIP-MUSED against every other row over (seed, subject) pairs, Holm–Bonferroni corrected as one
-family (``***`` p < .001, ``**`` p < .01, ``*`` p < .05, ``n.s.`` not significant).
+the reference row (CLIP-MUSED unless ``--reference``) against every other row over (seed, subject)
+pairs, Holm–Bonferroni corrected as one family (``***`` p < .001, ``**`` p < .01, ``*`` p < .05, ``n.s.`` not significant).
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ def _fmt(xs: Sequence[float]) -> str:
     return f"{statistics.fmean(xs):.3f} ± {sd:.3f}"
 
 
-def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds."""
+def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]], *, reference: str = REFERENCE) -> dict[str, Any]:
+    """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds, and
+    the paired tests of ``reference`` against every other row."""
     from foundation.stats import compare_to_reference
 
     per: dict[str, dict[str, dict[str, Any]]] = {}  # dataset -> method -> data
@@ -213,24 +214,26 @@ def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
             rows[name] = {"label": row["label"], "seed_means": seed_means, "pooled_mAP": list(row["pooled"].values()),
                           "seconds": row["seconds"], "scores": row["scores"]}
         tests = {}
-        if REFERENCE in rows and len(rows) > 1:
-            for c in compare_to_reference({n: r["scores"]["mAP"] for n, r in rows.items()}, REFERENCE):
+        if reference in rows and len(rows) > 1:
+            for c in compare_to_reference({n: r["scores"]["mAP"] for n, r in rows.items()}, reference):
                 tests[c.method] = dataclasses.asdict(c) | {"mark": c.mark}
-        out[ds] = {"methods": rows, "tests": tests}
+        out[ds] = {"methods": rows, "tests": tests, "reference": reference}
     return out
 
 
 def markdown(summary: dict[str, Any], *, header: str) -> str:
     lines = [header, ""]
+    ref_label = {ds: block["methods"].get(block.get("reference", REFERENCE), {}).get(
+        "label", block.get("reference", REFERENCE)) for ds, block in summary.items()}
     for ds, block in summary.items():
         lines += [f"### {ds}", "",
-                  "| method | mAP ↑ | AUC ↑ | Hamming ↓ | pooled mAP ↑ | Δ mAP vs CLIP-MUSED (paired, Holm) | s/run |",
+                  f"| method | mAP ↑ | AUC ↑ | Hamming ↓ | pooled mAP ↑ | Δ mAP vs {ref_label[ds]} (paired, Holm) | s/run |",
                   "|---|---|---|---|---|---|---|"]
         for name, row in block["methods"].items():
             sm = row["seed_means"]
             test = block["tests"].get(name)
             if test is None:
-                sig = "reference" if name == REFERENCE else "–"
+                sig = "reference" if name == block.get("reference", REFERENCE) else "–"
             else:
                 sig = (f"{-test['mean_difference']:+.3f} {test['mark']} "
                        f"(p = {test['p_holm']:.2g}, n = {test['n_pairs']})")
@@ -239,20 +242,24 @@ def markdown(summary: dict[str, Any], *, header: str) -> str:
                          f"{_fmt(row['pooled_mAP'])} | {sig} | {secs} |")
         lines.append("")
     lines.append("mAP / AUC / Hamming: mean over subjects of each subject's test metrics, mean ± std over seeds. "
-                 "Δ: the row minus CLIP-MUSED over (seed, subject) pairs; two-sided paired t-test, "
+                 "Δ: the row minus the reference row over (seed, subject) pairs; two-sided paired t-test, "
                  "Holm–Bonferroni over all rows; *** p < .001, ** p < .01, * p < .05, n.s. not significant.")
     return "\n".join(lines)
 
 
 def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: int | Sequence[int] = 3,
           out: str | Path = "runs/bench", overrides: Sequence[str] = (), subjects: Sequence[str] | None = None,
-          jobs: int = 1, log: Callable[[str], None] = print) -> Path:
-    """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path."""
+          jobs: int = 1, reference: str = REFERENCE, log: Callable[[str], None] = print) -> Path:
+    """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path.
+
+    ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``)."""
     from foundation.atomic import write_json
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     for name in methods:
         resolve_method(name)  # fail before any training
+    if reference not in methods:
+        raise RecipeError(f"--reference {reference!r} is not among --methods {list(methods)}")
     out = Path(out) / Path(recipe_path).stem
     planned = plan_jobs(recipe_path, methods=methods, seeds=seed_list, out=out, overrides=overrides,
                         subjects=subjects)
@@ -271,9 +278,10 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
         list(pool.map(work, range(len(planned))))
     wall = time.perf_counter() - t0
     run_s = sum(r.get("train_seconds") or 0.0 for r in results)
-    summary = summarise(planned, results)
+    summary = summarise(planned, results, reference=reference)
     command = " ".join(["foundation bench", str(recipe_path), *overrides, "--methods", *methods,
-                        "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else []))
+                        "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else [])
+                       + (["--reference", reference] if reference != REFERENCE else []))
     header = (f"`{command}`\n\n{platform.machine()} {platform.processor() or ''} × {os.cpu_count()} cores, "
               f"{len(planned)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs, from each "
               f"metrics.json); this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel, reused runs "

@@ -89,3 +89,9 @@ def test_bench_runs_linear_methods_beside_the_others(tmp_path):
     assert block["ridge"]["pooled_mAP"] == []  # one model per subject: no pooled row
     assert len(block["logistic"]["scores"]["mAP"]) == 2
     assert METHODS["ridge"].args == ("--solver", "ridge")
+    # any row can be the reference of the paired tests
+    from foundation.bench import markdown
+
+    summary = summarise(jobs, results, reference="ridge")
+    assert set(summary["roi"]["tests"]) == {"logistic"} and summary["roi"]["tests"]["logistic"]["n_pairs"] == 2
+    assert "Δ mAP vs Ridge (per subject)" in markdown(summary, header="h")
