@@ -13,7 +13,7 @@ plugin at the two model shapes of ``bench_step.py``:
   voxels, more than HCP's ~0.45 M, so the loader moves *more* bytes than real HCP would), 768/512
   guidance; 2 subjects × ``--seconds`` volumes.
 
-Then ``DatasetStream.train_batches`` — exactly what ``foundation.train`` iterates: weighted shard
+Then ``DatasetStream.train_batches`` — exactly what ``foundation.engine.trainer`` iterates: weighted shard
 sampling, tar reading, shuffle buffer, ``decode``, ``collate`` — is timed with ``num_workers`` in
 ``--workers``, each batch moved to ``--device`` (``Batch.to``, non-blocking; pinned by the DataLoader
 on CUDA).  Reported: samples/s in the steady state (after the first batch, which waits for the shuffle
@@ -45,8 +45,8 @@ DEFAULT_BATCH = {"nsd": 64, "hcp": 4}
 
 
 def recipe_for(shape: str, root: Path, args: argparse.Namespace):
-    from foundation.config import Recipe
-    from foundation.recipe import from_dict, validate_recipe
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict, validate_recipe
 
     common = {"n_categories": 12, "low_dim": 768, "high_dim": 512}
     if shape == "nsd":
@@ -96,11 +96,11 @@ def time_stages(stream, batch: int, reps: int) -> dict[str, Any]:
     """decode and collate alone, on raw samples already in memory (no tar reading, no shuffle); medians."""
     import webdataset as wds
 
-    from foundation.data.loader import _read_tars, decode
+    from foundation.data.loader import read_tars, decode
 
     shards = stream.index.shards("train", stream.subjects)
     raw = []
-    for sample in _read_tars(({"url": str(p)} for p, _, _ in shards), expected={}):
+    for sample in read_tars(({"url": str(p)} for p, _, _ in shards), expected={}):
         raw.append(sample)
         if len(raw) >= batch:
             break

@@ -35,8 +35,8 @@ except ImportError:  # an editable install made before the package existed: use 
 
 from foundation_vision.plugin import GUIDANCE_PLUGINS
 
-from foundation.api import Stimulus
-from foundation.recipe import from_dict
+from foundation.core.api import Stimulus
+from foundation.core.recipe import from_dict
 
 #: plugin name → options (the real architectures)
 CONFIGS = {

@@ -134,7 +134,7 @@ def plugin(root: Path) -> dict:
     _paths()
     from foundation_hcp import HCPMovieDataset, HCPOptions
 
-    from foundation.recipe import from_dict
+    from foundation.core.recipe import from_dict
 
     base = _rss_mb()
     ds = HCPMovieDataset(from_dict(HCPOptions, {"segments": "segments.json", "val_seconds": 30, "val_gap": 0,
@@ -156,12 +156,12 @@ def shard(root: Path) -> dict:
 
     import numpy as np
 
-    from foundation import plugins
-    from foundation.api import GuidanceFeatures, GuidancePlugin
-    from foundation.config import Recipe
+    from foundation.core import plugins
+    from foundation.core.api import GuidanceFeatures, GuidancePlugin
+    from foundation.core.config import Recipe
     from foundation.data.shards import build_shards
-    from foundation.hookspecs import hookimpl
-    from foundation.recipe import from_dict
+    from foundation.core.hookspecs import hookimpl
+    from foundation.core.recipe import from_dict
 
     class Zeros(GuidancePlugin):
         name = "bench-zeros"

@@ -60,9 +60,9 @@ def _register() -> None:
 
     import numpy as np
 
-    from foundation import plugins
-    from foundation.api import GuidanceFeatures, GuidancePlugin
-    from foundation.hookspecs import hookimpl
+    from foundation.core import plugins
+    from foundation.core.api import GuidanceFeatures, GuidancePlugin
+    from foundation.core.hookspecs import hookimpl
 
     if importlib.util.find_spec("foundation_nsd") is None:
         sys.path.insert(0, str(REPO / "plugins"))
@@ -163,9 +163,9 @@ def child(mode: str, root: Path, fmt: str, work: Path) -> dict:
             out.update(scatter_add_seconds=add, eigh_seconds=time.perf_counter() - t0)
         return out
 
-    from foundation.config import Recipe
+    from foundation.core.config import Recipe
     from foundation.data.shards import build_shards
-    from foundation.recipe import from_dict
+    from foundation.core.recipe import from_dict
 
     recipe = from_dict(Recipe, {
         "name": "bench-nsd", "seed": 0,

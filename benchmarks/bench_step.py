@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_step.py --shape hcp --batch 4 --steps 3
     .venv/bin/python benchmarks/bench_step.py --device cuda --batch 256         # GPU: bf16 autocast, bf16 GEMM peak
 
-Two model shapes, each trained with exactly the loop body of ``foundation.train.Trainer.fit`` (subject
+Two model shapes, each trained with exactly the loop body of ``foundation.engine.trainer.Trainer.fit`` (subject
 lookup, ``fmri.float()``, forward under autocast, the full CLIP-MUSED loss with all four terms, backward,
 gradient clipping at 1.0, ``torch.optim.Adam``, ``zero_grad(set_to_none=True)``, loss terms accumulated
 on the device without a sync) on random data of the right shapes:
@@ -28,7 +28,7 @@ measured right before that step).  Each shape runs in its own subprocess, so its
 
 ``--profile N`` also runs N steps under ``torch.profiler`` and prints the top operators by self CPU
 time.  ``--adam foreach|fused`` and ``--compile`` measure what the optimizer implementation and
-``torch.compile`` of the model would change (the default mirrors ``foundation.train``).
+``torch.compile`` of the model would change (the default mirrors ``foundation.engine.trainer``).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
     import numpy as np
     import torch
 
-    from foundation.api import DatasetInfo
-    from foundation.config import LossConfig, ModelConfig
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import LossConfig, ModelConfig
     from foundation.model import CLIPMUSED
 
     torch.manual_seed(args.seed)
@@ -163,7 +163,7 @@ def make_step(setup: Setup, device: Any, args: argparse.Namespace):
     """The body of ``Trainer.fit`` for one micro-batch (grad_accum 1), without Accelerate's wrappers."""
     import torch
 
-    from foundation.losses import clip_mused_loss
+    from foundation.objectives.losses import clip_mused_loss
 
     dev = torch.device(device)
     amp = args.amp if args.amp is not None else dev.type == "cuda"
@@ -377,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast (default: on for cuda, off for cpu, as train.mixed_precision=auto)")
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--channels-last", action="store_true",
-                   help="convert the 3-D CNN's weights to channels_last_3d first (foundation.train does not)")
+                   help="convert the 3-D CNN's weights to channels_last_3d first (foundation.engine.trainer does not)")
     p.add_argument("--adam", choices=["default", "foreach", "fused"], default="default",
-                   help="torch.optim.Adam implementation (default: what foundation.train builds)")
+                   help="torch.optim.Adam implementation (default: what foundation.engine.trainer builds)")
     p.add_argument("--token-dim", type=int, default=512, help="NSD ROI token width (the PCA dimension)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
     p.add_argument("--gemm-reps", type=int, default=2, help="GEMM timings (median) before each step")

@@ -9,7 +9,7 @@ with ``datasets.0.options.n_subjects`` set to each count and small per-subject d
 (``--stimuli-per-subject`` own stimuli, ``--shared-test`` shared test stimuli), and reports per count:
 
 * shard build: seconds and peak RSS of ``build_shards`` in its own fresh process;
-* training, in another fresh process per run: ``foundation.train.Trainer.fit`` exactly as
+* training, in another fresh process per run: ``foundation.engine.trainer.Trainer.fit`` exactly as
   ``foundation train`` runs it, with ``eval_every``/``log_every`` past the last step and one
   checkpoint at the end, so no evaluation, logging or checkpointing falls inside a timed step.  A thin
   subclass records a timestamp when each training forward starts and wraps ``optimizer.step`` /
@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from _perf import quantile
 
 if TYPE_CHECKING:
-    from foundation.config import Recipe
+    from foundation.core.config import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "synthetic.yaml"
@@ -90,7 +90,7 @@ def _overrides(args: argparse.Namespace, *, n_subjects: int, shards_root: Path, 
 
 def _load(args: argparse.Namespace, *, n_subjects: int, shards_root: Path, run_dir: Path) -> Recipe:
     """The base recipe with this configuration's overrides, validated."""
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     return load_recipe(args.recipe, _overrides(args, n_subjects=n_subjects, shards_root=shards_root, run_dir=run_dir))
 
@@ -118,7 +118,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Construct the Trainer and run ``fit`` with step timestamps; runs in its own process."""
     import torch
 
-    from foundation.train import Trainer
+    from foundation.engine.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     rss_start = _peak_rss_mib()
@@ -242,8 +242,8 @@ def paired_worker(args: argparse.Namespace) -> dict[str, Any]:
     """
     import torch
 
-    from foundation.losses import clip_mused_loss
-    from foundation.train import Trainer
+    from foundation.objectives.losses import clip_mused_loss
+    from foundation.engine.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     counts = list(args.subjects)

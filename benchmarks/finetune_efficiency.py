@@ -33,7 +33,7 @@ SCRATCH = ["model.tokens=shared", "loss.lambda_orth=0", "loss.lambda_low=0", "lo
 
 def subjects_of(recipe: str, overrides: list[str]) -> list[str]:
     from foundation.data.shards import build_shards
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     index = next(iter(build_shards(load_recipe(recipe, overrides), progress=False).values()))
     return list(index.data["subjects"])
@@ -124,7 +124,7 @@ def main() -> None:
 
 
 def _dataset_id(recipe: str) -> str:
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     return load_recipe(recipe).datasets[0].id
 

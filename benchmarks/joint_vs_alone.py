@@ -26,7 +26,7 @@ from _runs import fmt, run_foundation
 
 def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
     """Write one single-dataset recipe per dataset of ``recipe_path`` under ``out``; returns id -> path."""
-    from foundation.recipe import load_recipe, to_dict
+    from foundation.core.recipe import load_recipe, to_dict
 
     recipe = load_recipe(recipe_path)
     total = sum(ds.weight for ds in recipe.datasets)

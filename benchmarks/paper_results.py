@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from foundation.bench import bench
-    from foundation.plots import plot_run
+    from foundation.workflows.compare import bench
+    from foundation.workflows.figures import plot_run
 
     t0 = time.perf_counter()
     out = Path(args.out)

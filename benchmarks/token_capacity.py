@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from foundation_synthetic.world import SyntheticOptions, World, _rng
 
     from foundation.model.alignment import fit_guidance_ridge, guidance_basis
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     ds = next(d for d in recipe.datasets if d.plugin == "synthetic")

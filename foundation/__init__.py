@@ -1,6 +1,6 @@
 """foundation: train one CLIP-MUSED brain-decoding model across many fMRI datasets and subjects."""
 
-from foundation.hookspecs import hookimpl
+from foundation.core.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "__version__"]

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from foundation.openmp import default_wait_policy
+from foundation.core.openmp import default_wait_policy
 
 default_wait_policy()  # before torch is imported
 
@@ -22,17 +22,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from foundation.errors import FoundationError
+from foundation.core.errors import FoundationError
 
 
 def _recipe(args: argparse.Namespace):
-    from foundation.recipe import load_recipe
+    from foundation.core.recipe import load_recipe
 
     return load_recipe(args.recipe, args.overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     path = train(_recipe(args), progress=not args.no_progress)
     from accelerate import PartialState
@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from foundation.finetune import finetune
+    from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
     path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, progress=not args.no_progress)
@@ -55,7 +55,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from foundation.bench import bench
+    from foundation.workflows.compare import bench
 
     seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
     if isinstance(seeds, int) and seeds < 1:
@@ -78,7 +78,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from foundation.evaluate import evaluate_run
+    from foundation.workflows.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, split=args.split, output=args.output)
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_subject",)}, indent=2))
@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from foundation.predict import format_predictions, predict_run, resolve_format
+    from foundation.workflows.predict import format_predictions, predict_run, resolve_format
 
     records = predict_run(args.run_dir, args.input, subject=args.subject, dataset=args.dataset, output=args.output,
                           fmt=args.format, batch_size=args.batch_size, threshold=args.threshold, device=args.device,
@@ -102,7 +102,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
-    from foundation.plots import plot_run
+    from foundation.workflows.figures import plot_run
 
     paths = plot_run(args.run_dir, out=args.out, compare=args.compare, split=args.split, fmt=args.format,
                      device=args.device, max_subjects=args.max_subjects or None)
@@ -112,7 +112,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from foundation.plugins import plugin_table
+    from foundation.core.plugins import plugin_table
 
     print(plugin_table())
     return 0
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_finetune)
 
-    from foundation.bench import DEFAULT_METHODS, METHODS
+    from foundation.workflows.compare import DEFAULT_METHODS, METHODS
 
     text = "train CLIP-MUSED, its baselines and ablations over seeds and compare them (resumable)"
     p = sub.add_parser("bench", help=text, description=text)

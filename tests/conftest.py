@@ -34,8 +34,8 @@ def tiny_recipe_dict(tmp_path, **overrides) -> dict:
 
 @pytest.fixture
 def tiny_recipe(tmp_path):
-    from foundation.config import Recipe
-    from foundation.recipe import from_dict, validate_recipe
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict, validate_recipe
 
     def make(**overrides):
         recipe = from_dict(Recipe, tiny_recipe_dict(tmp_path, **overrides))

@@ -6,7 +6,7 @@ written.  The cache key covers the dataset (plugin + options) and the guidance p
 changing either starts a fresh cache while other caches stay reusable.
 
 ``provenance.json`` records what produced the cached features (the guidance plugin's
-:meth:`~foundation.api.GuidancePlugin.provenance`: weights file or random initialisation).  It
+:meth:`~foundation.core.api.GuidancePlugin.provenance`: weights file or random initialisation).  It
 travels with the features into ``index.json``, and a plugin whose provenance differs (say, real
 weights appeared where random ones were used) may not add features to the cache.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.api import GuidancePlugin, Stimulus
-from foundation.atomic import atomic_open, remove_stale_tmp, write_json
-from foundation.errors import DataError, PluginError
+from foundation.core.api import GuidancePlugin, Stimulus
+from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
+from foundation.core.errors import DataError, PluginError
 
 
 class FeatureCache:

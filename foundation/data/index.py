@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from foundation.api import SPLITS, DatasetInfo
-from foundation.errors import ShardError
+from foundation.core.api import SPLITS, DatasetInfo
+from foundation.core.errors import ShardError
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"

@@ -30,7 +30,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from foundation.data.index import ShardIndex
-from foundation.errors import ShardError
+from foundation.core.errors import ShardError
 
 MEMBERS = ("fmri.npy", "labels.npy", "low.npy", "high.npy", "json")
 
@@ -81,7 +81,7 @@ def _raise_shard_error(exc: Exception) -> bool:
                      f"not a tar (rebuild the shards with `foundation shard RECIPE`)") from exc
 
 
-def _read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Iterator[dict[str, Any]]:
+def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Iterator[dict[str, Any]]:
     """Raw samples of each tar named by ``src``, checked against the sample count index.json lists.
 
     Python's streaming tarfile stops silently at a tar cut short at a member boundary, so without
@@ -338,7 +338,7 @@ class DatasetStream:
             kept = self.train_keys()
             keep = {k for keys in kept.values() for k in keys}
             shards = [(str(p), c) for p, c, _ in self.index.shards("train", self.subjects) if str(p) in kept]
-            raw = _read_tars(({"url": u} for u, _ in shards), expected=dict(shards))
+            raw = read_tars(({"url": u} for u, _ in shards), expected=dict(shards))
             self._kept_raw = sorted((x for x in raw if x["__key__"] in keep), key=lambda x: x["__key__"])
         return self._kept_raw
 
@@ -361,7 +361,7 @@ class DatasetStream:
         if self.train_fraction >= 1.0:
             urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
             source: list[Any] = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                                 partial(_read_tars, expected=expected)]
+                                 partial(read_tars, expected=expected)]
         elif n_train <= CACHE_KEPT_SAMPLES:
             # a small subset: read its raw samples once, then draw from memory (re-reading whole tars for
             # a few kept samples each would make every batch cost dozens of tar reads)
@@ -372,7 +372,7 @@ class DatasetStream:
             weights = [len(kept[u]) for u in urls]
             keep = {k for keys in kept.values() for k in keys}
             source = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                      partial(_read_tars, expected=expected), wds.select(lambda sample: sample["__key__"] in keep)]
+                      partial(read_tars, expected=expected), wds.select(lambda sample: sample["__key__"] in keep)]
         pipeline = wds.DataPipeline(
             *source,
             *stages,
@@ -391,7 +391,7 @@ class DatasetStream:
         urls = [str(p) for p, _, _ in shards]
         pipeline = wds.DataPipeline(
             EvalShardList(urls, rank=rank, world_size=world_size),
-            partial(_read_tars, expected={str(p): c for p, c, _ in shards}),
+            partial(read_tars, expected={str(p): c for p, c, _ in shards}),
             wds.map(decode),
             wds.batched(batch_size, collation_fn=self._collate, partial=True),
         )

@@ -16,6 +16,9 @@ in-mask voxels ``(V,)``), ``labels.npy`` (uint8 multi-hot ``(C,)``), ``low.npy``
 Every file is written atomically; a rerun skips subjects whose manifest exists, so an interrupted
 build resumes where it stopped and a finished one is reused as is.  Tars are byte-reproducible
 (fixed mtime, fixed member order).
+
+Length (~470 lines, over the ~400 guide): planning, the crash-safe per-subject build and the index are
+one pipeline whose invariants (write order, resume, fingerprint) are easier to check in one file.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from foundation.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
-from foundation.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
-from foundation.config import DatasetConfig, Recipe
+from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
+from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.core.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
-from foundation.errors import DataError, FoundationError, PluginError, RecipeError, write_error
-from foundation.recipe import from_dict, recipe_hash, to_dict
+from foundation.core.errors import DataError, FoundationError, PluginError, RecipeError, write_error
+from foundation.core.convert import from_dict, to_dict
+from foundation.core.recipe import recipe_hash
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def _device() -> str:
 
 def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetPlugin:
     """Instantiate the dataset plugin named by ``cfg`` with validated options."""
-    from foundation.plugins import get_dataset_plugin
+    from foundation.core.plugins import get_dataset_plugin
 
     cls = get_dataset_plugin(cfg.plugin)
     options = from_dict(cls.Options, cfg.options, path=f"{path}.options")
@@ -89,7 +93,7 @@ def make_dataset_plugin(cfg: DatasetConfig, *, seed: int, path: str) -> DatasetP
 
 def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
     """One instance per distinct guidance plugin, mapped per level."""
-    from foundation.plugins import get_guidance_plugin
+    from foundation.core.plugins import get_guidance_plugin
 
     g = recipe.guidance
     unknown = set(g.options) - {g.low, g.high}
@@ -150,7 +154,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 class _TarSink:
     """Writes one split of one subject into tars of at most ``limit`` samples, each atomically.
 
-    A write that fails (disk full...) raises :class:`~foundation.errors.WriteError` naming the tar;
+    A write that fails (disk full...) raises :class:`~foundation.core.errors.WriteError` naming the tar;
     the temporary file is removed and tars already renamed into place are complete.
     """
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foundation.api import DatasetInfo
-from foundation.config import ModelConfig
-from foundation.errors import CheckpointError
+from foundation.core.api import DatasetInfo
+from foundation.core.config import ModelConfig
+from foundation.core.errors import CheckpointError
 
 from .adapters import ROIAdapter, VolumeAdapter
 from .alignment import ALIGNMENTS, SubjectAlignment
@@ -303,7 +303,7 @@ class CLIPMUSED(nn.Module):
                 vocab = self.vocab
                 raise ValueError(f"subjects {[vocab[i] for i in missing][:5]} have no fitted input alignment "
                                  f"(model.alignment={self.cfg.alignment!r}); fit it from their training data "
-                                 f"first (foundation.align.fit_alignments)")
+                                 f"first (foundation.engine.align.fit_alignments)")
             fmri = alignment(fmri, subject_idx)  # (B, 2, k)
         if isinstance(adapter, VolumeAdapter):
             if voxel_index is None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foundation.errors import CheckpointError, UnknownSubjectError
+from foundation.core.errors import CheckpointError, UnknownSubjectError
 
 __all__ = ["SubjectVocab", "SubjectTokens"]
 

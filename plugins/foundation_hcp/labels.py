@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_hcp.layout import MOVIES, RUNS
 
 

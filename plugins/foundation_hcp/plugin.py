@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from foundation.api import DatasetInfo, DatasetPlugin, Sample, Stimulus
-from foundation.atomic import write_json
-from foundation.errors import DataError
-from foundation.hookspecs import hookimpl
+from foundation.core.api import DatasetInfo, DatasetPlugin, Sample, Stimulus
+from foundation.core.atomic import write_json
+from foundation.core.errors import DataError
+from foundation.core.hookspecs import hookimpl
 from foundation_hcp import layout, volumes
 from foundation_hcp.frames import MovieFrames
 from foundation_hcp.labels import WordNet, read_wordnet, select_categories

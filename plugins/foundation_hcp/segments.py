@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_hcp.layout import MOVIES
 
 FPS = 24
@@ -94,7 +94,7 @@ class Segments:
 
     def write(self, path: Path) -> None:
         """Write :meth:`dumps` atomically to ``path``."""
-        from foundation.atomic import atomic_open
+        from foundation.core.atomic import atomic_open
 
         with atomic_open(path, "w") as fh:
             fh.write(self.dumps())

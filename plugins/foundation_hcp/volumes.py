@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_nsd.layout import require_file
 
 _TAIL_BYTES = 1 << 16

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_nsd.layout import require_file
 
 #: mixed into the recipe seed for the validation draw, so it is independent of other seeded choices

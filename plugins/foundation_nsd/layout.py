@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 
 BetasFormat = Literal["nifti", "hdf5"]
 

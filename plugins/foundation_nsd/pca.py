@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_nsd.layout import BETA_SCALE, preprocess
 
 FORMAT = 1
@@ -181,7 +181,7 @@ class SubjectBases:
 
     def save(self, path: Path) -> None:
         """Write an ``.npz`` (atomically, no pickled objects)."""
-        from foundation.atomic import atomic_open
+        from foundation.core.atomic import atomic_open
 
         arrays: dict[str, np.ndarray] = {
             "format": np.array(FORMAT), "subject": np.array(self.subject), "groups": np.array(self.groups, dtype=str),

@@ -20,9 +20,9 @@ from typing import Literal
 
 import numpy as np
 
-from foundation.api import DatasetInfo, DatasetPlugin, Sample, Stimulus
-from foundation.errors import DataError, RecipeError
-from foundation.hookspecs import hookimpl
+from foundation.core.api import DatasetInfo, DatasetPlugin, Sample, Stimulus
+from foundation.core.errors import DataError, RecipeError
+from foundation.core.hookspecs import hookimpl
 from foundation_nsd import coco
 from foundation_nsd.design import (
     Design,

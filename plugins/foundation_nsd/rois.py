@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.core.errors import DataError
 from foundation_nsd.layout import NSDFileMissing, NSDLayout, require_file
 
 #: the paper's ten ROI groups (Appendix A) as Kastner2015 label names, in token order

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.api import (
+from foundation.core.api import (
     DatasetInfo,
     DatasetPlugin,
     GuidanceFeatures,
@@ -19,8 +19,8 @@ from foundation.api import (
     Sample,
     Stimulus,
 )
-from foundation.errors import DataError
-from foundation.hookspecs import hookimpl
+from foundation.core.errors import DataError
+from foundation.core.hookspecs import hookimpl
 from foundation_synthetic.render import caption, render_image
 from foundation_synthetic.world import SyntheticOptions, World
 

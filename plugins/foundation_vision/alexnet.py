@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foundation.api import GuidanceFeatures, Stimulus
-from foundation.errors import RecipeError
+from foundation.core.api import GuidanceFeatures, Stimulus
+from foundation.core.errors import RecipeError
 from foundation_vision.common import NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_map
 from foundation_vision.weights import Candidate, WeightsPlan, load_into, load_state_dict, resolve, torch_hub_checkpoint
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from foundation.api import GuidanceFeatures, Stimulus
-from foundation.errors import DataError, PluginError, RecipeError
+from foundation.core.api import GuidanceFeatures, Stimulus
+from foundation.core.errors import DataError, PluginError, RecipeError
 from foundation_vision.common import (
     PAPER_CLIP,
     NetworkGuidance,

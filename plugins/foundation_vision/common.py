@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from foundation.api import GuidanceFeatures, GuidancePlugin, Stimulus
-from foundation.errors import DataError, PluginError, RecipeError, WeightsMissingError
+from foundation.core.api import GuidanceFeatures, GuidancePlugin, Stimulus
+from foundation.core.errors import DataError, PluginError, RecipeError, WeightsMissingError
 from foundation_vision.weights import WeightsPlan
 
 if TYPE_CHECKING:  # pragma: no cover

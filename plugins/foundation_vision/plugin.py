@@ -5,8 +5,8 @@ torch, open_clip, timm and transformers are imported only when a plugin first en
 
 from __future__ import annotations
 
-from foundation.api import GuidancePlugin
-from foundation.hookspecs import hookimpl
+from foundation.core.api import GuidancePlugin
+from foundation.core.hookspecs import hookimpl
 from foundation_vision.alexnet import AlexNetGuidance
 from foundation_vision.clip import ClipGuidance, ClipImageGuidance, ClipTextGuidance
 from foundation_vision.text import MiniLMGuidance

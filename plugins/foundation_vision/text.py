@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foundation.api import GuidanceFeatures, Stimulus
-from foundation.errors import DataError, PluginError, WeightsMissingError
+from foundation.core.api import GuidanceFeatures, Stimulus
+from foundation.core.errors import DataError, PluginError, WeightsMissingError
 from foundation_vision.clip import captions_of
 from foundation_vision.common import NetworkGuidance, clip_and_normalise
 from foundation_vision.weights import Candidate, WeightsPlan, load_into, load_state_dict, resolve

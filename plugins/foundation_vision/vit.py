@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foundation.api import GuidanceFeatures, Stimulus
-from foundation.errors import PluginError, RecipeError
+from foundation.core.api import GuidanceFeatures, Stimulus
+from foundation.core.errors import PluginError, RecipeError
 from foundation_vision.common import NetworkGuidance, check_pool, clip_and_normalise, image_batch, reduce_tokens
 from foundation_vision.weights import (
     Candidate,

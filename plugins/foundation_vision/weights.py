@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundation.errors import PluginError, WeightsMissingError
+from foundation.core.errors import PluginError, WeightsMissingError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

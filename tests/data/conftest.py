@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foundation import plugins
-from foundation.api import Sample
-from foundation.config import Recipe
+from foundation.core import plugins
+from foundation.core.api import Sample
+from foundation.core.config import Recipe
 from foundation.data import shards as shards_module
-from foundation.hookspecs import hookimpl
-from foundation.recipe import from_dict
+from foundation.core.hookspecs import hookimpl
+from foundation.core.recipe import from_dict
 from foundation_synthetic.plugin import SyntheticDataset
 from foundation_synthetic.world import SyntheticOptions
 

@@ -10,7 +10,7 @@ import torch
 
 from foundation.data import loader
 from foundation.data.loader import _load_npy, collate, decode
-from foundation.errors import ShardError
+from foundation.core.errors import ShardError
 
 
 def _npy(a: np.ndarray, version=None) -> bytes:

@@ -17,7 +17,7 @@ import torch
 from foundation.data.index import read_index
 from foundation.data.loader import DatasetStream, collate
 from foundation.data.shards import build_shards
-from foundation.errors import ShardError
+from foundation.core.errors import ShardError
 
 from .conftest import VOLUME, make_recipe, rewrite_tar, tar_keys
 

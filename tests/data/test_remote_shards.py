@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from foundation.errors import ShardError
+from foundation.core.errors import ShardError
 
 
 def test_training_reads_tars_through_a_url_template(tiny_recipe, tmp_path):
     from foundation.data.shards import build_shards
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     local = build_shards(tiny_recipe(), progress=False)["synthetic"].root
     bucket = tmp_path / "bucket"
@@ -48,7 +48,7 @@ def test_a_bad_url_template_is_named(tiny_recipe):
 
 
 def test_train_with_a_url_refuses_to_build_missing_shards(tiny_recipe):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     with pytest.raises(ShardError, match="index.json"):
         train(tiny_recipe(**{"shards.url": "pipe:cat /nowhere/{dir}/{path}"}), progress=False)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundation.api import Sample
+from foundation.core.api import Sample
 from foundation.data import shards as shards_module
 from foundation.data.index import read_index
 from foundation.data.loader import DatasetStream
 from foundation.data.shards import build_shards, find_shards, plan
-from foundation.errors import DataError, PluginError
+from foundation.core.errors import DataError, PluginError
 from foundation_synthetic.plugin import PlantedGuidance, SyntheticDataset
 
 from .conftest import ROI, VOLUME, BadDataset, make_recipe, tmp_leftovers
@@ -296,9 +296,9 @@ def test_index_records_the_recipe_hash(tmp_path: Path) -> None:
 def test_feature_cache_keeps_provenance_and_refuses_mixed_weights(tmp_path: Path) -> None:
     """Features cached with one set of weights are labelled by what made them, and a plugin whose
     weights changed may not add to that cache."""
-    from foundation.api import GuidanceFeatures, GuidancePlugin, Stimulus
+    from foundation.core.api import GuidanceFeatures, GuidancePlugin, Stimulus
     from foundation.data.features import FeatureCache
-    from foundation.errors import PluginError
+    from foundation.core.errors import PluginError
 
     class Fake(GuidancePlugin):
         name = "fake"

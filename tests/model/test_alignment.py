@@ -65,9 +65,9 @@ def test_forward_applies_each_subjects_own_map():
 
 
 def test_unfitted_subjects_are_refused_by_name_and_growing_keeps_rows():
-    from foundation.config import ModelConfig
+    from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
-    from foundation.api import DatasetInfo
+    from foundation.core.api import DatasetInfo
 
     info = DatasetInfo(kind="roi", label_names=("a", "b"), subjects=("s1", "s2"), token_shape=(3, 4))
     cfg = ModelConfig(dim=16, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge", alignment_dim=4,
@@ -89,8 +89,8 @@ def test_unfitted_subjects_are_refused_by_name_and_growing_keeps_rows():
 
 
 def test_alignment_refuses_volume_datasets_and_missing_sizes():
-    from foundation.api import DatasetInfo
-    from foundation.config import ModelConfig
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
 
     roi = DatasetInfo(kind="roi", label_names=("a",), subjects=("s",), token_shape=(2, 2))

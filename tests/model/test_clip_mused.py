@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from foundation.api import DatasetInfo
-from foundation.config import LossConfig, ModelConfig
-from foundation.errors import CheckpointError, UnknownSubjectError
-from foundation.losses import clip_mused_loss
+from foundation.core.api import DatasetInfo
+from foundation.core.config import LossConfig, ModelConfig
+from foundation.core.errors import CheckpointError, UnknownSubjectError
+from foundation.objectives.losses import clip_mused_loss
 from foundation.model import CLIPMUSED, Block, ModelOutput, SubjectTokens
 
 DIM = 32
@@ -219,8 +219,8 @@ def test_config_is_not_mutated_and_checked():
 def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
     import torch
 
-    from foundation.api import DatasetInfo
-    from foundation.config import ModelConfig
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
 
     infos = {"roi": DatasetInfo(kind="roi", label_names=("a", "b", "c"), subjects=("s1", "s2"), token_shape=(4, 6)),

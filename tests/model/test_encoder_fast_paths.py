@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foundation.api import DatasetInfo
-from foundation.config import ModelConfig
+from foundation.core.api import DatasetInfo
+from foundation.core.config import ModelConfig
 from foundation.model import CLIPMUSED, Attention, Block, VolumeAdapter
 from foundation.model import encoder as encoder_mod
 from foundation.model.encoder import Dropout

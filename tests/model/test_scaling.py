@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-from foundation.api import DatasetInfo
-from foundation.config import ModelConfig
+from foundation.core.api import DatasetInfo
+from foundation.core.config import ModelConfig
 from foundation.model import CLIPMUSED
 
 DIM = 32

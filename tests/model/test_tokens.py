@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from foundation.errors import CheckpointError, UnknownSubjectError
+from foundation.core.errors import CheckpointError, UnknownSubjectError
 from foundation.model import SubjectTokens, SubjectVocab
 
 VOCAB = ["nsd/subj01", "nsd/subj02", "hcp/100307"]

@@ -30,12 +30,12 @@ if importlib.util.find_spec("foundation_hcp") is None:  # not yet in the editabl
 from foundation_hcp import HCPMovieDataset, HCPOptions, volumes
 from foundation_hcp import segments as seg_mod
 
-from foundation import plugins
-from foundation.api import GuidanceFeatures, GuidancePlugin
-from foundation.config import Recipe
-from foundation.errors import DataError, RecipeError
-from foundation.hookspecs import hookimpl
-from foundation.recipe import from_dict
+from foundation.core import plugins
+from foundation.core.api import GuidanceFeatures, GuidancePlugin
+from foundation.core.config import Recipe
+from foundation.core.errors import DataError, RecipeError
+from foundation.core.hookspecs import hookimpl
+from foundation.core.recipe import from_dict
 from tests.plugins.hcp_fixture import CONSTANT, MARKER, ZERO, brain_mask, write_hcp_fixture
 
 CROP = "1:,1:-1,:-1"
@@ -133,7 +133,7 @@ def read_tars(directory: Path, index: dict) -> dict[str, dict]:
 
 def test_shards_counts_values_labels_and_training(tmp_path: Path, registered: None) -> None:
     from foundation.data.shards import build_shards
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     fx = write_hcp_fixture(tmp_path / "HCP")
     recipe = recipe_for(tmp_path, fx.root)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundation import plugins
-from foundation.api import GuidanceFeatures, GuidancePlugin
-from foundation.errors import DataError
-from foundation.hookspecs import hookimpl
+from foundation.core import plugins
+from foundation.core.api import GuidanceFeatures, GuidancePlugin
+from foundation.core.errors import DataError
+from foundation.core.hookspecs import hookimpl
 from tests.plugins.nsd_fixture import id_code, write_nsd_fixture
 
 PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
@@ -79,8 +79,8 @@ def _tokens(samples):
 
 
 def _recipe(tmp, root, **options):
-    from foundation.config import Recipe
-    from foundation.recipe import from_dict, validate_recipe
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict, validate_recipe
 
     recipe = from_dict(Recipe, {
         "name": "nsd-tiny", "seed": 0,
@@ -200,7 +200,7 @@ def test_pca_bases_are_saved_and_project_new_scans(fx, built):
 
 
 def test_trains_a_few_steps_through_the_spine(built):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     tmp, recipe, _ = built
     path = train(recipe, progress=False)

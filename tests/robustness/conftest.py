@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foundation import plugins
-from foundation.api import GuidanceFeatures, GuidancePlugin
-from foundation.atomic import TMP_PREFIX
-from foundation.hookspecs import hookimpl
+from foundation.core import plugins
+from foundation.core.api import GuidanceFeatures, GuidancePlugin
+from foundation.core.atomic import TMP_PREFIX
+from foundation.core.hookspecs import hookimpl
 
 
 def tiny_run_recipe(root: Path, *, run: Path | None = None):
     """A 4-step tiny recipe (checkpoints at steps 2 and 4) with shards under ``root``."""
-    from foundation.config import Recipe
-    from foundation.recipe import from_dict, validate_recipe
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict, validate_recipe
     from tests.conftest import tiny_recipe_dict
 
     d = tiny_recipe_dict(root)
@@ -48,7 +48,7 @@ def tiny_run_recipe(root: Path, *, run: Path | None = None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A finished tiny run (checkpoints at steps 2 and 4) in ``ROOT/run`` and its shards, under ``ROOT``."""
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("trained")
     train(tiny_run_recipe(root, run=root / "run"), progress=False)
@@ -117,7 +117,7 @@ def assert_nothing_half_written(*roots: Path, skip: tuple[Path, ...] = ()) -> No
     :func:`~foundation.data.index.read_index`, every ``checkpoints/step-*`` holds its state file.
     ``skip``: files the test damaged on purpose.
     """
-    from foundation.checkpoint import STATE_NAME
+    from foundation.engine.checkpoint import STATE_NAME
     from foundation.data.index import read_index
 
     skipped = {Path(p).resolve() for p in skip}
@@ -249,7 +249,7 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     monkeypatch.setattr(plugins, "_manager", None)
 
     def register(*classes: type, name: str = "robustness-test-plugins") -> None:
-        from foundation.api import DatasetPlugin
+        from foundation.core.api import DatasetPlugin
 
         module = types.ModuleType(name.replace("-", "_"))
         datasets = [c for c in classes if issubclass(c, DatasetPlugin)]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from foundation_synthetic.plugin import SyntheticDataset
 
-from foundation.api import Sample
-from foundation.config import Recipe
-from foundation.errors import DataError, PluginError
-from foundation.recipe import from_dict
+from foundation.core.api import Sample
+from foundation.core.config import Recipe
+from foundation.core.errors import DataError, PluginError
+from foundation.core.recipe import from_dict
 from tests.data.conftest import ROI, BadDataset, BadOptions, _corrupt, make_recipe
 
 from .conftest import HashGuidance, assert_nothing_half_written, expect
@@ -327,7 +327,7 @@ def test_missing_guidance_weight_file(tmp_path, monkeypatch, request):
     import torch
 
     from foundation.data.shards import build_shards
-    from foundation.errors import WeightsMissingError
+    from foundation.core.errors import WeightsMissingError
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty-hub"))
     recipe = from_dict(Recipe, {
@@ -350,7 +350,7 @@ def test_rerun_after_the_missing_weight_file_appears(tmp_path, request):
     from safetensors.torch import save_file
 
     from foundation.data.shards import build_shards
-    from foundation.errors import WeightsMissingError
+    from foundation.core.errors import WeightsMissingError
 
     weights = tmp_path / "weights" / "vit.safetensors"
     vit = {"model": "vit_tiny_patch16_224", "checkpoint": str(weights),

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from foundation import plugins
-from foundation.config import Recipe
-from foundation.errors import PluginError, RecipeError, UnknownSubjectError
-from foundation.hookspecs import hookimpl
-from foundation.recipe import from_dict, load_recipe, validate_recipe
+from foundation.core import plugins
+from foundation.core.config import Recipe
+from foundation.core.errors import PluginError, RecipeError, UnknownSubjectError
+from foundation.core.hookspecs import hookimpl
+from foundation.core.recipe import from_dict, load_recipe, validate_recipe
 from tests.conftest import tiny_recipe_dict
 
 from .conftest import assert_nothing_half_written, expect, tree_bytes
@@ -51,7 +51,7 @@ def _cli(capsys, *args: str) -> str:
 
 
 def _train(recipe: Recipe):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     return lambda: train(recipe, progress=False)
 
@@ -218,7 +218,7 @@ def test_plugin_that_raises_when_constructed(tmp_path, fresh_plugins, request):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny run trained on sub-01 and sub-02 (sub-03 held out)."""
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("pretrained")
     recipe = _recipe(root, **{"datasets.0.subjects": ["sub-01", "sub-02"]})
@@ -239,7 +239,7 @@ def test_unknown_subject_at_train(pretrained, tmp_path, request):
 
 
 def test_unknown_subject_at_finetune(pretrained, tmp_path, request):
-    from foundation.finetune import finetune
+    from foundation.workflows.finetune import finetune
 
     shutil.copytree(pretrained / "shards", tmp_path / "shards")
     recipe = _recipe(tmp_path, **{"datasets.0.subjects": ["sub-07"]})
@@ -251,7 +251,7 @@ def test_unknown_subject_at_finetune(pretrained, tmp_path, request):
 
 
 def test_unknown_subject_at_predict(pretrained, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     scans = tmp_path / "scans.npy"
     np.save(scans, np.zeros((2, 3, 8), np.float32))
@@ -305,7 +305,7 @@ def test_plugins_come_only_from_entry_points_not_from_the_recipe_folder(tmp_path
 
 def test_run_made_before_a_new_recipe_key_still_resumes(pretrained, tmp_path):
     """config.yaml written before ``shards.on_bad_sample`` existed: the missing key takes its default."""
-    from foundation.train import Trainer
+    from foundation.engine.trainer import Trainer
 
     run = tmp_path / "run"
     shutil.copytree(pretrained / "run", run)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundation.config import Recipe
-from foundation.errors import ShardError
-from foundation.recipe import from_dict, validate_recipe
+from foundation.core.config import Recipe
+from foundation.core.errors import ShardError
+from foundation.core.recipe import from_dict, validate_recipe
 from tests.conftest import tiny_recipe_dict
 from tests.data.conftest import rewrite_tar, tar_keys
 
@@ -46,7 +46,7 @@ def _recipe(tmp_path: Path, shards: Path) -> Recipe:
 @pytest.fixture
 def damaged(pristine: Path, tmp_path: Path):
     """``(shard directory of the copy, train function)``: damage the copy, then call ``train()``."""
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     shards = tmp_path / "shards"
     shutil.copytree(pristine, shards)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from foundation.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
-from foundation.errors import CheckpointError
+from foundation.engine.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
+from foundation.core.errors import CheckpointError
 
 from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree_bytes
 
@@ -24,7 +24,7 @@ from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree
 @pytest.fixture
 def run(trained, tmp_path):
     """``(copy of the trained run, trainer factory)``; the shards are shared read-only."""
-    from foundation.train import Trainer
+    from foundation.engine.trainer import Trainer
 
     copy = tmp_path / "run"
     shutil.copytree(trained / "run", copy)
@@ -82,7 +82,7 @@ def test_checkpoint_file_that_is_not_a_checkpoint(run, request):
 
 
 def test_saved_model_file_that_is_not_a_model(run, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     copy, _ = run
     weights = copy / "best" / "model.safetensors"
@@ -95,7 +95,7 @@ def test_saved_model_file_that_is_not_a_model(run, tmp_path, request):
 
 
 def test_saved_model_of_a_different_shape(run, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     copy, _ = run
     meta_path = copy / "best" / "model.json"
@@ -110,8 +110,8 @@ def test_saved_model_of_a_different_shape(run, tmp_path, request):
 
 
 def test_run_directory_that_is_not_a_run(tmp_path, request):
-    from foundation.evaluate import evaluate_run
-    from foundation.predict import predict_run
+    from foundation.workflows.evaluate import evaluate_run
+    from foundation.workflows.predict import predict_run
 
     (tmp_path / "notes").mkdir()
     scans = tmp_path / "x.npy"
@@ -157,7 +157,7 @@ def test_latest_checkpoint_is_found_by_content_not_file_time(run):
 
 def test_interrupted_checkpoint_write_is_ignored_and_cleared(run, trained):
     """A SIGKILL during a save leaves ``.tmp-step-*``: never resumed from, removed by the next save."""
-    from foundation.train import Trainer
+    from foundation.engine.trainer import Trainer
 
     copy, _ = run
     root = copy / "checkpoints"

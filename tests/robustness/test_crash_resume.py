@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foundation.api import Sample
-from foundation.checkpoint import latest_checkpoint
+from foundation.core.api import Sample
+from foundation.engine.checkpoint import latest_checkpoint
 from tests.conftest import tiny_recipe_dict
 
 from .conftest import assert_nothing_half_written, tree_bytes
@@ -213,7 +213,7 @@ def _assert_same_metrics(a: dict, b: dict, tol: float) -> None:
 def _only_complete_checkpoints(run: Path) -> None:
     """Right after a SIGKILL: a ``.tmp-*`` may be left (the next save clears it), but every directory that
     looks like a checkpoint is complete."""
-    from foundation.checkpoint import STATE_NAME, check_rng_states, checkpoint_dirs
+    from foundation.engine.checkpoint import STATE_NAME, check_rng_states, checkpoint_dirs
 
     found = checkpoint_dirs(run)
     assert len(found) == len(list(run.glob("checkpoints/step-*")))  # no step-* without a readable state file

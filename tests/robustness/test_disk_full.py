@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from foundation import atomic
-from foundation.checkpoint import check_rng_states, latest_checkpoint
-from foundation.errors import WriteError
+from foundation.core import atomic
+from foundation.engine.checkpoint import check_rng_states, latest_checkpoint
+from foundation.core.errors import WriteError
 
 from .conftest import assert_nothing_half_written, expect, full_disk_open, tiny_run_recipe, tree_bytes
 
@@ -25,7 +25,7 @@ from .conftest import assert_nothing_half_written, expect, full_disk_open, tiny_
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """An uninterrupted run: shards under ``clean/shards``, run in ``clean/run``."""
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     root = tmp_path_factory.mktemp("clean")
     train(tiny_run_recipe(root), progress=False)
@@ -95,7 +95,7 @@ def _same_metrics(a: dict, b: dict) -> None:
 def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, request):
     import accelerate.checkpointing as ckpt_module
 
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     real_save = ckpt_module.save
 
@@ -122,7 +122,7 @@ def test_disk_full_while_writing_a_checkpoint(clean, tmp_path, monkeypatch, requ
 
 
 def test_disk_full_while_writing_the_selected_model(clean, tmp_path, monkeypatch, request):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     when = lambda path: ".tmp-model.safetensors." in path
     monkeypatch.setattr(atomic, "open", full_disk_open(200, when=when), raising=False)
@@ -138,7 +138,7 @@ def test_disk_full_while_writing_the_selected_model(clean, tmp_path, monkeypatch
 
 
 def test_disk_full_while_replacing_the_selected_model_keeps_the_old_one(clean, tmp_path, monkeypatch, request):
-    from foundation.checkpoint import load_model, save_model
+    from foundation.engine.checkpoint import load_model, save_model
 
     best = tmp_path / "best"
     model, meta = load_model(clean / "run" / "best")
@@ -161,7 +161,7 @@ def torch_no_grad():
 
 
 def test_write_error_keeps_the_errno():
-    from foundation.errors import write_error
+    from foundation.core.errors import write_error
 
     err = write_error("/data/x.tar", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.filename == "/data/x.tar"

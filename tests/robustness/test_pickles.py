@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundation.errors import CheckpointError, DataError, PluginError, RecipeError, ShardError
+from foundation.core.errors import CheckpointError, DataError, PluginError, RecipeError, ShardError
 from tests.data.conftest import rewrite_tar, tar_keys
 
 from .conftest import expect, npy_pickle_bytes, pickle_bytes, tiny_run_recipe, torch_pickle
@@ -37,7 +37,7 @@ def marker(tmp_path) -> Path:
 
 @pytest.fixture
 def run(trained, tmp_path):
-    from foundation.train import Trainer
+    from foundation.engine.trainer import Trainer
 
     copy = tmp_path / "run"
     shutil.copytree(trained / "run", copy)
@@ -76,7 +76,7 @@ def test_pickle_as_checkpoint_weights(run, marker, request):
 
 def test_rerun_of_a_tampered_run_refuses_to_resume(run, marker, trained, request):
     """The same through `foundation train`: the command stops, nothing of the run is rewritten."""
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     copy, _ = run
     torch_pickle(copy / "checkpoints" / "step-00000004" / "random_states_0.pkl", marker)
@@ -90,7 +90,7 @@ def test_rerun_of_a_tampered_run_refuses_to_resume(run, marker, trained, request
 
 
 def test_pickle_as_saved_model_weights(run, marker, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     copy, _ = run
     weights = copy / "best" / "model.safetensors"
@@ -102,7 +102,7 @@ def test_pickle_as_saved_model_weights(run, marker, tmp_path, request):
 
 
 def test_pickle_as_predict_input(run, marker, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     copy, _ = run
     scans = tmp_path / "scans.npy"
@@ -116,7 +116,7 @@ def test_pickle_as_predict_input(run, marker, tmp_path, request):
 
 
 def test_pickle_in_a_shard_member(run, trained, marker, tmp_path, request):
-    from foundation.predict import predict_run
+    from foundation.workflows.predict import predict_run
 
     copy, _ = run
     shards = tmp_path / "shards"
@@ -200,7 +200,7 @@ def test_pickle_as_hcp_segments_unless_trusted(marker, tmp_path, request):
 
 
 def test_python_tag_in_a_run_directory_config(run, marker, trained, request):
-    from foundation.train import train
+    from foundation.workflows.train import train
 
     copy, _ = run
     config = copy / "config.yaml"

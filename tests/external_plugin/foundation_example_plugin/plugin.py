@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.api import (
+from foundation.core.api import (
     DatasetInfo,
     DatasetPlugin,
     GuidanceFeatures,
@@ -22,8 +22,8 @@ from foundation.api import (
     Split,
     Stimulus,
 )
-from foundation.errors import DataError
-from foundation.hookspecs import hookimpl
+from foundation.core.errors import DataError
+from foundation.core.hookspecs import hookimpl
 
 N_ROIS, ROI_DIM = 3, 4
 LABELS = ("animal", "vehicle")

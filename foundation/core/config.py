@@ -1,0 +1,160 @@
+"""Typed recipe schema.
+
+A recipe YAML maps one-to-one onto :class:`Recipe`; :mod:`foundation.core.recipe` loads, validates and
+overrides it.  Defaults here are the embedded synthetic default; paper settings live in
+``recipes/nsd.yaml`` and ``recipes/hcp.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional
+
+field = dataclasses.field
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """One dataset of the recipe.
+
+    ``plugin`` names a registered dataset plugin; ``name`` is the dataset id used in shard keys,
+    subject ids (``name/subject``) and metrics (defaults to the plugin name). ``options`` are
+    validated against the plugin's own ``Options`` dataclass.
+    """
+
+    plugin: str = "synthetic"
+    name: Optional[str] = None
+    root: Optional[str] = None
+    weight: float = 1.0
+    subjects: Optional[list[str]] = None
+    train_fraction: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.name or self.plugin
+
+
+@dataclasses.dataclass
+class GuidanceConfig:
+    """Which guidance plugin provides the low- and the high-level feature.
+
+    ``options`` maps a plugin name to that plugin's options (each plugin's ``batch_size`` option
+    sets how many stimuli it encodes at once). ``allow_random_weights`` lets a plugin run a randomly
+    initialised network when its weights are absent; such runs are flagged in index.json and
+    metrics.json.
+    """
+
+    low: str = "planted"
+    high: str = "planted"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allow_random_weights: bool = False
+
+
+@dataclasses.dataclass
+class ShardConfig:
+    """Where shards live.
+
+    ``url`` reads the tars from elsewhere (an object store, a web server) through any URL webdataset
+    opens: a template in which ``{dir}`` is the dataset's shard directory name and ``{path}`` the tar's
+    path inside it, e.g. ``pipe:aws s3 cp s3://bucket/shards/{dir}/{path} -`` or
+    ``https://host/shards/{dir}/{path}``.  The directory under ``root`` then only needs ``index.json``
+    (and ``masks/`` for volume datasets), copied from where the shards were built.
+
+    ``on_bad_sample``: what a sample that fails the checks (NaN/Inf, wrong shape or dtype, wrong label
+    width, bad or duplicate index) does to the build: ``error`` (default) stops it with an error naming
+    the sample; ``skip`` leaves the sample out, logs it and counts and names it in ``index.json``
+    (``skipped``).  Errors of whole files or of the plugin itself always stop the build.
+    """
+
+    root: str = "shards"
+    samples_per_shard: int = 2000
+    url: Optional[str] = None
+    on_bad_sample: Literal["error", "skip"] = "error"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """CLIP-MUSED network.
+
+    ``tokens`` selects the baseline switch: ``subject`` (CLIP-MUSED: a low and a high token per
+    subject), ``shared`` (MS-SMODEL: the same two tokens for every subject), ``identity``
+    (MS-EMB: one identity token per subject whose output feeds the head).  ``backbone: mlp``
+    replaces readout tokens and Transformer by one hidden layer over the adapter's flattened tokens
+    (with ``tokens: shared``: SS-MLP / MS-SMODEL-MLP on ROI datasets, SS-CNN / MS-SMODEL-CNN on
+    volume datasets, whose adapter is the 3-D CNN).
+    """
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    tokens: Literal["subject", "shared", "identity"] = "subject"
+    backbone: Literal["transformer", "mlp"] = "transformer"
+    #: ``[D_low, D_high]``: linear maps from the tokens to the guidance features (set by the trainer
+    #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
+    mapping_dims: Optional[list[int]] = None
+    head_hidden: int = 256
+    #: per-subject input alignment fitted in closed form (``foundation.model.alignment``): ``none`` (the
+    #: paper: one shared linear embedding of every subject's ROI tokens) or ``guidance-ridge`` (each
+    #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
+    #: ``alignment_dim`` components; ROI datasets)
+    alignment: Literal["none", "guidance-ridge"] = "none"
+    alignment_dim: int = 32
+    #: ``[D_low, D_high]`` of the guidance features (set by the trainer from the shards when
+    #: ``alignment`` is not ``none``; leave unset in recipes)
+    guidance_dims: Optional[list[int]] = None
+    volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights of Eq. 16: L = BCE + λ⊥·L⊥ + λ_low·L_low + λ_high·L_high."""
+
+    lambda_orth: float = 0.001
+    lambda_low: float = 0.1
+    lambda_high: float = 0.1
+    #: ``rsa`` (CLIP-MUSED) or ``mapping``: regress the guidance features from the tokens (MSE through
+    #: a linear map per level) instead of matching similarity matrices (the paper's Table B4 baseline)
+    guidance_loss: Literal["rsa", "mapping"] = "rsa"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int = 1500
+    grad_accum: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    num_workers: int = 0
+    shuffle_buffer: int = 2000
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    eval_batch_size: int = 256
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where the run lives. ``dir`` defaults to ``runs/<name>-seed<seed>``."""
+
+    dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str = "synthetic"
+    seed: int = 0
+    datasets: list[DatasetConfig] = field(default_factory=lambda: [DatasetConfig()])
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,175 @@
+"""Checkpoints of a run directory.
+
+``checkpoints/step-NNNNNNNN/`` holds Accelerate's full training state (model, optimizer, scheduler,
+RNG states) plus ``trainer_state.json``; it is written under a temporary name and renamed, so any
+directory with that name is complete.  The latest checkpoint is chosen by the step recorded *inside*
+``trainer_state.json``, never by file times.  A save that fails (disk full) removes its temporary
+directory and raises :class:`~foundation.core.errors.WriteError`; the earlier checkpoints stay as they were.
+
+Nothing is unpickled unsafely: Accelerate reads the optimizer, scheduler and RNG files with
+``torch.load(weights_only=True)``, and :func:`check_rng_states` makes a refused RNG file an error
+(Accelerate itself would skip it silently and resume with the wrong random state).
+
+``best/`` holds the weights selected on validation as ``model.safetensors`` plus ``model.json``
+(architecture, dataset descriptions, subject vocabulary): enough to rebuild the model anywhere
+without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
+
+from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
+from foundation.core.config import ModelConfig
+from foundation.core.errors import CheckpointError, FoundationError, write_error
+from foundation.core.convert import from_dict, to_dict
+
+STATE_NAME = "trainer_state.json"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every complete checkpoint, sorted by step (read from its state file)."""
+    root = Path(run_dir) / "checkpoints"
+    out = []
+    if not root.is_dir():
+        return out
+    for d in root.glob("step-*"):
+        state = d / STATE_NAME
+        try:
+            step = int(json.loads(state.read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a complete checkpoint of ours
+        out.append((step, d))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
+    """Save the full training state atomically (all ranks must call this)."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(root)
+        if final.exists():  # a resumed run re-reaching a saved step: identical state, keep the old one
+            shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if final.exists():
+        return final
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, FoundationError):
+            raise
+        raise write_error(final, exc) from exc
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            write_json(tmp / STATE_NAME, {**state, "step": step})
+            tmp.rename(final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, FoundationError):
+                raise
+            raise write_error(final, exc) from exc
+        for _, old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+#: what Accelerate's ``random_states_<rank>.pkl`` must hold for an exact resume
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def check_rng_states(checkpoint: Path, process_index: int) -> None:
+    """Raise :class:`CheckpointError` unless ``random_states_<rank>.pkl`` loads as plain data.
+
+    It is read exactly as Accelerate reads it (``torch.load(weights_only=True)`` with Accelerate's
+    allow-list: numbers, arrays, RNG tuples), so a file that would run code when unpickled is refused
+    without running it.  Accelerate itself ignores an unreadable RNG file and resumes with the
+    current random state, which would silently break exact resumption.
+    """
+    from accelerate.utils import load
+
+    path = Path(checkpoint) / f"random_states_{process_index}.pkl"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: checkpoint {checkpoint} is incomplete, or was written by fewer "
+                              f"processes (no RNG state for process {process_index}); resume with as many "
+                              f"processes as wrote it, or pass run.dir=<new directory>")
+    try:
+        states = load(path)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise CheckpointError(f"{path} is not a plain RNG state file and was not loaded ({type(exc).__name__}: "
+                              f"{detail}); a checkpoint holds data only, never code") from exc
+    missing = [k for k in RNG_KEYS if not (isinstance(states, dict) and k in states)]
+    if missing:
+        raise CheckpointError(f"{path} lacks the RNG state(s) {missing}: not a checkpoint written by foundation")
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(checkpoint) / STATE_NAME).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint / STATE_NAME} is unreadable: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- model files
+def save_model(model: torch.nn.Module, directory: Path, *, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` + ``model.json`` into ``directory``, replacing both atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_open(directory / "model.safetensors") as fh:
+        fh.write(safetensors_save(tensors))
+    write_json(directory / "model.json", {**meta, "model": model.config_dict()})
+
+
+def load_model(directory: Path, *, device: str | torch.device = "cpu"):
+    """Rebuild a model from ``model.json`` and load ``model.safetensors`` (no pickle involved)."""
+    from foundation.model import CLIPMUSED
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise CheckpointError(f"{p} not found: {directory} is not a saved model directory")
+    try:
+        meta = json.loads(meta_path.read_text())
+        spec = dict(meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path} does not describe a model: {exc}") from exc
+    # validate the architecture with the recipe machinery (unknown keys, wrong types are named)
+    spec["model"] = to_dict(from_dict(ModelConfig, spec.get("model"), path=f"{meta_path.name}:model"))
+    model = CLIPMUSED.from_config_dict(spec)
+    try:
+        state = load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path} is not a safetensors file: {exc}") from exc
+    own = model.state_dict()
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or extra:
+        detail = "; ".join(filter(None, [
+            f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)}" if wrong else "",
+            f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else ""]))
+        raise CheckpointError(f"{weights_path} does not fit the model described in {meta_path}: {detail}")
+    model.load_state_dict(state)
+    return model.to(device), meta

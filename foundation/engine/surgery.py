@@ -1,0 +1,160 @@
+"""``foundation finetune RUN_DIR RECIPE``: add new subjects to a trained model by their tokens alone.
+
+The pre-trained run's selected weights (``RUN_DIR/best``) are loaded, the new subjects named by
+RECIPE are appended to the token table, and every other tensor is frozen: only the new subjects'
+token rows receive gradient (the old rows are masked, and the token group has no weight decay, so
+Adam leaves them bit for bit).  ``--unfreeze head`` / ``--unfreeze adapter`` also train the label
+head / input adapter of the recipe's datasets.  Per-subject preprocessing (e.g. the NSD plugin's
+PCA per ROI) is fitted on the new subject's own training data when RECIPE's shards are built, exactly
+as for pre-training.  The result is a new run directory with its own ``metrics.json``; after training
+the frozen tensors are compared with the source, byte for byte, and any difference is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from foundation.core.api import DatasetInfo
+from foundation.core.errors import CheckpointError, RecipeError
+
+UNFREEZABLE = ("head", "adapter")
+SPEC_NAME = "finetune.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSpec:
+    """Where the pre-trained model comes from and what besides the new tokens may train."""
+
+    source: Path
+    unfreeze: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.unfreeze) - set(UNFREEZABLE))
+        if bad:
+            raise RecipeError(f"--unfreeze: unknown part(s) {bad}; choose from {list(UNFREEZABLE)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": str(self.source), "unfreeze": list(self.unfreeze)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> FinetuneSpec:
+        return cls(source=Path(d["source"]), unfreeze=tuple(d.get("unfreeze", ())))
+
+
+def read_spec(run_dir: Path) -> FinetuneSpec | None:
+    """The spec a fine-tuning run was made with (``None`` for a pre-training run)."""
+    path = Path(run_dir) / SPEC_NAME
+    if not path.is_file():
+        return None
+    try:
+        return FinetuneSpec.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is unreadable: {exc}") from exc
+
+
+def _check_compatible(ds: str, ours: DatasetInfo, theirs: DatasetInfo, source: Path) -> None:
+    for field in ("kind", "token_shape", "grid", "label_names"):
+        a, b = getattr(ours, field), getattr(theirs, field)
+        if (tuple(a) if a is not None else None) != (tuple(b) if b is not None else None):
+            raise RecipeError(f"dataset {ds!r}: the recipe's shards have {field}={a!r} but the model in "
+                              f"{source} was trained with {field}={b!r}")
+
+
+@dataclasses.dataclass
+class FinetuneSetup:
+    """The grown model, what trains, and the facts metrics.json records."""
+
+    model: nn.Module
+    param_groups: list[dict[str, Any]]
+    new_subjects: list[str]
+    source_state: dict[str, torch.Tensor]
+    trainable: dict[str, str]  # parameter name -> "new rows" | "all"
+
+    def info(self) -> dict[str, Any]:
+        return {"new_subjects": self.new_subjects, "trainable": self.trainable,
+                "trainable_parameters": self.trainable_parameters()}
+
+    def trainable_parameters(self) -> int:
+        params = dict(self.model.named_parameters())
+        total = 0
+        for name, how in self.trainable.items():
+            p = params[name]
+            total += (len(self.new_subjects) * p[0].numel()) if how == "new rows" else p.numel()
+        return total
+
+
+def prepare(spec: FinetuneSpec, infos: Mapping[str, DatasetInfo], vocab: Sequence[str], *,
+            weight_decay: float) -> FinetuneSetup:
+    """Load ``spec.source``'s best model, add the subjects of ``vocab`` it lacks, freeze the rest."""
+    from foundation.engine.checkpoint import load_model
+
+    model, _ = load_model(Path(spec.source) / "best")
+    if model.cfg.tokens == "shared":
+        raise RecipeError(f"{spec.source} is an MS-SMODEL run (model.tokens: shared): it has no subject tokens "
+                          f"to fine-tune")
+    for ds, info in infos.items():
+        if ds not in model.infos:
+            raise RecipeError(f"dataset {ds!r} is not in the pre-trained model of {spec.source} "
+                              f"(it has {sorted(model.infos)}); a new dataset needs pre-training")
+        _check_compatible(ds, info, model.infos[ds], spec.source)
+    known = set(model.vocab)
+    new = [k for k in vocab if k not in known]
+    if not new:
+        raise RecipeError(f"the recipe names no subject that {spec.source} lacks (all of {list(vocab)[:5]} are "
+                          f"known): fine-tuning adds new subjects; set datasets[].subjects to the new ones")
+    source_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n_old = len(model.vocab)
+    model.add_subjects(new)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tokens = model.subject_tokens.weight
+    tokens.requires_grad_(True)
+    keep_old = torch.zeros(tokens.shape[0], 1, 1)
+    keep_old[n_old:] = 1.0
+    tokens.register_hook(lambda g: g * keep_old.to(device=g.device, dtype=g.dtype))
+    trainable = {"subject_tokens.weight": "new rows"}
+    extra: list[nn.Parameter] = []
+    for part in spec.unfreeze:
+        modules = model.heads if part == "head" else model.adapters
+        prefix = "heads" if part == "head" else "adapters"
+        for ds in infos:
+            for name, p in modules[ds].named_parameters():
+                p.requires_grad_(True)
+                extra.append(p)
+                trainable[f"{prefix}.{ds}.{name}"] = "all"
+    # no weight decay on the token table: decay would move the frozen rows
+    groups = [{"params": [tokens], "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": weight_decay})
+    return FinetuneSetup(model=model, param_groups=groups, new_subjects=new, source_state=source_state,
+                         trainable=trainable)
+
+
+def _is_alignment_row_table(name: str) -> bool:
+    """Per-subject alignment buffers (one row per subject): ``alignments.<ds>.{weight,mean,fitted}``."""
+    return name.startswith("alignments.") and name.rsplit(".", 1)[-1] in ("weight", "mean", "fitted")
+
+
+def check_frozen(setup: FinetuneSetup, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless every frozen tensor of ``state`` equals the source's, byte for byte."""
+    n_old = setup.source_state["subject_tokens.weight"].shape[0]
+    changed = []
+    for name, before in setup.source_state.items():
+        after = state[name].detach().cpu()
+        if name == "subject_tokens.weight" or _is_alignment_row_table(name):
+            after = after[:n_old]  # new subjects' rows: trained tokens, fitted alignments
+        elif setup.trainable.get(name) == "all":
+            continue
+        if after.shape != before.shape or not torch.equal(after, before):
+            changed.append(name)
+    if changed:
+        raise CheckpointError(f"fine-tuning changed frozen tensors {changed[:5]}: this is a bug, please report it")
+

@@ -1,0 +1,479 @@
+"""The Accelerate training loop (:class:`Trainer`): build the shards if missing, train with periodic
+validation and atomic checkpoints, resume from the latest checkpoint when rerun, select the best
+validation step and write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
+The workflows that drive it are :mod:`foundation.workflows.train` and :mod:`foundation.workflows.finetune`.
+
+Length (~460 lines, over the ~400 guide): one class, the loop, with the resume and run-directory checks
+it relies on; splitting it would separate the state that exact resumption depends on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from foundation.core.atomic import remove_stale_tmp, write_json
+from foundation.core.config import Recipe
+from foundation.core.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
+from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
+from foundation.engine.surgery import FinetuneSpec
+from foundation.core.convert import to_dict
+from foundation.core.recipe import save_recipe
+from foundation.objectives.metrics import metrics_from_predictions
+
+log = logging.getLogger("foundation.train")
+
+#: recipe keys that may change between a run and its resumption without changing its results
+RESUMABLE_CHANGES = {"run.dir", "train.num_workers", "train.log_every", "train.eval_batch_size"}
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return Path(recipe.run.dir) if recipe.run.dir else Path("runs") / f"{recipe.name}-seed{recipe.seed}"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run directory that was made by a different recipe (or is not a run directory)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(f"run.dir: {run_dir} exists and is not a directory")
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        raw = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"run directory {run_dir}: {saved} is unreadable ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); pass run.dir=<new directory> "
+                          f"(nothing is deleted)") from exc
+    try:  # keys added to the schema since the run was made take their defaults
+        from foundation.core.convert import from_dict
+
+        raw = to_dict(from_dict(Recipe, raw))
+    except (RecipeError, TypeError):
+        pass  # compared as written: the difference is reported below
+    old, new = _flatten(raw), _flatten(to_dict(recipe))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:5])
+        raise RecipeError(f"run directory {run_dir} was created by a different recipe ({shown}); "
+                          f"pass run.dir=<new directory> to start a new run (nothing is deleted)")
+
+
+def check_subjects(recipe: Recipe, indices: dict[str, Any]) -> None:
+    """Every subject a recipe names (``datasets[].subjects``) must be in its dataset's shards."""
+    for i, cfg in enumerate(recipe.datasets):
+        if not cfg.subjects:
+            continue
+        index = indices[cfg.id]
+        known = list(index.data["subjects"])
+        unknown = [s for s in cfg.subjects if s not in known]
+        if unknown:
+            raise UnknownSubjectError(f"datasets.{i}.subjects: {unknown} not in dataset {cfg.id!r}, whose shards "
+                                      f"{index.root} hold the subjects {known}")
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _on_main_then_everyone(accelerator, fn) -> None:
+    """Run ``fn`` on the main process; if it raises, every rank raises (no rank waits forever)."""
+    from accelerate.utils import broadcast_object_list
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below on the main process with its traceback
+            error = exc
+    if accelerator.num_processes > 1:
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        broadcast_object_list(box, from_process=0)
+        if box[0] is not None and error is None:
+            raise FoundationError(f"the main process failed while preparing the run: {box[0]}")
+    if error is not None:
+        raise error
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop needs besides Accelerate's state to resume exactly."""
+
+    step: int = 0
+    best_step: int = -1
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Trainer:
+    """Holds the pieces of one run; :meth:`fit` trains, :meth:`test` writes metrics.json."""
+
+    def __init__(self, recipe: Recipe, *, progress: bool = True, finetune: FinetuneSpec | None = None) -> None:
+        """``finetune``: start from a trained run's model, add the recipe's new subjects and train only
+        their tokens (see :mod:`foundation.engine.surgery`); the recipe's ``model`` section is then unused."""
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+
+        from foundation.data.loader import DatasetStream
+        from foundation.data.shards import build_shards, find_shards, plan
+        from foundation.data.voxels import VoxelIndexBank
+        from foundation.model import CLIPMUSED
+
+        self.recipe = recipe
+        self.finetune_spec = finetune
+        self.run_dir = run_dir_for(recipe)
+        self.progress = progress
+        t = recipe.train
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.grad_accum,
+            step_scheduler_with_optimizer=False,
+            log_with="tensorboard",
+            # a step uses one dataset's adapter and head: the others get no gradient that step
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(recipe.datasets) > 1)],
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        acc = self.accelerator
+        check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
+
+        def prepare_shards() -> None:
+            if find_shards(recipe) is None:
+                if recipe.shards.url:
+                    missing = [str(b.directory / "index.json") for b in plan(recipe)
+                               if not (b.directory / "index.json").is_file()]
+                    raise ShardError(f"shards.url is set but {missing[0]} is missing: copy each dataset's "
+                                     f"index.json (and masks/) from where the shards were built")
+                build_shards(recipe, progress=progress)
+
+        def prepare_run_dir() -> None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
+                remove_stale_tmp(folder)
+            save_recipe(recipe, self.run_dir / "config.yaml")
+            if self.alignment_report:
+                from foundation.engine.align import export_alignments
+
+                export_alignments(self.model, self.run_dir / "alignment")
+                write_json(self.run_dir / "alignment" / "fit.json", self.alignment_report)
+            if finetune is not None:
+                write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
+
+        # Shards: made once by the main process, read by all.  The run directory is written only once
+        # the recipe has proven buildable (subjects, model), so a failed start leaves nothing that would
+        # block the corrected rerun.
+        _on_main_then_everyone(acc, prepare_shards)
+        self.indices = find_shards(recipe)
+        check_subjects(recipe, self.indices)
+
+        self.streams: dict[str, DatasetStream] = {}
+        self.infos = {}
+        self.banks: dict[str, VoxelIndexBank] = {}
+        vocab = []
+        for cfg in recipe.datasets:
+            index = self.indices[cfg.id]
+            subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
+            self.streams[cfg.id] = DatasetStream(index, subjects=subjects, train_fraction=cfg.train_fraction)
+            self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
+            vocab += [f"{cfg.id}/{s}" for s in subjects]
+            if index.info.kind == "volume":
+                self.banks[cfg.id] = VoxelIndexBank(index, subjects, device=acc.device)
+        self.weights = [cfg.weight for cfg in recipe.datasets]
+
+        set_seed(recipe.seed)
+        self.finetune = None
+        if finetune is None:
+            model_cfg = recipe.model
+            if recipe.loss.guidance_loss == "mapping":  # the map's output sizes come from the shards
+                first = self.indices[recipe.datasets[0].id]
+                model_cfg = dataclasses.replace(model_cfg, mapping_dims=[first.feature_dim("low"),
+                                                                         first.feature_dim("high")])
+            if model_cfg.alignment != "none":  # the alignment's target sizes come from the shards too
+                first = self.indices[recipe.datasets[0].id]
+                model_cfg = dataclasses.replace(model_cfg, guidance_dims=[first.feature_dim("low"),
+                                                                          first.feature_dim("high")])
+            self.model = CLIPMUSED(model_cfg, self.infos, vocab)
+            param_groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+            to_align = {cfg.id: list(self.infos[cfg.id].subjects) for cfg in recipe.datasets}
+        else:
+            from foundation.engine.surgery import prepare
+
+            self.finetune = prepare(finetune, self.infos, vocab, weight_decay=t.weight_decay)
+            self.model, param_groups = self.finetune.model, self.finetune.param_groups
+            to_align = {}
+            for key in self.finetune.new_subjects:
+                ds, subject = key.split("/", 1)
+                to_align.setdefault(ds, []).append(subject)
+        self.alignment_report = {}
+        if self.model.alignments:  # closed-form per-subject maps: fitted before any training step
+            from foundation.engine.align import fit_alignments
+
+            self.alignment_report = fit_alignments(self.model, self.streams, to_align, fit_basis=finetune is None)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        optimizer = torch.optim.Adam(param_groups, lr=t.lr, weight_decay=t.weight_decay)
+        warmup = max(t.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        self.state = TrainState()
+        _on_main_then_everyone(acc, prepare_run_dir)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def core(self):
+        """The unwrapped model (no DDP wrapper)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _forward(self, model, batch):
+        idx = self.core.subject_index(batch.subjects).to(self.accelerator.device)
+        voxel_index = self.banks[batch.dataset](batch.subjects) if batch.dataset in self.banks else None
+        return model(batch.dataset, batch.fmri.float(), idx, voxel_index=voxel_index)
+
+    def _segment_iterators(self, segment: int) -> dict[str, list[Any]]:
+        """One endless batch iterator per (dataset, micro-batch) of this rank.
+
+        Every micro-batch of a step reads its own stream, seeded by its *global slot*
+        ``micro * num_processes + rank``.  A step therefore sees the same ``grad_accum ×
+        num_processes`` batches however they are spread over processes: 2 processes with
+        ``grad_accum=1`` train on exactly the batches of 1 process with ``grad_accum=2``.
+        """
+        t, acc = self.recipe.train, self.accelerator
+        return {
+            name: [iter(stream.train_batches(
+                t.batch_size, seed=self.recipe.seed, segment=segment,
+                rank=micro * acc.num_processes + acc.process_index,
+                shuffle_buffer=t.shuffle_buffer, num_workers=t.num_workers, pin_memory=acc.device.type == "cuda"))
+                for micro in range(t.grad_accum)]
+            for name, stream in self.streams.items()
+        }
+
+    def _pick_dataset(self, step: int) -> str:
+        names = list(self.streams)
+        if len(names) == 1:
+            return names[0]
+        # same choice on every rank: seeded by (seed, step) only
+        return random.Random(f"mix/{self.recipe.seed}/{step}").choices(names, weights=self.weights)[0]
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> bool:
+        from safetensors import SafetensorError
+
+        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        raw = read_state(ckpt)
+        saved = raw.get("model", {})
+        if saved.get("vocab") != self.core.vocab or saved.get("datasets") != self.core.config_dict()["datasets"]:
+            raise CheckpointError(f"{ckpt} holds a model for other subjects or datasets than this recipe builds "
+                                  f"({len(saved.get('vocab', []))} vs {len(self.core.vocab)} subjects); "
+                                  f"pass run.dir=<new directory>")
+        ours, theirs = self.core.config_dict()["model"], saved.get("model")
+        if isinstance(theirs, dict):  # keys added to ModelConfig since the checkpoint take their defaults
+            from foundation.core.config import ModelConfig
+
+            theirs = {**dataclasses.asdict(ModelConfig()), **theirs}
+        if theirs != ours:
+            theirs = theirs if isinstance(theirs, dict) else {}
+            diff = ", ".join(f"model.{k}: {theirs.get(k)!r} in the checkpoint, {v!r} now"
+                             for k, v in ours.items() if theirs.get(k) != v)
+            raise CheckpointError(f"{ckpt} holds a model of another shape ({diff}); pass run.dir=<new directory>")
+        for rank in range(self.accelerator.num_processes):  # every rank checks all: all raise, none waits
+            check_rng_states(ckpt, rank)
+        try:
+            self.accelerator.load_state(str(ckpt))
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError,
+                SafetensorError) as exc:  # weights_only refuses a pickle that would run code
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
+        self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
+                                best_score=raw["best_score"], history=raw["history"])
+        if self.accelerator.is_main_process:
+            print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> None:
+        from tqdm.auto import tqdm
+
+        from foundation.engine.checkpoint import save_checkpoint, save_model
+        from foundation.objectives.losses import clip_mused_loss
+
+        acc, t, r = self.accelerator, self.recipe.train, self.recipe
+        acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
+        self.resume()
+        bar = tqdm(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
+                   disable=not (self.progress and acc.is_local_main_process), dynamic_ncols=True)
+        iterators = None
+        running: dict[str, torch.Tensor] = {}
+        n_running = 0
+        t0 = time.perf_counter()
+        self.model.train()
+        while self.state.step < t.steps:
+            step = self.state.step
+            if iterators is None or step % t.checkpoint_every == 0:
+                iterators = self._segment_iterators(step // t.checkpoint_every)
+            name = self._pick_dataset(step)
+            for micro in range(t.grad_accum):
+                batch = next(iterators[name][micro]).to(acc.device)
+                with acc.accumulate(self.model):
+                    with acc.autocast():
+                        out = self._forward(self.model, batch)
+                    loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in terms.items():
+                    running[k] = running.get(k, 0) + v.detach().float()
+                n_running += 1
+            self.scheduler.step()
+            self.state.step = step = step + 1
+            bar.update(1)
+
+            if step % t.log_every == 0 or step == t.steps:
+                values = {f"train/{k}": float(v) / n_running for k, v in running.items()}  # syncs here only
+                values["train/lr"] = self.scheduler.get_last_lr()[0]
+                acc.log(values, step=step)
+                bar.set_postfix(loss=f"{values['train/loss']:.4f}")
+                running, n_running = {}, 0
+            if step % t.eval_every == 0 or step == t.steps:
+                metrics = self.evaluate("val")
+                score = metrics["mAP"] if acc.is_main_process else 0.0
+                if acc.is_main_process:
+                    acc.log({"val/mAP": metrics["mAP"], "val/AUC": metrics["AUC"],
+                             "val/hamming": metrics["hamming"]}, step=step)
+                    self.state.history.append({"step": step, "val_mAP": metrics["mAP"], "val_AUC": metrics["AUC"]})
+                    if score > self.state.best_score:
+                        self.state.best_score, self.state.best_step = score, step
+                        save_model(self.core, self.run_dir / "best", meta={"step": step, "val": metrics})
+                    bar.write(f"step {step}: val mAP {metrics['mAP']:.4f} AUC {metrics['AUC']:.4f} "
+                              f"(best {self.state.best_score:.4f} @ {self.state.best_step})")
+                self._sync_state()
+                self.model.train()
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                state = {**dataclasses.asdict(self.state), "model": self.core.config_dict()}
+                save_checkpoint(acc, self.run_dir, step, state, keep=t.keep_checkpoints)
+        bar.close()
+        self.train_seconds = time.perf_counter() - t0
+        if self.finetune is not None:
+            from foundation.engine.surgery import check_frozen
+
+            check_frozen(self.finetune, self.core.state_dict())
+
+    def _sync_state(self) -> None:
+        """Broadcast the main process' best-score bookkeeping to every rank."""
+        from accelerate.utils import broadcast_object_list
+
+        if self.accelerator.num_processes > 1:
+            box = [dataclasses.asdict(self.state)]
+            broadcast_object_list(box, from_process=0)
+            self.state = TrainState(**box[0])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, split: str) -> dict[str, dict[str, Any]] | None:
+        """Probabilities of every sample of ``split`` (gathered on the main process, else ``None``)."""
+
+        acc, model = self.accelerator, self.core
+        was_training = model.training
+        model.eval()
+        local: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+        for name, stream in self.streams.items():
+            for batch in stream.eval_batches(split, self.recipe.train.eval_batch_size, rank=acc.process_index,
+                                             world_size=acc.num_processes):
+                batch = batch.to(acc.device)
+                with acc.autocast():
+                    out = self._forward(model, batch)
+                probs = torch.sigmoid(out.logits.float()).cpu().numpy()
+                labels = batch.labels.cpu().numpy()
+                local += [(name, k, p, y) for k, p, y in zip(batch.keys, probs, labels)]
+        model.train(was_training)
+        gathered = acc.gather_for_metrics(local, use_gather_object=True)
+        if not acc.is_main_process:
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        for name, stream in self.streams.items():
+            rows = [x for x in gathered if x[0] == name]
+            keys = [x[1] for x in rows]
+            expected = stream.count(split)
+            if len(keys) != expected or len(set(keys)) != expected:
+                raise ShardError(f"evaluation of {name!r} {split} read {len(keys)} samples "
+                                 f"({len(set(keys))} distinct) but the shards hold {expected}")
+            order = np.argsort(keys)
+            out[name] = {
+                "keys": [keys[i] for i in order],
+                "subjects": ["/".join(keys[i].split("/")[:2]) for i in order],
+                "probs": np.stack([rows[i][2] for i in order]),
+                "labels": np.stack([rows[i][3] for i in order]),
+            }
+        return out
+
+    def evaluate(self, split: str) -> dict[str, Any] | None:
+        """Metrics of ``split`` in the metrics.json schema (main process; others get ``None``)."""
+        preds = self.predict(split)
+        return None if preds is None else metrics_from_predictions(preds, self.infos)
+
+    def test(self) -> Path:
+        """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        best = self.run_dir / "best" / "model.safetensors"
+        acc.wait_for_everyone()
+        if best.is_file():
+            self.core.load_state_dict(load_file(str(best)))  # CPU tensors, copied onto the device
+        results = {split: self.evaluate(split) for split in ("val", "test")}
+        path = self.run_dir / "metrics.json"
+        if acc.is_main_process:
+            provenance = {name: idx.data["guidance"] for name, idx in self.indices.items()}
+            random_weights = any(
+                g.get("provenance", {}).get("random_weights", False) for p in provenance.values() for g in p.values())
+            write_json(path, {
+                **results,
+                "best_step": self.state.best_step,
+                "steps": self.recipe.train.steps,
+                "recipe": self.recipe.name,
+                "seed": self.recipe.seed,
+                "model_tokens": self.recipe.model.tokens,
+                "parameters": self.n_params,
+                "train_seconds": getattr(self, "train_seconds", None),
+                "num_processes": acc.num_processes,
+                "guidance": provenance,
+                "random_weights": random_weights,
+                "shards": {name: str(idx.root) for name, idx in self.indices.items()},
+                **({"finetune": {**self.finetune.info(), "source": str(self.finetune_spec.source),
+                                 "unfreeze": list(self.finetune_spec.unfreeze)}} if self.finetune else {}),
+            })
+        acc.wait_for_everyone()
+        return path
+

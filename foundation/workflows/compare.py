@@ -1,0 +1,294 @@
+"""``foundation bench RECIPE``: the paper's comparisons (methods, ablations, guidance) on any recipe.
+
+Every method is a switch of the same model code (recipe overrides), trained over several seeds; runs
+whose ``metrics.json`` exists are reused, so an interrupted bench resumes by rerunning it.  The
+report (``results.md`` + ``results.json`` in ``OUT/<recipe>/``) gives, per dataset, the mean over
+subjects of each subject's test mAP / AUC / Hamming as mean ± std over seeds, and a paired t-test of
+the reference row (CLIP-MUSED unless ``--reference``) against every other row over (seed, subject)
+pairs, Holm–Bonferroni corrected as one family (``***`` p < .001, ``**`` p < .01, ``*`` p < .05, ``n.s.`` not significant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from foundation.core.errors import RecipeError
+
+NO_GUIDANCE = ("loss.lambda_orth=0", "loss.lambda_low=0", "loss.lambda_high=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A row of the comparison: recipe overrides, trained on all subjects or one model per subject."""
+
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+    per_subject: bool = False
+    description: str = ""
+    kind: str = "train"  # "train": foundation train; "srm" / "linear": a closed-form module (CLOSED_FORM)
+    args: tuple[str, ...] = ()  # extra command-line arguments of a closed-form module
+
+    @property
+    def one_model(self) -> bool:
+        """Whether a run is one model over all its subjects (has a pooled mAP)."""
+        return not self.per_subject and self.kind != "linear"
+
+
+#: closed-form methods: kind -> module run as ``python -m MODULE RECIPE --no-progress [args]``; each
+#: writes ``metrics.json`` in the schema of a training run
+CLOSED_FORM = {"srm": "foundation.workflows.srm", "linear": "foundation.workflows.linear"}
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("clip-mused", "CLIP-MUSED", ("model.tokens=subject",),
+           description="a low and a high token per subject; BCE + λ⊥·L⊥ + λ_low·RSA_low + λ_high·RSA_high"),
+    Method("ms-smodel-vit", "MS-SMODEL-ViT", ("model.tokens=shared", *NO_GUIDANCE),
+           description="all subjects pooled into one Transformer, no subject tokens, BCE only"),
+    Method("ms-emb", "MS-EMB", ("model.tokens=identity", *NO_GUIDANCE),
+           description="one identity token per subject (Chehab et al., 2022), BCE only"),
+    Method("ss-vit", "SS-ViT", ("model.tokens=shared", *NO_GUIDANCE), per_subject=True,
+           description="one Transformer per subject, BCE only"),
+    Method("ss-mlp", "SS-MLP / SS-CNN", ("model.tokens=shared", "model.backbone=mlp", *NO_GUIDANCE),
+           per_subject=True, description="one MLP per subject (on ROI tokens; on volumes, after the 3-D CNN)"),
+    Method("ms-smodel-mlp", "MS-SMODEL-MLP / -CNN", ("model.tokens=shared", "model.backbone=mlp", *NO_GUIDANCE),
+           description="all subjects pooled into one MLP (volumes: 3-D CNN), BCE only"),
+    Method("clip-ss-vit", "CLIP-SS-ViT", ("model.tokens=subject",), per_subject=True,
+           description="CLIP-MUSED's model and losses trained on one subject (Table D5)"),
+    Method("mapping", "Mapping-based", ("model.tokens=subject", "loss.guidance_loss=mapping"),
+           description="Table B4: the tokens regress the guidance features (MSE) instead of the RSA losses"),
+    Method("srm", "SRM", (), kind="srm",
+           description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
+    Method("ridge", "Ridge (per subject)", (), kind="linear", args=("--solver", "ridge"),
+           description="one ridge regression per subject from the flattened inputs to the labels, alpha on val"),
+    Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"),
+           description="one L2 logistic regression per subject and label on the flattened inputs, C on val"),
+    Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
+           description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
+                       "(model.alignment=guidance-ridge)"),
+    Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
+           ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
+           description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),
+    Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),
+           description="ablation: no orthogonality loss (Table 3)"),
+    Method("no-low", "CLIP-MUSED w/o RSA_low", ("model.tokens=subject", "loss.lambda_low=0"),
+           description="ablation: no low-level RSA loss (Table 3)"),
+    Method("no-high", "CLIP-MUSED w/o RSA_high", ("model.tokens=subject", "loss.lambda_high=0"),
+           description="ablation: no high-level RSA loss (Table 3)"),
+    Method("no-rsa", "CLIP-MUSED w/o RSA", ("model.tokens=subject", "loss.lambda_low=0", "loss.lambda_high=0"),
+           description="ablation: neither RSA loss (Table 3)"),
+)}
+REFERENCE = "clip-mused"
+DEFAULT_METHODS = ("clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "ridge", "logistic", "no-orth", "no-low",
+                   "no-high")
+
+
+def resolve_method(name: str) -> Method:
+    """A registered method, or ``guidance:NAME`` / ``guidance:LOW,HIGH`` (CLIP-MUSED with other guidance)."""
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith("guidance:"):
+        parts = name.split(":", 1)[1].split(",")
+        if len(parts) not in (1, 2) or not all(parts):
+            raise RecipeError(f"method {name!r}: write guidance:NAME or guidance:LOW,HIGH")
+        low, high = parts[0], parts[-1]
+        label = f"CLIP-MUSED, guidance {low}" + (f" / {high}" if high != low else "")
+        return Method(name, label, ("model.tokens=subject", f"guidance.low={low}", f"guidance.high={high}"),
+                      description="Table E6: the guidance network swapped")
+    raise RecipeError(f"unknown method {name!r}; choose from {sorted(METHODS)} or guidance:NAME")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    method: Method
+    seed: int
+    run_dir: Path
+    recipe_file: Path
+    subject: str | None = None  # "dataset/subject" for per-subject methods
+
+
+def plan_jobs(recipe_path: str | Path, *, methods: Sequence[str], seeds: Sequence[int], out: Path,
+              overrides: Sequence[str] = (), subjects: Sequence[str] | None = None) -> list[Job]:
+    """One job per (method, seed[, subject]); writes each job's resolved recipe under ``out/recipes``."""
+    from foundation.data.shards import build_shards
+    from foundation.core.recipe import load_recipe, to_dict
+
+    base = load_recipe(recipe_path, list(overrides))
+    all_subjects = []
+    for cfg, index in zip(base.datasets, build_shards(base, progress=False).values()):
+        chosen = cfg.subjects or list(index.data["subjects"])
+        all_subjects += [f"{cfg.id}/{s}" for s in chosen]
+    if subjects:
+        unknown = sorted(set(subjects) - set(all_subjects))
+        if unknown:
+            raise RecipeError(f"--subjects {unknown} are not subjects of the recipe ({all_subjects[:5]}…)")
+    jobs = []
+    for name in methods:
+        method = resolve_method(name)
+        for seed in seeds:
+            recipe = load_recipe(recipe_path, [*overrides, *method.overrides, f"seed={seed}"])
+            targets = (subjects or all_subjects) if method.per_subject else [None]
+            for subject in targets:
+                d = to_dict(recipe)
+                tag = f"{method.name.replace(':', '-').replace(',', '-')}-seed{seed}"
+                if subject is not None:
+                    ds, sub = subject.split("/", 1)
+                    d["datasets"] = [x for x in d["datasets"] if (x.get("name") or x["plugin"]) == ds]
+                    d["datasets"][0]["subjects"] = [sub]
+                    tag += f"-{ds}-{sub}"
+                run_dir = out / tag
+                d["run"]["dir"] = str(run_dir)
+                recipe_file = out / "recipes" / f"{tag}.yaml"
+                recipe_file.parent.mkdir(parents=True, exist_ok=True)
+                recipe_file.write_text(yaml.safe_dump(d, sort_keys=False))
+                jobs.append(Job(method, seed, run_dir, recipe_file, subject))
+    return jobs
+
+
+def run_job(job: Job, *, threads: int) -> dict[str, Any]:
+    """Train one job in a subprocess unless its metrics.json exists; returns the metrics."""
+    metrics = job.run_dir / "metrics.json"
+    if not metrics.is_file():
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if job.method.kind == "train":
+            cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
+        else:
+            cmd = [sys.executable, "-m", CLOSED_FORM[job.method.kind], str(job.recipe_file), "--no-progress",
+                   *job.method.args]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(metrics.read_text())
+
+
+def _fmt(xs: Sequence[float]) -> str:
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):.3f} ± {sd:.3f}"
+
+
+def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]], *, reference: str = REFERENCE) -> dict[str, Any]:
+    """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds, and
+    the paired tests of ``reference`` against every other row."""
+    from foundation.objectives.stats import compare_to_reference
+
+    per: dict[str, dict[str, dict[str, Any]]] = {}  # dataset -> method -> data
+    for job, m in zip(jobs, results):
+        for subject, values in m["test"]["per_subject"].items():
+            ds = subject.split("/", 1)[0]
+            row = per.setdefault(ds, {}).setdefault(job.method.name, {
+                "label": job.method.label, "scores": {k: {} for k in ("mAP", "AUC", "hamming")},
+                "pooled": {}, "seconds": []})
+            for k in row["scores"]:
+                row["scores"][k][f"seed{job.seed}/{subject}"] = values[k]
+        for ds, values in m["test"]["per_dataset"].items():
+            row = per[ds][job.method.name]
+            if job.subject is None and job.method.one_model:
+                row["pooled"][job.seed] = values["mAP"]
+            if m.get("train_seconds"):
+                row["seconds"].append(m["train_seconds"])
+    out: dict[str, Any] = {}
+    for ds, methods in per.items():
+        rows = {}
+        for name, row in methods.items():
+            seed_means = {}
+            for k, scores in row["scores"].items():
+                by_seed: dict[str, list[float]] = {}
+                for key, v in scores.items():
+                    by_seed.setdefault(key.split("/", 1)[0], []).append(v)
+                seed_means[k] = [statistics.fmean(v) for _, v in sorted(by_seed.items())]
+            rows[name] = {"label": row["label"], "seed_means": seed_means, "pooled_mAP": list(row["pooled"].values()),
+                          "seconds": row["seconds"], "scores": row["scores"]}
+        tests = {}
+        if reference in rows and len(rows) > 1:
+            for c in compare_to_reference({n: r["scores"]["mAP"] for n, r in rows.items()}, reference):
+                tests[c.method] = dataclasses.asdict(c) | {"mark": c.mark}
+        out[ds] = {"methods": rows, "tests": tests, "reference": reference}
+    return out
+
+
+def markdown(summary: dict[str, Any], *, header: str) -> str:
+    lines = [header, ""]
+    ref_label = {ds: block["methods"].get(block.get("reference", REFERENCE), {}).get(
+        "label", block.get("reference", REFERENCE)) for ds, block in summary.items()}
+    for ds, block in summary.items():
+        lines += [f"### {ds}", "",
+                  f"| method | mAP ↑ | AUC ↑ | Hamming ↓ | pooled mAP ↑ | Δ mAP vs {ref_label[ds]} (paired, Holm) | s/run |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in block["methods"].items():
+            sm = row["seed_means"]
+            test = block["tests"].get(name)
+            if test is None:
+                sig = "reference" if name == block.get("reference", REFERENCE) else "–"
+            else:
+                sig = (f"{-test['mean_difference']:+.3f} {test['mark']} "
+                       f"(p = {test['p_holm']:.2g}, n = {test['n_pairs']})")
+            secs = f"{statistics.fmean(row['seconds']):.0f}" if row["seconds"] else "–"
+            lines.append(f"| {row['label']} | {_fmt(sm['mAP'])} | {_fmt(sm['AUC'])} | {_fmt(sm['hamming'])} | "
+                         f"{_fmt(row['pooled_mAP'])} | {sig} | {secs} |")
+        lines.append("")
+    lines.append("mAP / AUC / Hamming: mean over subjects of each subject's test metrics, mean ± std over seeds. "
+                 "Δ: the row minus the reference row over (seed, subject) pairs; two-sided paired t-test, "
+                 "Holm–Bonferroni over all rows; *** p < .001, ** p < .01, * p < .05, n.s. not significant.")
+    return "\n".join(lines)
+
+
+def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: int | Sequence[int] = 3,
+          out: str | Path = "runs/bench", overrides: Sequence[str] = (), subjects: Sequence[str] | None = None,
+          jobs: int = 1, reference: str = REFERENCE, log: Callable[[str], None] = print) -> Path:
+    """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path.
+
+    ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``)."""
+    from foundation.core.atomic import write_json
+
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    for name in methods:
+        resolve_method(name)  # fail before any training
+    if reference not in methods:
+        raise RecipeError(f"--reference {reference!r} is not among --methods {list(methods)}")
+    out = Path(out) / Path(recipe_path).stem
+    planned = plan_jobs(recipe_path, methods=methods, seeds=seed_list, out=out, overrides=overrides,
+                        subjects=subjects)
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    log(f"{len(planned)} runs ({sum(not (j.run_dir / 'metrics.json').is_file() for j in planned)} to train), "
+        f"{jobs} at a time × {threads} threads")
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = [None] * len(planned)  # type: ignore[list-item]
+
+    def work(i: int) -> None:
+        results[i] = run_job(planned[i], threads=threads)
+        j = planned[i]
+        log(f"done {j.method.name} seed {j.seed}" + (f" {j.subject}" if j.subject else ""))
+
+    with ThreadPoolExecutor(max(jobs, 1)) as pool:
+        list(pool.map(work, range(len(planned))))
+    wall = time.perf_counter() - t0
+    run_s = sum(r.get("train_seconds") or 0.0 for r in results)
+    summary = summarise(planned, results, reference=reference)
+    command = " ".join(["foundation bench", str(recipe_path), *overrides, "--methods", *methods,
+                        "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else [])
+                       + (["--reference", reference] if reference != REFERENCE else []))
+    header = (f"`{command}`\n\n{platform.machine()} {platform.processor() or ''} × {os.cpu_count()} cores, "
+              f"{len(planned)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs, from each "
+              f"metrics.json); this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel, reused runs "
+              f"not retrained).")
+    text = markdown(summary, header=header)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    write_json(out / "results.json", {"command": command, "seeds": seed_list, "summary": summary})
+    log(text)
+    return out / "results.md"

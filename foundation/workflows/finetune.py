@@ -1,0 +1,28 @@
+"""``foundation finetune RUN_DIR RECIPE``: add a recipe's new subjects to a trained run's model and
+train only their tokens (plus the parts named by ``--unfreeze``); the surgery itself is
+:mod:`foundation.engine.surgery`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from foundation.core.errors import CheckpointError, RecipeError
+from foundation.engine.surgery import FinetuneSpec
+from foundation.engine.trainer import Trainer, run_dir_for
+
+
+def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progress: bool = True) -> Path:
+    """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json."""
+    source = Path(source)
+    if not (source / "best" / "model.safetensors").is_file():
+        raise CheckpointError(f"{source / 'best' / 'model.safetensors'} not found: {source} is not a finished "
+                              f"training run (train it with `foundation train RECIPE` first)")
+    if run_dir_for(recipe).resolve() == source.resolve():
+        raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
+    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
+    trainer = Trainer(recipe, progress=progress, finetune=spec)
+    trainer.fit()
+    path = trainer.test()
+    trainer.accelerator.end_training()
+    return path

@@ -1,0 +1,152 @@
+"""The SRM baseline (paper Section 3.2): a shared response model, then a classifier in its space.
+
+The shared response model (Chen et al., 2015) needs subjects that saw the *same* stimuli (HCP's
+movie, the synthetic volume world): it learns an orthonormal map ``W_i`` ``(voxels_i, k)`` per
+subject and a shared time course ``S`` ``(k, T)`` with ``X_i ≈ W_i S``.  We use BrainIAK's
+implementation (``pip install "foundation[srm]"``: ``brainiak`` and the ``mpich`` runtime its mpi4py
+needs) on each subject's training samples aligned by stimulus id, z-scored per voxel with training
+statistics.  New scans of subject ``i`` go to the shared space as ``W_iᵀ x``; one multi-label
+logistic regression is trained there on every subject's training samples.  The dimension ``k`` is
+chosen on validation mAP from ``features``.  Writes ``metrics.json`` in the schema of a training run,
+so ``foundation bench`` reports it beside the other methods (method ``srm``).
+
+    python -m foundation.workflows.srm RECIPE [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundation.core.errors import DataError, FoundationError
+
+DEFAULT_FEATURES = (5, 10, 20, 50, 100)
+
+
+def _fit_logistic(z: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 300,
+                  weight_decay: float = 1e-3) -> torch.nn.Linear:
+    """Multi-label logistic regression on ``z`` ``(n, k)`` -> ``y`` ``(n, C)`` (full-batch Adam)."""
+    torch.manual_seed(seed)
+    x, t = torch.from_numpy(z), torch.from_numpy(y)
+    model = torch.nn.Linear(x.shape[1], t.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss_fn(model(x), t).backward()
+        opt.step()
+    return model
+
+
+def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int = 10,
+            progress: bool = True) -> Path:
+    """Fit SRM + classifier for every dataset of ``recipe``; writes and returns ``RUN_DIR/metrics.json``."""
+    try:
+        from brainiak.funcalign.srm import SRM
+    except ImportError as exc:  # also raised when mpi4py finds no MPI library
+        raise FoundationError(f"the SRM baseline needs BrainIAK: pip install 'foundation[srm]' ({exc})") from exc
+    from foundation.core.atomic import write_json
+    from foundation.data.splits import read_split
+    from foundation.data.shards import build_shards, find_shards
+    from foundation.core.recipe import save_recipe
+    from foundation.engine.trainer import run_dir_for
+    from foundation.objectives.metrics import metrics_from_predictions
+
+    t0 = time.perf_counter()
+    run_dir = run_dir_for(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir / "config.yaml")
+    indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+    preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
+    infos, chosen = {}, {}
+    for cfg in recipe.datasets:
+        index = indices[cfg.id]
+        subjects = list(cfg.subjects or index.data["subjects"])
+        infos[cfg.id] = index.info
+        data = {s: {split: read_split(index, s, split) for split in ("train", "val", "test")} for s in subjects}
+        common = set.intersection(*(set(data[s]["train"].stimuli) for s in subjects))
+        order = sorted(common)
+        if len(order) < 3:
+            raise DataError(f"SRM needs training stimuli seen by every subject; in dataset {cfg.id!r} the "
+                            f"{len(subjects)} subjects share {len(order)} (SRM suits a shared movie, e.g. HCP)")
+        # z-score per voxel with each subject's training statistics; columns in shared stimulus order
+        stats, aligned = {}, []
+        for s in subjects:
+            stims, x = data[s]["train"].stimuli, data[s]["train"].x
+            mean, std = x.mean(0), x.std(0) + 1e-6
+            stats[s] = (mean, std)
+            pos = {stim: i for i, stim in enumerate(stims)}
+            aligned.append(((x[[pos[o] for o in order]] - mean) / std).T)  # (voxels_s, T)
+        limit = min(len(order) - 1, *(a.shape[0] for a in aligned))
+        grid = sorted({k for k in features if k <= limit}) or [limit]
+        best = None
+        for k in grid:
+            srm = SRM(n_iter=n_iter, features=k, rand_seed=recipe.seed)
+            srm.fit(aligned)
+
+            def shared(s: str, split: str, srm=srm) -> np.ndarray:
+                i = subjects.index(s)
+                x = (data[s][split].x - stats[s][0]) / stats[s][1]
+                return (x @ srm.w_[i]).astype(np.float32)  # (n, k)
+
+            z = np.concatenate([shared(s, "train") for s in subjects])
+            y = np.concatenate([data[s]["train"].y for s in subjects])
+            clf = _fit_logistic(z, y, seed=recipe.seed)
+            out = {}
+            for split in ("val", "test"):
+                keys, subs, probs, labels = [], [], [], []
+                for s in subjects:
+                    k_, yy = data[s][split].keys, data[s][split].y
+                    if not k_:
+                        continue
+                    with torch.no_grad():
+                        probs.append(torch.sigmoid(clf(torch.from_numpy(shared(s, split)))).numpy())
+                    keys += k_
+                    subs += [f"{cfg.id}/{s}"] * len(k_)
+                    labels.append(yy)
+                out[split] = {"keys": keys, "subjects": subs, "probs": np.concatenate(probs),
+                              "labels": np.concatenate(labels)}
+            val = metrics_from_predictions({cfg.id: out["val"]}, {cfg.id: index.info})["mAP"]
+            if progress:
+                print(f"{cfg.id}: SRM k={k}: val mAP {val:.4f}", file=sys.stderr)
+            if best is None or val > best[0]:
+                best = (val, k, out)
+        chosen[cfg.id] = {"features": best[1], "val_mAP": best[0]}
+        for split in ("val", "test"):
+            preds[split][cfg.id] = best[2][split]
+    results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
+    path = run_dir / "metrics.json"
+    write_json(path, {**results, "method": "srm", "srm": {"chosen": chosen, "grid": list(features), "n_iter": n_iter},
+                      "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from foundation.core.recipe import load_recipe
+
+    p = argparse.ArgumentParser(prog="python -m foundation.workflows.srm", description=__doc__.splitlines()[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--features", type=int, nargs="+", default=list(DEFAULT_FEATURES))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        path = run_srm(load_recipe(args.recipe, args.overrides), features=args.features,
+                       progress=not args.no_progress)
+    except FoundationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"metrics: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

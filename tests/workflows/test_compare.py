@@ -1,0 +1,91 @@
+"""``foundation bench``: method switches, resumable runs, the results table and its statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from foundation.core.errors import RecipeError
+from tests.conftest import tiny_recipe_dict
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    d = tiny_recipe_dict(tmp_path)
+    d["train"].update({"steps": 6, "eval_every": 3, "checkpoint_every": 3})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_methods_resolve_to_overrides():
+    from foundation.workflows.compare import METHODS, resolve_method
+
+    assert resolve_method("ss-vit").per_subject and not resolve_method("ms-emb").per_subject
+    g = resolve_method("guidance:minilm")
+    assert "guidance.low=minilm" in g.overrides and "guidance.high=minilm" in g.overrides
+    assert "guidance.low=alexnet" in resolve_method("guidance:alexnet,clip").overrides
+    for name in ("nonsense", "guidance:"):
+        with pytest.raises(RecipeError, match="method"):
+            resolve_method(name)
+    assert {"clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "no-orth", "no-low", "no-high"} <= set(METHODS)
+
+
+def test_every_method_switch_builds_and_trains_a_step(recipe_file, tmp_path):
+    from foundation.workflows.compare import METHODS, plan_jobs
+    from foundation.core.recipe import load_recipe
+    from foundation.engine.trainer import Trainer
+
+    jobs = plan_jobs(recipe_file, methods=list(METHODS), seeds=[0], out=tmp_path / "b",
+                     subjects=["synthetic/sub-02"])
+    assert len(jobs) == len(METHODS)
+    for job in jobs:
+        if job.method.kind != "train":
+            continue  # srm: tests/workflows/test_srm.py
+        recipe = load_recipe(job.recipe_file, ["train.steps=1", "train.eval_every=1", "train.checkpoint_every=1"])
+        if job.method.per_subject:
+            assert recipe.datasets[0].subjects == ["sub-02"]
+        trainer = Trainer(recipe, progress=False)
+        trainer.fit()
+        assert trainer.state.step == 1, job.method.name
+        if job.method.name == "mapping":
+            assert trainer.core.cfg.mapping_dims == [16, 16]  # the planted codes' sizes, from the shards
+            assert {"mappers.low.weight", "mappers.high.weight"} <= set(trainer.core.state_dict())
+
+
+@pytest.mark.slow
+def test_bench_writes_tables_and_reuses_finished_runs(recipe_file, tmp_path):
+    from foundation.workflows.compare import bench
+
+    logs: list[str] = []
+    kw = dict(methods=["clip-mused", "ss-vit"], seeds=2, out=tmp_path / "bench",
+              subjects=["synthetic/sub-01"], log=logs.append)
+    md = bench(recipe_file, **kw)
+    text = md.read_text()
+    for label in ("CLIP-MUSED", "SS-ViT", "reference", "Holm"):
+        assert label in text
+    results = json.loads((md.parent / "results.json").read_text())
+    block = results["summary"]["synthetic"]
+    assert set(block["methods"]) == {"clip-mused", "ss-vit"}
+    # 2 seeds x 3 subjects for CLIP-MUSED, 2 seeds x the one chosen subject for SS: 2 pairs
+    assert len(block["methods"]["clip-mused"]["scores"]["mAP"]) == 6
+    assert len(block["methods"]["ss-vit"]["scores"]["mAP"]) == 2
+    assert block["tests"]["ss-vit"]["n_pairs"] == 2
+    assert len(block["methods"]["clip-mused"]["seed_means"]["mAP"]) == 2
+    assert logs[0].startswith("4 runs (4 to train)")
+    summed = sum(json.loads(p.read_text())["train_seconds"] for p in (tmp_path / "bench").rglob("metrics.json"))
+    assert f"their training took {summed / 3600:.2f} h in all" in text
+    logs.clear()
+    again = bench(recipe_file, **kw).read_text()
+    assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
+    assert f"their training took {summed / 3600:.2f} h in all" in again  # reused runs still counted
+    assert logs[0].startswith("4 runs (0 to train)")
+
+
+def test_cli_refuses_zero_seeds(recipe_file, capsys):
+    from foundation.cli import main
+
+    assert main(["bench", str(recipe_file), "--seeds", "0"]) == 2  # a count of 0 seeds would run nothing
+    assert "--seeds 1" in capsys.readouterr().err
