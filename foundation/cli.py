@@ -58,8 +58,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from foundation.workflows.compare import bench
 
     seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    if isinstance(seeds, int) and seeds < 1:
+        print(f"error: --seeds {seeds}: one number is a count of seeds (0..N-1) and must be ≥ 1; "
+              f"to run only seed 0 write --seeds 1, for other seeds list several", file=sys.stderr)
+        return 2
     path = bench(args.recipe, methods=args.methods, seeds=seeds, out=args.out, overrides=args.overrides,
-                 subjects=args.subjects, jobs=args.jobs)
+                 subjects=args.subjects, jobs=args.jobs, reference=args.reference)
     print(f"results: {path}")
     return 0
 
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", nargs="+", help="per-subject methods: only these 'dataset/subject' ids")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
     p.add_argument("--out", default="runs/bench", help="where runs and results go (default: %(default)s)")
+    p.add_argument("--reference", default="clip-mused",
+                   help="the row the paired tests compare every other row with (default: %(default)s)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best weights")

@@ -97,6 +97,15 @@ class ModelConfig:
     #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
     mapping_dims: Optional[list[int]] = None
     head_hidden: int = 256
+    #: per-subject input alignment fitted in closed form (``foundation.model.alignment``): ``none`` (the
+    #: paper: one shared linear embedding of every subject's ROI tokens) or ``guidance-ridge`` (each
+    #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
+    #: ``alignment_dim`` components; ROI datasets)
+    alignment: Literal["none", "guidance-ridge"] = "none"
+    alignment_dim: int = 32
+    #: ``[D_low, D_high]`` of the guidance features (set by the trainer from the shards when
+    #: ``alignment`` is not ``none``; leave unset in recipes)
+    guidance_dims: Optional[list[int]] = None
     volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     #: volume datasets: ``resnet`` (the paper's ResNet stages with the Transformer layers interleaved,
     #: ``foundation.model.volume_resnet``) or ``cnn`` (a plain CNN run before the Transformer)

@@ -166,14 +166,19 @@ def prepare(spec: FinetuneSpec, infos: Mapping[str, DatasetInfo], vocab: Sequenc
                          trainable=trainable)
 
 
+def _is_alignment_row_table(name: str) -> bool:
+    """Per-subject alignment buffers (one row per subject): ``alignments.<ds>.{weight,mean,fitted}``."""
+    return name.startswith("alignments.") and name.rsplit(".", 1)[-1] in ("weight", "mean", "fitted")
+
+
 def check_frozen(setup: FinetuneSetup, state: Mapping[str, torch.Tensor]) -> None:
     """Raise unless every frozen tensor of ``state`` equals the source's, byte for byte."""
     n_old = setup.source_state["subject_tokens.weight"].shape[0]
     changed = []
     for name, before in setup.source_state.items():
         after = state[name].detach().cpu()
-        if name == "subject_tokens.weight":
-            after = after[:n_old]
+        if name == "subject_tokens.weight" or _is_alignment_row_table(name):
+            after = after[:n_old]  # new subjects' rows: trained tokens, fitted alignments
         elif setup.trainable.get(name) == "all":
             continue
         if after.shape != before.shape or not torch.equal(after, before):

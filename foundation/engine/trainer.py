@@ -190,6 +190,11 @@ class Trainer:
             for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
                 remove_stale_tmp(folder)
             save_recipe(recipe, self.run_dir / "config.yaml")
+            if self.alignment_report:
+                from foundation.engine.align import export_alignments
+
+                export_alignments(self.model, self.run_dir / "alignment")
+                write_json(self.run_dir / "alignment" / "fit.json", self.alignment_report)
             if finetune is not None:
                 write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
 
@@ -222,13 +227,27 @@ class Trainer:
                 first = self.indices[recipe.datasets[0].id]
                 model_cfg = dataclasses.replace(model_cfg, mapping_dims=[first.feature_dim("low"),
                                                                          first.feature_dim("high")])
+            if model_cfg.alignment != "none":  # the alignment's target sizes come from the shards too
+                first = self.indices[recipe.datasets[0].id]
+                model_cfg = dataclasses.replace(model_cfg, guidance_dims=[first.feature_dim("low"),
+                                                                          first.feature_dim("high")])
             self.model = CLIPMUSED(model_cfg, self.infos, vocab)
             param_groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+            to_align = {cfg.id: list(self.infos[cfg.id].subjects) for cfg in recipe.datasets}
         else:
             from foundation.engine.surgery import prepare
 
             self.finetune = prepare(finetune, self.infos, vocab, weight_decay=t.weight_decay)
             self.model, param_groups = self.finetune.model, self.finetune.param_groups
+            to_align = {}
+            for key in self.finetune.new_subjects:
+                ds, subject = key.split("/", 1)
+                to_align.setdefault(ds, []).append(subject)
+        self.alignment_report = {}
+        if self.model.alignments:  # closed-form per-subject maps: fitted before any training step
+            from foundation.engine.align import fit_alignments
+
+            self.alignment_report = fit_alignments(self.model, self.streams, to_align, fit_basis=finetune is None)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         optimizer = torch.optim.Adam(param_groups, lr=t.lr, weight_decay=t.weight_decay)
         warmup = max(t.warmup_steps, 1)

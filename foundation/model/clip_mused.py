@@ -22,6 +22,7 @@ Readout tokens by ``ModelConfig.tokens``:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError
 
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
+from .alignment import ALIGNMENTS, SubjectAlignment
 from .encoder import Encoder
 from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
@@ -126,8 +128,21 @@ class CLIPMUSED(nn.Module):
         for ds in datasets:
             if not ds or "." in ds or "/" in ds:
                 raise ValueError(f"dataset id {ds!r} must be non-empty and contain neither '.' nor '/'")
+        if cfg.alignment not in ALIGNMENTS:
+            raise ValueError(f"model.alignment must be one of {ALIGNMENTS}, got {cfg.alignment!r}")
+        if cfg.alignment != "none":
+            if cfg.guidance_dims is None or len(cfg.guidance_dims) != 2 or min(cfg.guidance_dims) <= 0:
+                raise ValueError(f"model.alignment={cfg.alignment!r} needs model.guidance_dims=[D_low, D_high] "
+                                 f"(the trainer sets it from the shards), got {cfg.guidance_dims}")
+            if cfg.alignment_dim <= 0:
+                raise ValueError(f"model.alignment_dim must be positive, got {cfg.alignment_dim}")
+            volumes = [ds for ds, info in datasets.items() if info.kind != "roi"]
+            if volumes:
+                raise ValueError(f"model.alignment={cfg.alignment!r} is implemented for ROI datasets only; "
+                                 f"{volumes} are volume datasets (use model.alignment=none)")
         self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),
-                                       mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims))
+                                       mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims),
+                                       guidance_dims=None if cfg.guidance_dims is None else list(cfg.guidance_dims))
         self.infos: dict[str, DatasetInfo] = dict(datasets)
         self.n_readout = 1 if cfg.tokens == "identity" else 2
         d = cfg.dim
@@ -142,6 +157,13 @@ class CLIPMUSED(nn.Module):
         else:
             self.subject_tokens = SubjectTokens(subjects, dim=d, tokens_per_subject=self.n_readout)
 
+        # per-subject closed-form input alignments (buffers, never trained): model/alignment.py
+        self.alignments = nn.ModuleDict()
+        if cfg.alignment != "none":
+            k = min(cfg.alignment_dim, *cfg.guidance_dims)
+            for ds, info in self.infos.items():
+                self.alignments[ds] = SubjectAlignment(len(subjects), math.prod(info.token_shape),
+                                                       guidance_dims=cfg.guidance_dims, dim=k)
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
@@ -186,6 +208,8 @@ class CLIPMUSED(nn.Module):
     def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeGrid:
         if info.kind == "roi":
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
+            if self.cfg.alignment != "none":  # the aligned tokens: one per guidance level
+                n_tokens, token_dim = SubjectAlignment.levels, min(self.cfg.alignment_dim, *self.cfg.guidance_dims)
             return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
         if info.kind == "volume":
             if self.cfg.patchifier == "cnn":
@@ -224,6 +248,8 @@ class CLIPMUSED(nn.Module):
             self._vocab.extend(keys)
         else:
             self.subject_tokens.add_subjects(keys)
+        for alignment in self.alignments.values():
+            alignment.grow(len(keys))
 
     # ------------------------------------------------------------------ (de)serialisation
     def config_dict(self) -> dict[str, Any]:
@@ -283,6 +309,15 @@ class CLIPMUSED(nn.Module):
             raise ValueError(f"dataset {dataset!r} is a volume dataset: forward() needs voxel_index")
         if subject_idx.dim() != 1 or subject_idx.shape[0] != fmri.shape[0]:
             raise ValueError(f"subject_idx must have shape ({fmri.shape[0]},), got {tuple(subject_idx.shape)}")
+        if dataset in self.alignments:
+            alignment = self.alignments[dataset]
+            missing = alignment.unfitted(subject_idx)
+            if missing:
+                vocab = self.vocab
+                raise ValueError(f"subjects {[vocab[i] for i in missing][:5]} have no fitted input alignment "
+                                 f"(model.alignment={self.cfg.alignment!r}); fit it from their training data "
+                                 f"first (foundation.engine.align.fit_alignments)")
+            fmri = alignment(fmri, subject_idx)  # (B, 2, k)
 
         if self.mlp:
             patches = adapter(fmri, voxel_index) if isinstance(adapter, VolumeGrid) else adapter(fmri)  # (B, M, D)

@@ -6,8 +6,8 @@ recipe's λs are used for every row except those the paper tuned apart: CLIP-SS-
 whose ``metrics.json`` exists are reused, so an interrupted bench resumes by rerunning it.  The
 report (``results.md`` + ``results.json`` in ``OUT/<recipe>/``) gives, per dataset, the mean over
 subjects of each subject's test mAP / AUC / Hamming as mean ± std over seeds, and a paired t-test of
-CLIP-MUSED against every other row over (seed, subject) pairs, Holm–Bonferroni corrected as one
-family (``***`` p < .001, ``**`` p < .01, ``*`` p < .05, ``n.s.`` not significant).
+the reference row (CLIP-MUSED unless ``--reference``) against every other row over (seed, subject)
+pairs, Holm–Bonferroni corrected as one family (``***`` p < .001, ``**`` p < .01, ``*`` p < .05, ``n.s.`` not significant).
 """
 
 from __future__ import annotations
@@ -46,7 +46,18 @@ class Method:
     overrides: tuple[str, ...]
     per_subject: bool = False
     description: str = ""
-    kind: str = "train"  # "train": foundation train; "srm": foundation.workflows.srm (no network training)
+    kind: str = "train"  # "train": foundation train; "srm" / "linear": a closed-form module (CLOSED_FORM)
+    args: tuple[str, ...] = ()  # extra command-line arguments of a closed-form module
+
+    @property
+    def one_model(self) -> bool:
+        """Whether a run is one model over all its subjects (has a pooled mAP)."""
+        return not self.per_subject and self.kind != "linear"
+
+
+#: closed-form methods: kind -> module run as ``python -m MODULE RECIPE --no-progress [args]``; each
+#: writes ``metrics.json`` in the schema of a training run
+CLOSED_FORM = {"srm": "foundation.workflows.srm", "linear": "foundation.workflows.linear"}
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -69,6 +80,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                        "the paper's λ_low = λ_high = 1e-4"),
     Method("srm", "SRM", (), kind="srm",
            description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
+    Method("ridge", "Ridge (per subject)", (), kind="linear", args=("--solver", "ridge"),
+           description="one ridge regression per subject from the flattened inputs to the labels, alpha on val"),
+    Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"),
+           description="one L2 logistic regression per subject and label on the flattened inputs, C on val"),
+    Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
+           description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
+                       "(model.alignment=guidance-ridge)"),
+    Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
+           ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
+           description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),
     Method("no-orth", "CLIP-MUSED w/o L⊥", ("model.tokens=subject", "loss.lambda_orth=0"),
            description="ablation: no orthogonality loss (Table 3)"),
     Method("no-low", "CLIP-MUSED w/o RSA_low", ("model.tokens=subject", "loss.lambda_low=0"),
@@ -79,7 +100,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="ablation: neither RSA loss (Table 3)"),
 )}
 REFERENCE = "clip-mused"
-DEFAULT_METHODS = ("clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "no-orth", "no-low", "no-high")
+DEFAULT_METHODS = ("clip-mused", "ms-smodel-vit", "ms-emb", "ss-vit", "clip-ss-vit", "ridge", "logistic", "no-orth", "no-low",
+                   "no-high")
 
 
 def resolve_method(name: str) -> Method:
@@ -165,9 +187,11 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
     metrics = job.run_dir / "metrics.json"
     if not metrics.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        module = "foundation.workflows.srm" if job.method.kind == "srm" else "foundation"
-        cmd = [sys.executable, "-m", module, *(["train"] if module == "foundation" else []),
-               str(job.recipe_file), "--no-progress"]
+        if job.method.kind == "train":
+            cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
+        else:
+            cmd = [sys.executable, "-m", CLOSED_FORM[job.method.kind], str(job.recipe_file), "--no-progress",
+                   *job.method.args]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -181,8 +205,9 @@ def _fmt(xs: Sequence[float]) -> str:
     return f"{statistics.fmean(xs):.3f} ± {sd:.3f}"
 
 
-def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds."""
+def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]], *, reference: str = REFERENCE) -> dict[str, Any]:
+    """Per dataset and method: per-(seed, subject) scores, seed-level means, pooled mAP, run seconds, and
+    the paired tests of ``reference`` against every other row."""
     from foundation.objectives.scoring import pooled
     from foundation.objectives.stats import compare_to_reference
 
@@ -197,7 +222,7 @@ def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
                 row["scores"][k][f"seed{job.seed}/{subject}"] = values[k]
         for ds, values in m["test"]["per_dataset"].items():
             row = per[ds][job.method.name]
-            if job.subject is None:
+            if job.subject is None and job.method.one_model:
                 row["pooled"][job.seed] = pooled(values)  # metrics.json of any age
             if m.get("train_seconds"):
                 row["seconds"].append(m["train_seconds"])
@@ -214,24 +239,26 @@ def summarise(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
             rows[name] = {"label": row["label"], "seed_means": seed_means, "pooled_mAP": list(row["pooled"].values()),
                           "seconds": row["seconds"], "scores": row["scores"]}
         tests = {}
-        if REFERENCE in rows and len(rows) > 1:
-            for c in compare_to_reference({n: r["scores"]["mAP"] for n, r in rows.items()}, REFERENCE):
+        if reference in rows and len(rows) > 1:
+            for c in compare_to_reference({n: r["scores"]["mAP"] for n, r in rows.items()}, reference):
                 tests[c.method] = dataclasses.asdict(c) | {"mark": c.mark}
-        out[ds] = {"methods": rows, "tests": tests}
+        out[ds] = {"methods": rows, "tests": tests, "reference": reference}
     return out
 
 
 def markdown(summary: dict[str, Any], *, header: str) -> str:
     lines = [header, ""]
+    ref_label = {ds: block["methods"].get(block.get("reference", REFERENCE), {}).get(
+        "label", block.get("reference", REFERENCE)) for ds, block in summary.items()}
     for ds, block in summary.items():
         lines += [f"### {ds}", "",
-                  "| method | mAP ↑ | AUC ↑ | Hamming ↓ | pooled mAP ↑ | Δ mAP vs CLIP-MUSED (paired, Holm) | s/run |",
+                  f"| method | mAP ↑ | AUC ↑ | Hamming ↓ | pooled mAP ↑ | Δ mAP vs {ref_label[ds]} (paired, Holm) | s/run |",
                   "|---|---|---|---|---|---|---|"]
         for name, row in block["methods"].items():
             sm = row["seed_means"]
             test = block["tests"].get(name)
             if test is None:
-                sig = "reference" if name == REFERENCE else "–"
+                sig = "reference" if name == block.get("reference", REFERENCE) else "–"
             else:
                 sig = (f"{-test['mean_difference']:+.3f} {test['mark']} "
                        f"(p = {test['p_holm']:.2g}, n = {test['n_pairs']})")
@@ -240,20 +267,24 @@ def markdown(summary: dict[str, Any], *, header: str) -> str:
                          f"{_fmt(row['pooled_mAP'])} | {sig} | {secs} |")
         lines.append("")
     lines.append("mAP / AUC / Hamming: mean over subjects of each subject's test metrics, mean ± std over seeds. "
-                 "Δ: the row minus CLIP-MUSED over (seed, subject) pairs; two-sided paired t-test, "
+                 "Δ: the row minus the reference row over (seed, subject) pairs; two-sided paired t-test, "
                  "Holm–Bonferroni over all rows; *** p < .001, ** p < .01, * p < .05, n.s. not significant.")
     return "\n".join(lines)
 
 
 def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: int | Sequence[int] = 3,
           out: str | Path = "runs/bench", overrides: Sequence[str] = (), subjects: Sequence[str] | None = None,
-          jobs: int = 1, log: Callable[[str], None] = print) -> Path:
-    """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path."""
+          jobs: int = 1, reference: str = REFERENCE, log: Callable[[str], None] = print) -> Path:
+    """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path.
+
+    ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``)."""
     from foundation.core.atomic import write_json
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     for name in methods:
         resolve_method(name)  # fail before any training
+    if reference not in methods:
+        raise RecipeError(f"--reference {reference!r} is not among --methods {list(methods)}")
     out = Path(out) / Path(recipe_path).stem
     planned = plan_jobs(recipe_path, methods=methods, seeds=seed_list, out=out, overrides=overrides,
                         subjects=subjects)
@@ -272,9 +303,10 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
         list(pool.map(work, range(len(planned))))
     wall = time.perf_counter() - t0
     run_s = sum(r.get("train_seconds") or 0.0 for r in results)
-    summary = summarise(planned, results)
+    summary = summarise(planned, results, reference=reference)
     command = " ".join(["foundation bench", str(recipe_path), *overrides, "--methods", *methods,
-                        "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else []))
+                        "--seeds", *(map(str, seed_list))] + (["--subjects", *subjects] if subjects else [])
+                       + (["--reference", reference] if reference != REFERENCE else []))
     header = (f"`{command}`\n\n{platform.machine()} {platform.processor() or ''} × {os.cpu_count()} cores, "
               f"{len(planned)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs, from each "
               f"metrics.json); this invocation {wall / 60:.1f} min wall ({jobs} jobs in parallel, reused runs "

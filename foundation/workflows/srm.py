@@ -34,24 +34,6 @@ from foundation.core.errors import DataError, FoundationError
 DEFAULT_FEATURES = (100, 200, 300, 400, 500, 600)
 
 
-def _read_split(index, subject: str, split: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """``(keys, stimulus ids, X (n, voxels) float32, Y (n, C))`` of one subject's split, in shard order."""
-    from foundation.data.loader import read_tars, decode
-
-    shards = index.shards(split, {subject})
-    keys, stimuli, xs, ys = [], [], [], []
-    expected = {str(p): c for p, c, _ in shards}
-    for raw in read_tars(({"url": str(p)} for p, _, _ in shards), expected=expected):
-        s = decode(raw)
-        keys.append(s["key"])
-        stimuli.append(str(s["meta"]["stimulus"]))
-        xs.append(s["fmri"].reshape(-1).astype(np.float32))
-        ys.append(s["labels"].astype(np.float32))
-    if not xs:
-        return [], [], np.zeros((0, 0), np.float32), np.zeros((0, index.info.num_labels), np.float32)
-    return keys, stimuli, np.stack(xs), np.stack(ys)
-
-
 def _fit_logistic(z: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 300,
                   weight_decay: float = 1e-3) -> torch.nn.Linear:
     """Multi-label logistic regression on ``z`` ``(n, k)`` -> ``y`` ``(n, C)`` (full-batch Adam)."""
@@ -75,6 +57,7 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
     except ImportError as exc:  # also raised when mpi4py finds no MPI library
         raise FoundationError(f"the SRM baseline needs BrainIAK: pip install 'foundation[srm]' ({exc})") from exc
     from foundation.core.atomic import write_json
+    from foundation.data.splits import read_split
     from foundation.data.shards import build_shards, find_shards
     from foundation.core.recipe import save_recipe
     from foundation.engine.trainer import run_dir_for
@@ -91,8 +74,8 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
         index = indices[cfg.id]
         subjects = list(cfg.subjects or index.data["subjects"])
         infos[cfg.id] = index.info
-        data = {s: {split: _read_split(index, s, split) for split in ("train", "val", "test")} for s in subjects}
-        common = set.intersection(*(set(data[s]["train"][1]) for s in subjects))
+        data = {s: {split: read_split(index, s, split) for split in ("train", "val", "test")} for s in subjects}
+        common = set.intersection(*(set(data[s]["train"].stimuli) for s in subjects))
         order = sorted(common)
         if len(order) < 3:
             raise DataError(f"SRM needs training stimuli seen by every subject; in dataset {cfg.id!r} the "
@@ -100,7 +83,7 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
         # z-score per voxel with each subject's training statistics; columns in shared stimulus order
         stats, aligned = {}, []
         for s in subjects:
-            _, stims, x, _ = data[s]["train"]
+            stims, x = data[s]["train"].stimuli, data[s]["train"].x
             mean, std = x.mean(0), x.std(0) + 1e-6
             stats[s] = (mean, std)
             pos = {stim: i for i, stim in enumerate(stims)}
@@ -117,17 +100,17 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
 
             def shared(s: str, split: str, srm=srm) -> np.ndarray:
                 i = subjects.index(s)
-                x = (data[s][split][2] - stats[s][0]) / stats[s][1]
+                x = (data[s][split].x - stats[s][0]) / stats[s][1]
                 return (x @ srm.w_[i]).astype(np.float32)  # (n, k)
 
             z = np.concatenate([shared(s, "train") for s in subjects])
-            y = np.concatenate([data[s]["train"][3] for s in subjects])
+            y = np.concatenate([data[s]["train"].y for s in subjects])
             clf = _fit_logistic(z, y, seed=recipe.seed)
             out = {}
             for split in ("val", "test"):
                 keys, subs, probs, labels = [], [], [], []
                 for s in subjects:
-                    k_, _, x, yy = data[s][split]
+                    k_, yy = data[s][split].keys, data[s][split].y
                     if not k_:
                         continue
                     with torch.no_grad():

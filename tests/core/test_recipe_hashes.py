@@ -9,6 +9,10 @@ recipe hash changes, since the hash covers the whole model config), and the ``hc
 ``split`` / ``frames_cache`` / ``empty_text`` with ``segments: khosla2020`` in the shipped recipes (new
 HCP options hash: its shards hold a different split). Dataset options of the other plugins, guidance
 options and the synthetic shard directories are unchanged.
+
+Also updated on purpose by issue 15 (``recipes/nsd.yaml``, ``hcp.yaml``, ``hcp_nsd.yaml`` name CLIP ViT-B/16
+with ``clip_value: 1.5`` in ``guidance.options.clip``, HCP's ``movie_frames``, NSD's ``test_repeats``) and
+issue 13 (``model.alignment`` / ``alignment_dim`` / ``guidance_dims``: every whole-recipe hash).
 """
 
 from __future__ import annotations
@@ -23,18 +27,19 @@ from foundation.core.recipe import from_dict, load_recipe, recipe_hash, to_dict
 
 ROOT = Path(__file__).parents[2] / "recipes"
 
+#: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "a7b61176c0d96786", "datasets.0.options": "39fa21025c57f113",
-            "guidance.clip": "f07178370eab1ca6"},
-    "hcp_nsd": {"recipe": "dd0d87682591e50e", "datasets.0.options": "d0fff92dc80a4352",
-                "datasets.1.options": "39fa21025c57f113", "guidance.clip": "f07178370eab1ca6"},
-    "nsd": {"recipe": "ee33052f331883a5", "datasets.0.options": "d0fff92dc80a4352",
-            "guidance.clip": "f07178370eab1ca6"},
-    "synthetic": {"recipe": "0b95c7c7ccb0687d", "datasets.0.options": "ff41f93d54e46e07",
+    "hcp": {"recipe": "98e3579978b563c1", "datasets.0.options": "2a873d918f907816",
+            "guidance.clip": "c82c9e49fe2f1f15"},
+    "hcp_nsd": {"recipe": "55ff6a90338778a6", "datasets.0.options": "e01a14a955ea0772",
+                "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
+    "nsd": {"recipe": "875ea30e412e8f5b", "datasets.0.options": "dbae4797f76d8375",
+            "guidance.clip": "c82c9e49fe2f1f15"},
+    "synthetic": {"recipe": "8338462e418c283b", "datasets.0.options": "ff41f93d54e46e07",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "66997ca9859c6a1d", "datasets.0.options": "ff41f93d54e46e07",
+    "synthetic_multi": {"recipe": "413b07688855749e", "datasets.0.options": "ff41f93d54e46e07",
                         "datasets.1.options": "68d82004e67e2b88", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "719425210677bfdf", "datasets.0.options": "279185fd58df02a1",
+    "synthetic_volume": {"recipe": "964a4199fc417ddf", "datasets.0.options": "279185fd58df02a1",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

@@ -251,6 +251,25 @@ def test_predict_raw_betas_session_matches_its_shards(fx, built, tmp_path):
         (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+def test_trains_with_per_subject_alignment_on_pca_tokens(built):
+    """model.alignment works through the plugin interface on NSD's per-subject PCA tokens."""
+    import dataclasses
+
+    from foundation.engine.checkpoint import load_model
+    from foundation.workflows.train import train
+
+    tmp, recipe, _ = built
+    aligned = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, alignment="guidance-ridge",
+                                                                    alignment_dim=4),
+                                  run=dataclasses.replace(recipe.run, dir=str(tmp / "run-aligned")))
+    metrics = json.loads(Path(train(aligned, progress=False)).read_text())
+    assert set(metrics["test"]["per_subject"]) == {"nsd/subj01", "nsd/subj02"}
+    model, _ = load_model(tmp / "run-aligned" / "best")
+    assert model.alignments["nsd"].fitted.tolist() == [True, True]
+    fit = json.loads((tmp / "run-aligned" / "alignment" / "fit.json").read_text())
+    assert set(fit) == {"nsd/subj01", "nsd/subj02"} and all(v["n"] >= 3 for v in fit.values())
+
+
 # ----------------------------------------------------------------------------- the plugin on its own
 
 

@@ -126,3 +126,10 @@ def test_guidance_methods_keep_only_the_options_of_the_plugins_they_use():
     assert guidance_options({**g, "low": "vit", "high": "vit"}) == {}
     assert guidance_options({**g, "low": "clip-image", "high": "clip-image"}) == {"clip-image": clip}
     assert guidance_options({**g, "low": "alexnet", "high": "clip"}) == {"clip": clip}
+
+
+def test_cli_refuses_zero_seeds(recipe_file, capsys):
+    from foundation.cli import main
+
+    assert main(["bench", str(recipe_file), "--seeds", "0"]) == 2  # a count of 0 seeds would run nothing
+    assert "--seeds 1" in capsys.readouterr().err

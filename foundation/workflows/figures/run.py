@@ -114,6 +114,8 @@ def run_figures(
         what = f"{name}: last-layer attention of the readout tokens, {ds} {split} ({model.cfg.tokens} tokens{more})"
         if info.kind == "roi":
             rois = list(info.token_names or [f"ROI {i + 1}" for i in range(info.token_shape[0])])
+            if ds in getattr(model, "alignments", {}):  # the model reads aligned tokens, not ROIs
+                rois = ["aligned low", "aligned high"]
             figures[f"attention_rois_{ds}"] = roi_attention_figure(
                 {_short(g): att.patches(g) for g in gids}, rois, token_names=names, title=what, dpi=dpi)
         else:

@@ -1,0 +1,99 @@
+"""Fit the per-subject input alignments of a model (``model.alignment``) from the shards' training data.
+
+Called by the trainer when a model with ``model.alignment != none`` is built: for pre-training, the
+shared guidance basis and every subject's map; for fine-tuning, only the new subjects' maps (the
+basis and the known subjects' maps come from the checkpoint).  Each map sees only the training
+samples the run trains on (after ``datasets[].train_fraction``): never validation or test data.
+The maps are then part of the model's state dict (``model.safetensors``); :func:`export_alignments`
+also writes them as one ``.npz`` per subject (no pickle) for inspection or reuse elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foundation.core.errors import DataError
+
+__all__ = ["fit_alignments", "export_alignments", "load_alignment"]
+
+
+def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Sequence[str]], *,
+                   fit_basis: bool, log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+    """Fit ``subjects`` (dataset id -> subject names) of ``model``'s aligned datasets in place.
+
+    Args:
+        model: a :class:`~foundation.model.CLIPMUSED` with ``cfg.alignment != "none"``.
+        streams: dataset id -> :class:`~foundation.data.loader.DatasetStream` (its index and its
+            ``train_fraction`` subset of training samples).
+        subjects: the subjects to fit, per dataset.
+        fit_basis: also fit the shared guidance basis from these subjects' training stimuli
+            (pre-training); ``False`` keeps the model's (fine-tuning: the checkpoint's).
+
+    Returns:
+        ``"dataset/subject" -> {"alpha": …, "n": training samples used}``.
+    """
+    from foundation.data.splits import read_split
+    from foundation.model.alignment import FITTERS, guidance_basis
+
+    fitter = FITTERS[model.cfg.alignment]
+    report: dict[str, dict[str, float]] = {}
+    for ds, names in subjects.items():
+        if ds not in model.alignments or not names:
+            continue
+        alignment, stream = model.alignments[ds], streams[ds]
+        keep = {k for keys in stream.train_keys().values() for k in keys}
+        data = {}
+        for s in names:
+            part = read_split(stream.index, s, "train")
+            rows = [i for i, k in enumerate(part.keys) if k in keep]
+            if len(rows) < 3:
+                raise DataError(f"{ds}/{s}: {len(rows)} training samples kept (train_fraction "
+                                f"{stream.train_fraction}); an input alignment needs at least 3")
+            data[s] = (part, np.asarray(rows))
+        if fit_basis:
+            seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for part, rows in data.values():
+                for i in rows:
+                    seen.setdefault(part.stimuli[i], (part.low[i], part.high[i]))
+            low = np.stack([v[0] for v in seen.values()])
+            high = np.stack([v[1] for v in seen.values()])
+            alignment.set_basis(guidance_basis(low, alignment.dim), guidance_basis(high, alignment.dim))
+        for s, (part, rows) in data.items():
+            gid = f"{ds}/{s}"
+            mean, weight, info = fitter(part.x[rows], alignment.targets(part.low[rows], part.high[rows]))
+            alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
+            report[gid] = {**info, "n": len(rows)}
+            if log is not None:
+                log(f"{gid}: {model.cfg.alignment} alignment on {len(rows)} training samples, alpha {info['alpha']:.3g}")
+    return report
+
+
+def export_alignments(model, directory: Path) -> list[Path]:
+    """Write each fitted subject's map as ``directory/<dataset>/<subject>.npz`` (``mean``, ``weight``)."""
+    from foundation.core.atomic import atomic_open
+
+    paths = []
+    vocab = model.vocab
+    for ds, alignment in model.alignments.items():
+        for row in np.flatnonzero(alignment.fitted.cpu().numpy()):
+            gid = vocab[row]
+            path = Path(directory) / ds / f"{gid.split('/', 1)[1]}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path) as fh:
+                np.savez(fh, mean=alignment.mean[row].cpu().numpy(), weight=alignment.weight[row].cpu().numpy(),
+                         method=np.array(model.cfg.alignment))
+            paths.append(path)
+    return paths
+
+
+def load_alignment(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(mean (F,), weight (F, 2·k), method)`` from an exported ``.npz`` (``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["mean"], z["weight"], str(z["method"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is not an exported alignment (.npz with mean, weight, method): {exc}") from exc

@@ -1,0 +1,168 @@
+"""Per-subject input alignment: fixed linear maps, fitted in closed form, into a space shared by subjects.
+
+Why (docs/RESULTS.md, "Why tokens cannot carry a subject"): a subject's inputs are in that subject's
+own coordinates (per-subject PCA bases with arbitrary sign, order and rotation; ROIs that sit at
+other places on the low→high hierarchy).  One shared linear embedding cannot undo a per-subject
+linear code, and a subject token only *adds* to the sequence, so it cannot apply a per-subject linear
+map to the inputs either.  An alignment does exactly that, before the shared model sees the data:
+
+    a_s(x) = (flatten(x) − μ_s) W_s   →  (levels, dim) tokens in the guidance space     (B, 2, k)
+
+``W_s`` ``(F, 2k)`` is a ridge regression (``alpha`` by generalised cross-validation on the
+subject's own training samples; no validation or test data) from the subject's flattened inputs
+``(F,)`` onto the guidance features of the stimuli it saw: the low-level and the high-level features,
+each projected onto ``k`` principal axes of the guidance features of the dataset's training stimuli
+(a stimulus-side basis, shared by all subjects, fitted once at pre-training and kept for new
+subjects) and scaled to unit mean variance.  Every subject's aligned tokens thus share one
+coordinate system, whatever its input code was.
+
+The maps are *buffers*, not parameters: they are fitted, never trained, and they travel in the model's
+state dict (``model.safetensors``, no pickle), so ``train``, ``finetune`` and ``predict`` apply them
+through the same :meth:`SubjectAlignment.forward`.  The learned per-subject parameters stay the token
+table's ``2 · dim``.  New alignment methods register a fitter in :data:`FITTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_ridge", "guidance_basis"]
+
+#: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+
+
+def fit_guidance_ridge(x: np.ndarray, targets: np.ndarray, *,
+                       alphas: Sequence[float] = RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Ridge from one subject's training inputs to its stimuli's guidance targets.
+
+    Args:
+        x: ``(n, F)`` the subject's flattened training inputs.
+        targets: ``(n, T)`` the shared-space targets of the same samples.
+
+    Returns:
+        ``(mean (F,), weight (F, T), info)`` such that ``(x − mean) @ weight`` predicts ``targets``
+        (the per-feature standardisation is folded into ``weight``); ``info`` holds the chosen alpha.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    if len(x) < 3:
+        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
+    x = x.astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit((x - mean) / std, targets.astype(np.float64))
+    weight = model.coef_.T / std[:, None]  # (F, T)
+    # RidgeCV's intercept is the targets' training mean (centred inputs); the shared space is centred too
+    return mean.astype(np.float32), weight.astype(np.float32), {"alpha": float(model.alpha_)}
+
+
+#: alignment name -> fitter ``(x (n, F), targets (n, T)) -> (mean (F,), weight (F, T), info)``
+FITTERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, dict[str, float]]]] = {
+    "guidance-ridge": fit_guidance_ridge,
+}
+ALIGNMENTS = ("none", *FITTERS)
+
+
+def guidance_basis(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` principal axes of one guidance level over the training stimuli.
+
+    Args:
+        features: ``(N, D)`` guidance features, one row per distinct training stimulus.
+
+    Returns:
+        ``(centre (D,), projection (D, k))``: ``(f − centre) @ projection`` has unit mean variance
+        over its ``k`` components.
+    """
+    if len(features) < 2:
+        raise ValueError(f"a guidance basis needs at least 2 stimuli, got {len(features)}")
+    f = features.astype(np.float64)
+    centre = f.mean(0)
+    _, s, vt = np.linalg.svd(f - centre, full_matrices=False)
+    k = min(k, vt.shape[0])
+    var = (s[:k] ** 2).mean() / (len(f) - 1)
+    return centre.astype(np.float32), (vt[:k].T / np.sqrt(var + 1e-12)).astype(np.float32)
+
+
+class SubjectAlignment(nn.Module):
+    """One dataset's per-subject alignments: ``(B, *input) -> (B, 2, dim)`` tokens in the guidance space.
+
+    Rows are the model's global subject rows (token-table order); rows of subjects of other datasets
+    stay unfitted.  Buffers: ``weight`` ``(S, F, 2·dim)``, ``mean`` ``(S, F)``, ``fitted`` ``(S,)``;
+    the shared guidance basis ``centre_low`` ``(D_low,)``, ``proj_low`` ``(D_low, dim)`` and the
+    same for ``high``.
+    """
+
+    levels = 2
+
+    def __init__(self, n_subjects: int, in_features: int, *, guidance_dims: Sequence[int], dim: int) -> None:
+        super().__init__()
+        if in_features <= 0 or dim <= 0 or len(guidance_dims) != 2 or min(guidance_dims) <= 0:
+            raise ValueError(f"bad alignment sizes: in_features={in_features}, dim={dim}, "
+                             f"guidance_dims={list(guidance_dims)}")
+        self.in_features, self.dim = in_features, dim
+        self.register_buffer("weight", torch.zeros(n_subjects, in_features, self.levels * dim))
+        self.register_buffer("mean", torch.zeros(n_subjects, in_features))
+        self.register_buffer("fitted", torch.zeros(n_subjects, dtype=torch.bool))
+        for level, d in zip(("low", "high"), guidance_dims):
+            self.register_buffer(f"centre_{level}", torch.zeros(d))
+            self.register_buffer(f"proj_{level}", torch.zeros(d, dim))
+        self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))
+
+    def __len__(self) -> int:
+        return self.fitted.shape[0]
+
+    @torch.no_grad()
+    def grow(self, n: int) -> None:
+        """Append ``n`` unfitted rows (new subjects); existing rows are kept bit for bit."""
+        f = self.weight
+        self.weight = torch.cat([f, f.new_zeros(n, *f.shape[1:])])
+        self.mean = torch.cat([self.mean, self.mean.new_zeros(n, self.in_features)])
+        self.fitted = torch.cat([self.fitted, self.fitted.new_zeros(n)])
+
+    @torch.no_grad()
+    def set_basis(self, low: tuple[np.ndarray, np.ndarray], high: tuple[np.ndarray, np.ndarray]) -> None:
+        """Install the shared guidance basis (:func:`guidance_basis` of each level)."""
+        for level, (centre, proj) in (("low", low), ("high", high)):
+            own = getattr(self, f"proj_{level}")
+            if proj.shape[0] != own.shape[0] or proj.shape[1] > own.shape[1]:
+                raise ValueError(f"{level} guidance basis {proj.shape} does not fit the model's {tuple(own.shape)}")
+            own.zero_()
+            own[:, : proj.shape[1]] = torch.from_numpy(proj)
+            getattr(self, f"centre_{level}").copy_(torch.from_numpy(centre))
+        self.basis_fitted.fill_(True)
+
+    def targets(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Guidance features ``(n, D_low)``, ``(n, D_high)`` -> shared-space targets ``(n, 2·dim)``."""
+        if not bool(self.basis_fitted):
+            raise ValueError("the alignment's guidance basis is not fitted yet")
+        parts = [(f - getattr(self, f"centre_{lv}").numpy()) @ getattr(self, f"proj_{lv}").numpy()
+                 for lv, f in (("low", low), ("high", high))]
+        return np.concatenate(parts, 1).astype(np.float32)
+
+    @torch.no_grad()
+    def set_subject(self, row: int, mean: np.ndarray, weight: np.ndarray) -> None:
+        """Install one subject's fitted map (``mean`` ``(F,)``, ``weight`` ``(F, 2·dim)``)."""
+        if weight.shape != tuple(self.weight.shape[1:]) or mean.shape != (self.in_features,):
+            raise ValueError(f"alignment of row {row}: weight {weight.shape} / mean {mean.shape}, expected "
+                             f"{tuple(self.weight.shape[1:])} / ({self.in_features},)")
+        self.weight[row] = torch.from_numpy(weight).to(self.weight)
+        self.mean[row] = torch.from_numpy(mean).to(self.mean)
+        self.fitted[row] = True
+
+    def unfitted(self, subject_idx: Tensor) -> list[int]:
+        """The rows of ``subject_idx`` ``(B,)`` that have no alignment yet."""
+        ok = self.fitted[subject_idx.to(self.fitted.device)]
+        return sorted({int(i) for i in subject_idx[~ok.cpu()].tolist()}) if not bool(ok.all()) else []
+
+    def forward(self, x: Tensor, subject_idx: Tensor) -> Tensor:
+        """``x`` ``(B, *input)`` of the subjects ``subject_idx`` ``(B,)`` -> ``(B, 2, dim)``."""
+        idx = subject_idx.to(self.weight.device)
+        flat = x.reshape(x.shape[0], -1).to(self.weight.dtype)  # (B, F)
+        if flat.shape[1] != self.in_features:
+            raise ValueError(f"alignment expects {self.in_features} input values per sample, got {flat.shape[1]}")
+        out = torch.bmm((flat - self.mean[idx]).unsqueeze(1), self.weight[idx]).squeeze(1)  # (B, 2·dim)
+        return out.view(x.shape[0], self.levels, self.dim)

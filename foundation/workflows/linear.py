@@ -1,0 +1,183 @@
+"""Per-subject linear read-outs (``foundation bench`` methods ``ridge`` and ``logistic``): the yardstick.
+
+One model per subject on the dataset's own inputs, flattened (ROI datasets: the ``tokens * dim``
+token values; volume datasets: the subject's in-mask voxels), standardised per feature with the
+subject's training statistics:
+
+* ``ridge`` — a multi-output ridge regression onto the 0/1 label vector (scikit-learn ``Ridge``).
+  Its scores ``ŷ`` become probabilities through ``σ(4 (ŷ − 0.5))``, a monotone map that keeps the
+  ranks (hence mAP and AUC) and the 0.5 decision threshold (hence Hamming) and is the identity to
+  first order at 0.5.
+* ``logistic`` — one L2-regularised logistic regression per label (scikit-learn
+  ``LogisticRegression``, lbfgs); a label without both classes in the subject's training split gets
+  its training prevalence as a constant probability.
+
+The regularisation (``alpha`` for ridge, ``C`` for logistic) is chosen per subject on that
+subject's **validation** mAP from a fixed grid; the test split is scored once, with the chosen value.
+Writes ``metrics.json`` in the schema of a training run (per-subject test metrics, the chosen
+values), so ``foundation bench`` reports it beside every other method.
+
+    python -m foundation.workflows.linear RECIPE [key=value ...] [--solver ridge|logistic]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from foundation.core.errors import DataError, FoundationError
+
+Solver = Literal["ridge", "logistic"]
+SOLVERS: tuple[str, ...] = ("ridge", "logistic")
+#: ridge ``alpha`` grid (on standardised features) and logistic ``C`` grid (inverse strength)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+LOGISTIC_CS = tuple(float(c) for c in np.logspace(-5, 1, 13))
+
+
+def ridge_probabilities(scores: np.ndarray) -> np.ndarray:
+    """``σ(4 (ŷ − 0.5))``: ridge scores ``(n, C)`` → probabilities with the same ranks and 0.5 threshold."""
+    return 1.0 / (1.0 + np.exp(-4.0 * (scores - 0.5)))
+
+
+def _fit_ridge(x: np.ndarray, y: np.ndarray, strength: float) -> Callable[[np.ndarray], np.ndarray]:
+    from sklearn.linear_model import Ridge
+
+    model = Ridge(alpha=strength).fit(x, y)
+    return lambda z: ridge_probabilities(model.predict(z))
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, strength: float, *, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    from sklearn.linear_model import LogisticRegression
+
+    models: list[Any] = []
+    for c in range(y.shape[1]):
+        if 0 < y[:, c].sum() < len(y):
+            models.append(LogisticRegression(C=strength, max_iter=2000, random_state=seed).fit(x, y[:, c]))
+        else:
+            models.append(float(y[:, c].mean()))
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        cols = [m.predict_proba(z)[:, 1] if not isinstance(m, float) else np.full(len(z), m) for m in models]
+        return np.stack(cols, 1)
+
+    return predict
+
+
+def fit_subject(train, val, *, solver: Solver, seed: int = 0,
+                grid: Sequence[float] | None = None) -> tuple[float, float, Callable[[np.ndarray], np.ndarray]]:
+    """Fit one subject's read-out for every value of ``grid``; keep the best on validation mAP.
+
+    Args:
+        train, val: :class:`foundation.data.splits.Split` of one subject (``x`` ``(n, F)``, ``y`` ``(n, C)``).
+        solver: ``"ridge"`` or ``"logistic"``.
+        grid: regularisation values (ridge ``alpha`` / logistic ``C``); the module's grid by default.
+
+    Returns:
+        ``(chosen value, its validation mAP, predict)`` where ``predict`` maps raw inputs ``(n, F)``
+        to probabilities ``(n, C)`` (the training standardisation included).
+    """
+    from foundation.objectives.metrics import multilabel_metrics
+
+    import torch
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    mean, std = train.x.mean(0), train.x.std(0) + 1e-6
+    xt, xv = (train.x - mean) / std, (val.x - mean) / std
+    grid = tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS))
+    best = None
+    for strength in grid:
+        fit = _fit_ridge(xt, train.y, strength) if solver == "ridge" else _fit_logistic(xt, train.y, strength, seed=seed)
+        score = multilabel_metrics(torch.from_numpy(fit(xv)).float(), torch.from_numpy(val.y).int())["mAP"]
+        if best is None or (np.isfinite(score) and score > best[1]):
+            best = (strength, float(score), fit)
+    strength, score, fit = best
+    return strength, score, lambda z: fit((z - mean) / std)
+
+
+def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Path:
+    """Fit the per-subject read-outs of every dataset of ``recipe``; writes and returns ``RUN_DIR/metrics.json``."""
+    from foundation.core.atomic import write_json
+    from foundation.core.recipe import save_recipe
+    from foundation.data.shards import build_shards, find_shards
+    from foundation.data.splits import read_split
+    from foundation.engine.trainer import run_dir_for
+    from foundation.objectives.metrics import metrics_from_predictions
+
+    if solver not in SOLVERS:
+        raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
+    t0 = time.perf_counter()
+    run_dir = run_dir_for(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir / "config.yaml")
+    indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+    preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
+    infos, chosen = {}, {}
+    for cfg in recipe.datasets:
+        index = indices[cfg.id]
+        infos[cfg.id] = index.info
+        out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
+                                           for s in ("val", "test")}
+        for subject in cfg.subjects or index.data["subjects"]:
+            gid = f"{cfg.id}/{subject}"
+            data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
+            for split, part in data.items():
+                if len(part) == 0 and split != "test":
+                    raise DataError(f"{gid}: the {split} split is empty; the {solver} baseline fits on train "
+                                    f"and chooses its regularisation on val (shards {index.root})")
+            strength, val_map, predict = fit_subject(data["train"], data["val"], solver=solver, seed=recipe.seed)
+            chosen[gid] = {"strength": strength, "val_mAP": val_map}
+            if progress:
+                print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
+                      f"val mAP {val_map:.4f}", file=sys.stderr)
+            for split in ("val", "test"):
+                part = data[split]
+                if len(part) == 0:
+                    continue
+                o = out[split]
+                o["keys"] += part.keys
+                o["subjects"] += [gid] * len(part)
+                o["probs"].append(predict(part.x).astype(np.float32))
+                o["labels"].append(part.y)
+        for split in ("val", "test"):
+            o = out[split]
+            if o["keys"]:
+                preds[split][cfg.id] = {**o, "probs": np.concatenate(o["probs"]), "labels": np.concatenate(o["labels"])}
+    results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
+    grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
+    path = run_dir / "metrics.json"
+    write_json(path, {**results, "method": solver,
+                      "linear": {"solver": solver, "parameter": "alpha" if solver == "ridge" else "C",
+                                 "grid": list(grid), "chosen": chosen},
+                      "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from foundation.core.recipe import load_recipe
+
+    p = argparse.ArgumentParser(prog="python -m foundation.workflows.linear", description=__doc__.splitlines()[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--solver", choices=SOLVERS, default="ridge")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        path = run_linear(load_recipe(args.recipe, args.overrides), solver=args.solver,
+                          progress=not args.no_progress)
+    except FoundationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"metrics: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Per-subject closed-form input alignments (``foundation.model.alignment``): the maths and the module."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_ridge_alignment_undoes_a_per_subject_linear_code():
+    """Two subjects see the same signal through different (mirrored, rotated) codes; aligned, they agree."""
+    from foundation.model.alignment import fit_guidance_ridge
+
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(400, 6))  # the shared space (the guidance targets)
+    aligned = []
+    for s in range(2):
+        code = np.linalg.qr(rng.normal(size=(6, 6)))[0] * np.where(rng.random(6) < 0.5, -1, 1)
+        x = signal @ code.T @ rng.normal(size=(6, 20)) + 0.05 * rng.normal(size=(400, 20)) + 3.0
+        mean, weight, info = fit_guidance_ridge(x[:300], signal[:300])
+        assert weight.shape == (20, 6) and mean.shape == (20,) and info["alpha"] > 0
+        aligned.append((x[300:] - mean) @ weight)
+    for a in aligned:
+        assert np.corrcoef(a.ravel(), signal[300:].ravel())[0, 1] > 0.99
+    # the raw inputs of the two subjects disagree; their aligned versions agree
+    assert np.corrcoef(aligned[0].ravel(), aligned[1].ravel())[0, 1] > 0.98
+
+
+def test_guidance_basis_has_unit_mean_variance():
+    from foundation.model.alignment import guidance_basis
+
+    f = np.random.default_rng(1).normal(size=(200, 10)) * np.arange(1, 11)
+    centre, proj = guidance_basis(f, 4)
+    z = (f - centre) @ proj
+    assert proj.shape == (10, 4)
+    assert np.mean(z.var(0, ddof=1)) == pytest.approx(1.0, rel=1e-4)
+    assert np.allclose(z.mean(0), 0, atol=1e-4)
+    assert np.argmax(np.abs(proj[:, 0])) == 9  # the first axis is the largest-variance feature
+
+
+def _module(n_subjects=3, features=12, dims=(5, 7), k=4):
+    from foundation.model.alignment import SubjectAlignment, guidance_basis
+
+    rng = np.random.default_rng(2)
+    m = SubjectAlignment(n_subjects, features, guidance_dims=dims, dim=k)
+    m.set_basis(guidance_basis(rng.normal(size=(50, dims[0])), k), guidance_basis(rng.normal(size=(50, dims[1])), k))
+    return m, rng
+
+
+def test_forward_applies_each_subjects_own_map():
+    m, rng = _module()
+    maps = [(rng.normal(size=12).astype(np.float32), rng.normal(size=(12, 8)).astype(np.float32)) for _ in range(3)]
+    for row, (mean, weight) in enumerate(maps):
+        m.set_subject(row, mean, weight)
+    x = torch.randn(5, 3, 4)  # (B, tokens, dim) of an ROI dataset, 12 values per sample
+    idx = torch.tensor([0, 2, 1, 2, 0])
+    out = m(x, idx)
+    assert out.shape == (5, 2, 4)
+    for b, row in enumerate(idx.tolist()):
+        mean, weight = maps[row]
+        expect = (x[b].reshape(-1).numpy() - mean) @ weight
+        assert np.allclose(out[b].reshape(-1).numpy(), expect, atol=1e-5)
+    with pytest.raises(ValueError, match="12 input values"):
+        m(torch.randn(2, 13), torch.tensor([0, 1]))
+
+
+def test_unfitted_subjects_are_refused_by_name_and_growing_keeps_rows():
+    from foundation.core.config import ModelConfig
+    from foundation.model import CLIPMUSED
+    from foundation.core.api import DatasetInfo
+
+    info = DatasetInfo(kind="roi", label_names=("a", "b"), subjects=("s1", "s2"), token_shape=(3, 4))
+    cfg = ModelConfig(dim=16, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge", alignment_dim=4,
+                      guidance_dims=[5, 7])
+    model = CLIPMUSED(cfg, {"d": info}, ["d/s1", "d/s2"])
+    assert model.adapters["d"].n_tokens == 2 and model.adapters["d"].token_dim == 4
+    al = model.alignments["d"]
+    al.set_subject(0, np.zeros(12, np.float32), np.ones((12, 8), np.float32))
+    model("d", torch.randn(2, 3, 4), model.subject_index(["d/s1", "d/s1"]))  # fitted: fine
+    with pytest.raises(ValueError, match=r"\['d/s2'\] have no fitted input alignment"):
+        model("d", torch.randn(2, 3, 4), model.subject_index(["d/s1", "d/s2"]))
+    before = {k: v.clone() for k, v in al.state_dict().items()}
+    model.add_subjects(["d/s3"])
+    assert len(al) == 3 and not bool(al.fitted[2])
+    for name in ("weight", "mean", "fitted"):
+        assert torch.equal(getattr(al, name)[:2], before[name])
+    # the maps are buffers: fitted, never trained, and no parameter per subject besides the tokens
+    assert not any(n.startswith("alignments.") for n, _ in model.named_parameters())
+
+
+def test_alignment_refuses_volume_datasets_and_missing_sizes():
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
+    from foundation.model import CLIPMUSED
+
+    roi = DatasetInfo(kind="roi", label_names=("a",), subjects=("s",), token_shape=(2, 2))
+    with pytest.raises(ValueError, match="guidance_dims"):
+        CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge"), {"d": roi}, ["d/s"])
+    vol = DatasetInfo(kind="volume", label_names=("a",), subjects=("s",), grid=(8, 8, 8))
+    with pytest.raises(ValueError, match="ROI datasets only"):
+        CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge", guidance_dims=[3, 3]),
+                  {"v": vol}, ["v/s"])

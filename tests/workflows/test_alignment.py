@@ -1,0 +1,117 @@
+"""``model.alignment``: fitted on training data only, saved without pickle, applied alike by train/finetune/predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+DS = "synthetic"
+
+
+@pytest.fixture(scope="module")
+def aligned_run(tmp_path_factory):
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    root = tmp_path_factory.mktemp("aligned")
+    d = tiny_recipe_dict(root, **{"train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 4,
+                                  "model.alignment": "guidance-ridge", "model.alignment_dim": 6})
+    d["datasets"][0]["subjects"] = ["sub-01", "sub-02"]
+    train(from_dict(Recipe, d), progress=False)
+    return root, d
+
+
+def _refit(shards: Path, model, subject: str, keep: set[str] | None = None):
+    """The alignment of ``subject`` recomputed here from its training split (optionally a subset)."""
+    from foundation.data.splits import read_split
+    from foundation.data.index import read_index
+    from foundation.model.alignment import fit_guidance_ridge
+
+    part = read_split(read_index(shards), subject, "train")
+    rows = [i for i, k in enumerate(part.keys) if keep is None or k in keep]
+    al = model.alignments[DS]
+    return fit_guidance_ridge(part.x[rows], al.targets(part.low[rows], part.high[rows])), len(rows)
+
+
+def test_train_fits_each_subject_on_its_training_split_and_saves_it_without_pickle(aligned_run):
+    from foundation.engine.align import load_alignment
+    from foundation.engine.checkpoint import load_model
+
+    root, _ = aligned_run
+    run = root / "run"
+    model, _ = load_model(run / "best")
+    assert model.cfg.alignment == "guidance-ridge" and model.cfg.guidance_dims == [16, 16]
+    al = model.alignments[DS]
+    assert al.dim == 6 and bool(al.basis_fitted) and al.fitted.tolist() == [True, True]
+    fit = json.loads((run / "alignment" / "fit.json").read_text())
+    shards = next((root / "shards").glob("synthetic-*"))
+    for row, subject in enumerate(("sub-01", "sub-02")):
+        (mean, weight, info), n = _refit(shards, model, subject)
+        assert fit[f"{DS}/{subject}"] == {"alpha": info["alpha"], "n": n}  # every training sample, no val/test
+        np.testing.assert_allclose(al.weight[row].numpy(), weight, rtol=1e-5, atol=1e-6)
+        # the per-subject export round-trips without pickle and equals the checkpoint's buffers
+        m2, w2, method = load_alignment(run / "alignment" / DS / f"{subject}.npz")
+        assert method == "guidance-ridge"
+        assert np.array_equal(m2, al.mean[row].numpy()) and np.array_equal(w2, al.weight[row].numpy())
+    assert {"alignments.synthetic.weight", "alignments.synthetic.proj_low"} <= set(load_file(str(run / "best" / "model.safetensors")))
+
+
+def test_predict_applies_the_same_alignment(aligned_run, tmp_path):
+    from foundation.engine.align import load_alignment
+    from foundation.engine.checkpoint import load_model
+    from foundation.workflows.predict import predict_run
+
+    root, _ = aligned_run
+    run = root / "run"
+    x = np.random.default_rng(0).standard_normal((5, 3, 8)).astype(np.float16).astype(np.float32)
+    np.save(tmp_path / "scans.npy", x)
+    records = predict_run(run, tmp_path / "scans.npy", subject="sub-02", progress=False)
+    got = np.stack([list(r["probabilities"].values()) for r in records])
+    model, _ = load_model(run / "best")
+    model.eval()
+    idx = model.subject_index([f"{DS}/sub-02"] * 5)
+    with torch.no_grad():
+        direct = torch.sigmoid(model(DS, torch.from_numpy(x), idx).logits).numpy()
+        aligned = model.alignments[DS](torch.from_numpy(x), idx).reshape(5, -1).numpy()
+    np.testing.assert_allclose(got, direct, atol=1e-6)
+    mean, weight, _ = load_alignment(run / "alignment" / DS / "sub-02.npz")
+    np.testing.assert_allclose(aligned, (x.reshape(5, -1) - mean) @ weight, rtol=1e-4, atol=1e-4)
+
+
+def test_finetune_fits_only_the_new_subject_on_its_kept_training_samples(aligned_run, tmp_path):
+    from foundation.engine.checkpoint import load_model
+    from foundation.core.config import Recipe
+    from foundation.data.index import read_index
+    from foundation.data.loader import DatasetStream
+    from foundation.workflows.finetune import finetune
+    from foundation.core.recipe import from_dict
+
+    root, d = aligned_run
+    ft = json.loads(json.dumps(d))
+    ft["datasets"][0].update(subjects=["sub-03"], train_fraction=0.5)
+    ft["run"]["dir"] = str(tmp_path / "ft")
+    ft["train"].update(steps=3, eval_every=3, checkpoint_every=3)
+    metrics = json.loads(Path(finetune(root / "run", from_dict(Recipe, ft), progress=False)).read_text())
+    assert metrics["finetune"]["trainable_parameters"] == 2 * 16  # the tokens only: the map is fitted
+    before = load_file(str(root / "run" / "best" / "model.safetensors"))
+    after = load_file(str(tmp_path / "ft" / "best" / "model.safetensors"))
+    for name in ("weight", "mean", "fitted"):
+        key = f"alignments.{DS}.{name}"
+        assert torch.equal(after[key][:2], before[key])  # the known subjects' maps, bit for bit
+    for key in ("proj_low", "proj_high", "centre_low", "centre_high"):
+        assert torch.equal(after[f"alignments.{DS}.{key}"], before[f"alignments.{DS}.{key}"])  # the basis is kept
+    shards = next((root / "shards").glob("synthetic-*"))
+    stream = DatasetStream(read_index(shards), subjects=["sub-03"], train_fraction=0.5)
+    keep = {k for keys in stream.train_keys().values() for k in keys}
+    model, _ = load_model(tmp_path / "ft" / "best")
+    (mean, weight, info), n = _refit(shards, model, "sub-03", keep)
+    assert json.loads((tmp_path / "ft" / "alignment" / "fit.json").read_text()) == {f"{DS}/sub-03": {**info, "n": n}}
+    assert n == len(keep) < 36  # half of sub-03's training samples
+    np.testing.assert_allclose(after[f"alignments.{DS}.weight"][2].numpy(), weight, rtol=1e-5, atol=1e-6)

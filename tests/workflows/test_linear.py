@@ -1,0 +1,97 @@
+"""The per-subject linear baselines (``foundation.workflows.linear``; bench methods ``ridge`` and ``logistic``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foundation.data.splits import Split
+
+
+def _recipe(tmp_path, **options):
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+
+    opts = {"n_subjects": 2, "stimuli_per_subject": 120, "shared_test": 40, "n_rois": 3, "token_dim": 8,
+            "n_categories": 4, "val_fraction": 0.25, **options}
+    return from_dict(Recipe, {"name": "lin", "datasets": [{"plugin": "synthetic", "name": "roi", "options": opts}],
+                              "shards": {"root": str(tmp_path / "shards"), "samples_per_shard": 64},
+                              "run": {"dir": str(tmp_path / "run")}})
+
+
+@pytest.mark.parametrize("solver", ["ridge", "logistic"])
+def test_linear_baseline_beats_chance_per_subject_and_writes_run_metrics(tmp_path, solver):
+    from foundation.workflows.linear import LOGISTIC_CS, RIDGE_ALPHAS, run_linear
+
+    metrics = json.loads(Path(run_linear(_recipe(tmp_path), solver=solver, progress=False)).read_text())
+    test = metrics["test"]
+    assert set(test["per_subject"]) == {"roi/sub-01", "roi/sub-02"}
+    assert test["n"] == 2 * 40  # every subject's shared test stimuli
+    for gid, m in test["per_subject"].items():
+        assert m["mAP"] > test["chance_mAP"] + 0.15, gid  # the world's planted signal is linear in the tokens
+    grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
+    assert all(c["strength"] in grid for c in metrics["linear"]["chosen"].values())
+
+
+def test_regularisation_is_chosen_on_validation_not_test():
+    """The chosen value is the validation argmax: a grid point that is best on test but not on val loses."""
+    from foundation.workflows.linear import fit_subject
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(20, 3))
+
+    def split(n, noise):
+        x = rng.normal(size=(n, 20)).astype(np.float32)
+        y = (x @ w + noise * rng.normal(size=(n, 3)) > 0).astype(np.float32)
+        return Split([str(i) for i in range(n)], [str(i) for i in range(n)], x, y, x[:, :2], x[:, :2])
+
+    train = split(30, 0.1)
+    val = split(60, 0.1)
+    grid = (1e-2, 1e2, 1e6)
+    strength, val_map, predict = fit_subject(train, val, solver="ridge", grid=grid)
+    from foundation.objectives.metrics import multilabel_metrics
+
+    import torch
+
+    scores = {a: multilabel_metrics(torch.from_numpy(fit_subject(train, val, solver="ridge", grid=(a,))[2](val.x)).float(),
+                                    torch.from_numpy(val.y).int())["mAP"] for a in grid}
+    assert strength == max(scores, key=scores.get)
+    assert val_map == pytest.approx(scores[strength])
+    probs = predict(val.x)
+    assert probs.shape == (60, 3) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_ridge_probabilities_keep_ranks_and_the_decision_threshold():
+    from foundation.workflows.linear import ridge_probabilities
+
+    s = np.array([[-3.0, 0.2, 0.5, 0.8, 4.0]])
+    p = ridge_probabilities(s)
+    assert (np.diff(p[0]) > 0).all() and p[0, 2] == pytest.approx(0.5)
+    assert ((p > 0.5) == (s > 0.5)).all()
+
+
+def test_bench_runs_linear_methods_beside_the_others(tmp_path):
+    from foundation.workflows.compare import METHODS, plan_jobs, run_job, summarise
+
+    import yaml
+
+    from foundation.core.recipe import to_dict
+
+    path = tmp_path / "lin.yaml"
+    path.write_text(yaml.safe_dump(to_dict(_recipe(tmp_path))))
+    jobs = plan_jobs(path, methods=["ridge", "logistic"], seeds=[0], out=tmp_path / "bench")
+    assert [j.method.kind for j in jobs] == ["linear", "linear"] and all(j.subject is None for j in jobs)
+    results = [run_job(j, threads=1) for j in jobs]
+    block = summarise(jobs, results)["roi"]["methods"]
+    assert block["ridge"]["pooled_mAP"] == []  # one model per subject: no pooled row
+    assert len(block["logistic"]["scores"]["mAP"]) == 2
+    assert METHODS["ridge"].args == ("--solver", "ridge")
+    # any row can be the reference of the paired tests
+    from foundation.workflows.compare import markdown
+
+    summary = summarise(jobs, results, reference="ridge")
+    assert set(summary["roi"]["tests"]) == {"logistic"} and summary["roi"]["tests"]["logistic"]["n_pairs"] == 2
+    assert "Δ mAP vs Ridge (per subject)" in markdown(summary, header="h")
