@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from foundation.data.shards import build_shards, find_shards
     from foundation.core.recipe import load_recipe
     from foundation.workflows.srm import _fit_logistic, _read_split
-    from foundation.objectives.metrics import metrics_from_predictions
+    from foundation.objectives.scoring import metrics_from_predictions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")

@@ -107,7 +107,7 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
     from foundation.data.shards import build_shards, find_shards
     from foundation.data.splits import read_split
     from foundation.engine.trainer import run_dir_for
-    from foundation.objectives.metrics import metrics_from_predictions
+    from foundation.objectives.scoring import metrics_from_predictions
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
