@@ -58,3 +58,7 @@ def write_error(path, exc: BaseException) -> WriteError:
 
 class WeightsMissingError(FoundationError, FileNotFoundError):
     """A guidance network's weight file is absent; says which file, where it was looked for and how to get it."""
+
+
+class BusyError(FoundationError):
+    """Another process holds the lock of a run or shard directory; the message names the holder."""

@@ -25,6 +25,7 @@ import yaml
 
 from foundation.core.atomic import remove_stale_tmp, write_json
 from foundation.core.config import Recipe
+from foundation.core.locks import hold
 from foundation.core.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
@@ -36,6 +37,11 @@ log = logging.getLogger("foundation.train")
 
 #: recipe keys that may change between a run and its resumption without changing its results
 RESUMABLE_CHANGES = {"run.dir", "train.num_workers", "train.log_every", "train.eval_batch_size"}
+
+
+#: the file that marks a directory as a run directory made by foundation (only such a directory, or an
+#: empty one, is ever written into)
+RUN_MARKER = ".foundation-run"
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -57,9 +63,20 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
-    """Refuse to resume a run directory that was made by a different recipe (or is not a run directory)."""
+    """Refuse a directory that foundation did not make (unless empty), and one made by a different recipe.
+
+    A run directory carries :data:`RUN_MARKER`; one written before the marker existed is recognised by its
+    ``config.yaml`` (and then compared like any other).  Anything else that is not empty is the user's.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"run.dir: {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and not (run_dir / RUN_MARKER).is_file() and not (run_dir / "config.yaml").is_file():
+        found = sorted(p.name for p in run_dir.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise RecipeError(f"run.dir: {run_dir} is not a run directory made by foundation (no {RUN_MARKER}) "
+                              f"and is not empty (it holds {shown}); pass run.dir=<new or empty directory> "
+                              f"(nothing was touched)")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
@@ -140,12 +157,7 @@ class Trainer:
         """``finetune``: start from a trained run's model, add the recipe's new subjects and train only
         their tokens (see :mod:`foundation.engine.surgery`); the recipe's ``model`` section is then unused."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-
-        from foundation.data.loader import DatasetStream
-        from foundation.data.shards import build_shards, find_shards, plan
-        from foundation.data.voxels import VoxelIndexBank
-        from foundation.model import CLIPMUSED
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         self.recipe = recipe
         self.finetune_spec = finetune
@@ -162,6 +174,34 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         acc = self.accelerator
+        self._lock = None
+
+        def take_lock() -> None:  # the main process holds the run directory until close()
+            self._lock = hold(self.run_dir, what="run directory")
+
+        _on_main_then_everyone(acc, take_lock)
+        try:
+            self._setup(recipe, finetune=finetune, progress=progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (the process ending releases it too)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, recipe: Recipe, *, finetune: FinetuneSpec | None, progress: bool) -> None:
+        """Check the run directory, build or find the shards, build the model and optimizer."""
+        from accelerate.utils import set_seed
+
+        from foundation.data.loader import DatasetStream
+        from foundation.data.shards import build_shards, find_shards, plan
+        from foundation.data.voxels import VoxelIndexBank
+        from foundation.model import CLIPMUSED
+
+        acc, t = self.accelerator, recipe.train
         check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
 
         def prepare_shards() -> None:
@@ -175,6 +215,8 @@ class Trainer:
 
         def prepare_run_dir() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not (self.run_dir / RUN_MARKER).is_file():  # first: from now on foundation owns the directory
+                write_json(self.run_dir / RUN_MARKER, {"made_by": "foundation", "recipe": recipe.name})
             for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
                 remove_stale_tmp(folder)
             save_recipe(recipe, self.run_dir / "config.yaml")
@@ -265,7 +307,7 @@ class Trainer:
     def resume(self) -> bool:
         from safetensors import SafetensorError
 
-        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state
+        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state, restore_best
 
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
@@ -297,6 +339,9 @@ class Trainer:
             raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
                                 best_score=raw["best_score"], history=raw["history"])
+        if self.accelerator.is_main_process:  # best/ of this checkpoint's history, not of a killed process'
+            restore_best(ckpt, self.run_dir, best_step=self.state.best_step)
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
         return True

@@ -22,7 +22,10 @@ def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progre
         raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
     spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
     trainer = Trainer(recipe, progress=progress, finetune=spec)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()
+    try:
+        trainer.fit()
+        path = trainer.test()
+        trainer.accelerator.end_training()
+    finally:
+        trainer.close()  # the run directory's lock
     return path

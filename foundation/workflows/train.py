@@ -12,7 +12,10 @@ from foundation.engine.trainer import Trainer
 def train(recipe: Recipe, *, progress: bool = True) -> Path:
     """Train (or resume) the recipe's run; returns the path of its metrics.json."""
     trainer = Trainer(recipe, progress=progress)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()  # closes trackers and the process group: last
+    try:
+        trainer.fit()
+        path = trainer.test()
+        trainer.accelerator.end_training()  # closes trackers and the process group: last
+    finally:
+        trainer.close()  # the run directory's lock
     return path

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import save_file
 
 from foundation.engine.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
-from foundation.core.errors import CheckpointError
+from foundation.core.errors import CheckpointError, RecipeError
 
 from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree_bytes
 
@@ -175,3 +175,96 @@ def test_interrupted_checkpoint_write_is_ignored_and_cleared(run, trained):
     b = json.loads((trained / "run" / "metrics.json").read_text())["test"]
     assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6) and a["AUC"] == pytest.approx(b["AUC"], abs=1e-6)
     assert_nothing_half_written(copy)
+
+
+def test_best_is_rolled_back_to_the_checkpoint_resumed_from(run, request):
+    """Issue 16.1: killed after step 4's validation wrote ``best/`` but before the step-4 checkpoint was
+    complete, the rerun resumes from step 2: ``best/`` must be step 2's history's, not the killed process'."""
+    import torch
+    from safetensors.torch import load_file
+
+    from foundation.engine.checkpoint import BEST_NAME
+
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")  # the killed process never finished this checkpoint
+    (copy / "metrics.json").unlink()
+    # the killed process' best/: other weights, labelled with a step the resumed history has not reached
+    weights = {k: v + 1 for k, v in load_file(str(copy / "best" / "model.safetensors")).items()}
+    save_file(weights, copy / "best" / "model.safetensors")
+    meta = json.loads((copy / "best" / "model.json").read_text())
+    (copy / "best" / "model.json").write_text(json.dumps({**meta, "step": 4}))
+    t = trainer()
+    assert t.resume() and t.state.step == 2
+    assert json.loads((copy / "best" / "model.json").read_text())["step"] == t.state.best_step
+    saved = root / "step-00000002" / BEST_NAME
+    assert tree_bytes(copy / "best") == tree_bytes(saved)
+    assert all(torch.equal(v, load_file(str(saved / "model.safetensors"))[k])
+               for k, v in load_file(str(copy / "best" / "model.safetensors")).items())
+    assert_nothing_half_written(copy)
+
+
+def test_best_without_validation_yet_is_removed_on_resume(run):
+    """A checkpoint written before the first validation (best_step -1) leaves no ``best/`` behind."""
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")
+    state = json.loads((root / "step-00000002" / STATE_NAME).read_text())
+    (root / "step-00000002" / STATE_NAME).write_text(json.dumps({**state, "best_step": -1, "history": [],
+                                                                  "best_score": float("-inf")}))
+    shutil.rmtree(root / "step-00000002" / "best")
+    t = trainer()
+    assert t.resume() and t.state.best_step == -1
+    assert not (copy / "best" / "model.safetensors").exists()
+
+
+def test_directory_not_made_by_foundation_is_left_untouched(trained, tmp_path, request):
+    """Issue 16.4: ``run.dir`` pointing at a user's folder (no marker, not empty) is refused, byte for byte
+    untouched: its ``metrics.json``, ``best/`` and even its ``.tmp-*`` files stay."""
+    from foundation.engine.trainer import RUN_MARKER
+    from foundation.workflows.train import train
+
+    folder = tmp_path / "mine"
+    (folder / "best").mkdir(parents=True)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "metrics.json").write_text('{"mine": 1}')
+    (folder / "best" / "model.safetensors").write_bytes(b"my weights")
+    (folder / ".tmp-draft").write_text("my draft")
+    before = tree_bytes(folder)
+    expect("run.dir is a folder foundation did not make", RecipeError,
+           lambda: train(tiny_run_recipe(trained, run=folder), progress=False), folder, RUN_MARKER,
+           "metrics.json", "notes.txt", request=request)
+    assert tree_bytes(folder) == before
+    # an empty directory is fine, and becomes a marked run directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train(tiny_run_recipe(trained, run=empty), progress=False)
+    assert (empty / RUN_MARKER).is_file() and (empty / "metrics.json").is_file()
+
+
+def test_second_process_on_the_same_run_directory(trained, tmp_path, request):
+    """Issue 16.3: while a process holds a run directory, another ``train`` into it stops at once, naming
+    the holder, and writes nothing there."""
+    import subprocess
+    import sys
+
+    from foundation.core.errors import BusyError
+    from foundation.core.locks import lock_path
+    from foundation.workflows.train import train
+
+    run_dir = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        expect("second process on a busy run directory", BusyError,
+               lambda: train(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
+               f"process {holder.pid}", lock_path(run_dir), request=request)
+        assert not run_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(tiny_run_recipe(trained, run=run_dir), progress=False)  # the holder is gone: the lock is free
+    assert (run_dir / "metrics.json").is_file()

@@ -295,3 +295,35 @@ def test_two_process_ddp_killed_and_relaunched_matches_one_process(tmp_path):
     assert (one["num_processes"], two_m["num_processes"]) == (1, 2)
     _assert_same_metrics(two_m, one, 1e-5)
     assert_nothing_half_written(two)
+
+
+def test_kill_during_a_checkpoint_write_then_rerun_rolls_best_back(trained, tmp_path, monkeypatch):
+    """Issue 16.1: interrupt the step-4 checkpoint write (after step 4's validation updated ``best/``); the
+    rerun resumes from step 2 and ends with the uninterrupted run's ``best/`` and metrics."""
+    from foundation.engine import checkpoint as checkpoint_module
+    from foundation.workflows.train import train
+
+    from .conftest import tiny_run_recipe
+
+    real = checkpoint_module.write_json
+
+    def killed(path, data):
+        if Path(path).name == checkpoint_module.STATE_NAME and data.get("step") == 4:
+            raise KeyboardInterrupt  # no cleanup runs, as with SIGKILL
+        return real(path, data)
+
+    run = tmp_path / "killed"
+    recipe = tiny_run_recipe(trained, run=run)
+    monkeypatch.setattr(checkpoint_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, progress=False)
+    assert latest_checkpoint(run).name == "step-00000002"
+    monkeypatch.setattr(checkpoint_module, "write_json", real)
+    train(recipe, progress=False)
+    clean = json.loads((trained / "run" / "metrics.json").read_text())
+    ours = json.loads((run / "metrics.json").read_text())
+    _assert_same_metrics(ours, clean, 1e-6)
+    assert json.loads((run / "best" / "model.json").read_text())["step"] == ours["best_step"]
+    assert tree_bytes(run / "best", exclude=("model.json",)) == tree_bytes(trained / "run" / "best",
+                                                                         exclude=("model.json",))
+    assert_nothing_half_written(run)
