@@ -113,6 +113,22 @@ def check_subjects(recipe: Recipe, indices: dict[str, Any]) -> None:
                                       f"{index.root} hold the subjects {known}")
 
 
+def check_splits(recipe: Recipe, dataset: str, index: Any, subjects: list[str]) -> None:
+    """The recipe's subjects of ``dataset`` need samples in every split (validation selects the best step,
+    test is reported), and a training set at least one batch large; raise before anything is trained."""
+    counts = {split: index.count(split, set(subjects)) for split in ("train", "val", "test")}
+    for split, n in counts.items():
+        if n == 0:
+            raise ShardError(f"dataset {dataset!r}: the {split} split of subjects {subjects} is empty "
+                             f"(shards {index.root}: train {counts['train']}, val {counts['val']}, test "
+                             f"{counts['test']} samples); the dataset needs more stimuli per subject, or "
+                             f"other subjects, before it can be trained on")
+    if counts["train"] < recipe.train.batch_size:
+        raise RecipeError(f"train.batch_size: {recipe.train.batch_size} is larger than the training set of "
+                          f"dataset {dataset!r} ({counts['train']} samples for subjects {subjects}, shards "
+                          f"{index.root})")
+
+
 def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -238,6 +254,7 @@ class Trainer:
             index = self.indices[cfg.id]
             subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
             self.streams[cfg.id] = DatasetStream(index, subjects=subjects, train_fraction=cfg.train_fraction)
+            check_splits(recipe, cfg.id, index, subjects)
             self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
             vocab += [f"{cfg.id}/{s}" for s in subjects]
             if index.info.kind == "volume":

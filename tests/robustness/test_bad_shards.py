@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from foundation.core.config import Recipe
-from foundation.core.errors import ShardError
+from foundation.core.errors import RecipeError, ShardError
 from foundation.core.recipe import from_dict, validate_recipe
 from tests.conftest import tiny_recipe_dict
 from tests.data.conftest import rewrite_tar, tar_keys
@@ -167,3 +167,37 @@ def test_fmri_of_the_wrong_dtype_in_a_shard(damaged, tmp_path, request):
     expect("fMRI of the wrong dtype in a shard", ShardError, run, tar, f"sample {key}", "fmri.npy", "<U1",
            request=request)
     _after(tmp_path, tar)
+
+
+def test_empty_validation_split_refused_before_training(tmp_path, request):
+    """Issue 16.13: a dataset too small for a validation split (``stimuli_per_subject: 5``) used to crash at
+    the first evaluation with ``need at least one array to stack``; it is refused before anything trains."""
+    from foundation.core.config import Recipe
+    from foundation.core.errors import ShardError
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path)
+    d["datasets"][0]["options"].update(stimuli_per_subject=5, shared_test=2)
+    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2, batch_size=2)
+    recipe = from_dict(Recipe, d)
+    expect("empty validation split", ShardError, lambda: train(recipe, progress=False), "the val split",
+           "'synthetic'", "sub-01", tmp_path / "shards", request=request)
+    assert not (tmp_path / "run").exists()
+    assert_nothing_half_written(tmp_path)
+
+
+def test_batch_larger_than_the_training_set(tmp_path, request):
+    """Issue 16 ("also accepted"): ``train.batch_size`` larger than the training set is named, not run."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path)
+    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2, batch_size=4096)
+    recipe = from_dict(Recipe, d)
+    expect("batch larger than the training set", RecipeError, lambda: train(recipe, progress=False),
+           "train.batch_size: 4096", "'synthetic'", request=request)
+    assert not (tmp_path / "run").exists()
