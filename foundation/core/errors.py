@@ -62,3 +62,7 @@ class WeightsMissingError(FoundationError, FileNotFoundError):
 
 class BusyError(FoundationError):
     """Another process holds the lock of a run or shard directory; the message names the holder."""
+
+
+class NonFiniteError(FoundationError, FloatingPointError):
+    """A loss, prediction or weight became NaN/Inf; names the step, the samples and their shard."""

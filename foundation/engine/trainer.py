@@ -26,7 +26,8 @@ import yaml
 from foundation.core.atomic import remove_stale_tmp, write_json
 from foundation.core.config import Recipe
 from foundation.core.locks import hold
-from foundation.core.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
+from foundation.core.errors import (CheckpointError, FoundationError, NonFiniteError, RecipeError, ShardError,
+                                    UnknownSubjectError)
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
@@ -127,6 +128,22 @@ def check_splits(recipe: Recipe, dataset: str, index: Any, subjects: list[str]) 
         raise RecipeError(f"train.batch_size: {recipe.train.batch_size} is larger than the training set of "
                           f"dataset {dataset!r} ({counts['train']} samples for subjects {subjects}, shards "
                           f"{index.root})")
+
+
+def _check_finite_loss(loss: torch.Tensor, terms: dict[str, torch.Tensor], *, step: int, batch: Any,
+                       recipe: Recipe) -> None:
+    """Stop at the first non-finite training loss, naming the step, the batch's samples and shards, and the
+    loss terms that are not finite (inputs are checked when read, so this is the training diverging)."""
+    if bool(torch.isfinite(loss.detach())):
+        return
+    bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()))] or ["loss"]
+    shards = sorted(set(batch.urls))
+    raise NonFiniteError(
+        f"step {step}: the training loss is {float(loss.detach()):.4g} (non-finite term(s): {', '.join(bad)}) on "
+        f"{len(batch.keys)} samples of dataset {batch.dataset!r} (first {batch.keys[0]}, shard "
+        f"{shards[0] if shards else '?'}); the inputs are finite, so training diverged: lower train.lr "
+        f"(now {recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
+        f"the last checkpoint is intact")
 
 
 def _mixed_precision(choice: str) -> str:
@@ -391,6 +408,7 @@ class Trainer:
                     with acc.autocast():
                         out = self._forward(self.model, batch)
                     loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
+                    _check_finite_loss(loss, terms, step=step + 1, batch=batch, recipe=r)
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
@@ -459,6 +477,15 @@ class Trainer:
                     out = self._forward(model, batch)
                 probs = torch.sigmoid(out.logits.float()).cpu().numpy()
                 labels = batch.labels.cpu().numpy()
+                if not np.isfinite(probs).all():
+                    row = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])
+                    weights = [k for k, v in model.state_dict().items() if v.is_floating_point()
+                               and not bool(torch.isfinite(v).all())]
+                    cause = (f"the model's weights hold non-finite values ({weights[0]}"
+                             f"{f' and {len(weights) - 1} more' if len(weights) > 1 else ''})" if weights
+                             else "the inputs are finite, so the model overflowed")
+                    raise NonFiniteError(f"{split} prediction of sample {batch.keys[row]} (shard "
+                                         f"{batch.urls[row] if batch.urls else '?'}) is not finite: {cause}")
                 local += [(name, k, p, y) for k, p, y in zip(batch.keys, probs, labels)]
         model.train(was_training)
         gathered = acc.gather_for_metrics(local, use_gather_object=True)
@@ -494,7 +521,12 @@ class Trainer:
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
         if best.is_file():
-            self.core.load_state_dict(load_file(str(best)))  # CPU tensors, copied onto the device
+            state = load_file(str(best))
+            bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise NonFiniteError(f"{best} holds non-finite weights ({bad[0]}); it is damaged: rerun to restore "
+                                     f"it from the last checkpoint's copy (best/ is put back on resume)")
+            self.core.load_state_dict(state)  # CPU tensors, copied onto the device
         results = {split: self.evaluate(split) for split in ("val", "test")}
         path = self.run_dir / "metrics.json"
         if acc.is_main_process:

@@ -201,3 +201,44 @@ def test_batch_larger_than_the_training_set(tmp_path, request):
     expect("batch larger than the training set", RecipeError, lambda: train(recipe, progress=False),
            "train.batch_size: 4096", "'synthetic'", request=request)
     assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_a_validation_sample(damaged, tmp_path, request):
+    """Issue 16.12: a NaN in one val sample used to end in ``probs must be probabilities in [0, 1]``,
+    naming nothing; it is stopped when read, naming the shard, the sample and the member."""
+    from foundation.core.errors import ShardError
+
+    directory, run = damaged
+    tar = _val_tar(directory)
+    key = tar_keys(tar)[1]
+    nan = np.full((3, 8), np.nan, np.float16)
+    rewrite_tar(tar, lambda name, payload: _npy(nan) if name == f"{key}.fmri.npy" else payload)
+    expect("NaN in a validation sample", ShardError, run, tar, f"sample {key}", "fmri.npy", "non-finite",
+           request=request)
+    _after(tmp_path, tar)
+
+
+def test_label_value_2_in_a_shard(damaged, tmp_path, request):
+    """Issue 16.12: a label 2 used to raise ``labels must be 0/1`` without the file."""
+    directory, run = damaged
+    tar = _val_tar(directory)
+    key = tar_keys(tar)[0]
+    rewrite_tar(tar, lambda name, payload: _npy(np.array([0, 2, 1, 0], np.uint8)) if name == f"{key}.labels.npy"
+                else payload)
+    expect("label value 2 in a shard", ShardError, run, tar, f"sample {key}", "[2.0]", "labels must be 0/1",
+           request=request)
+    _after(tmp_path, tar)
+
+
+def test_diverging_training_stops_at_the_first_non_finite_loss(pristine, tmp_path, request):
+    """Issue 16.12: ``train.lr=1e30`` used to train on NaN and fail in the metrics; it stops at the first
+    non-finite loss with the step, a sample key and its shard."""
+    from foundation.core.errors import NonFiniteError
+    from foundation.workflows.train import train
+
+    recipe = _recipe(tmp_path, pristine)
+    recipe.train.lr, recipe.train.max_grad_norm, recipe.train.warmup_steps = 1e30, None, 0
+    expect("diverging training (train.lr=1e30)", NonFiniteError, lambda: train(recipe, progress=False),
+                 "step ", "the training loss is", "synthetic/sub-", str(pristine), "train.lr", request=request)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert_nothing_half_written(tmp_path)

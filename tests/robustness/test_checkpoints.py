@@ -268,3 +268,21 @@ def test_second_process_on_the_same_run_directory(trained, tmp_path, request):
         holder.wait()
     train(tiny_run_recipe(trained, run=run_dir), progress=False)  # the holder is gone: the lock is free
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_non_finite_best_weights(run, request):
+    """Issue 16.12: NaN in ``best/`` weights used to end in ``probs must be probabilities``; the file is named."""
+    import torch
+    from safetensors.torch import load_file
+
+    from foundation.core.errors import NonFiniteError
+
+    copy, trainer = run
+    path = copy / "best" / "model.safetensors"
+    weights = load_file(str(path))
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, path)
+    t = trainer()
+    t.state.best_step = 4
+    expect("NaN in best/ weights", NonFiniteError, t.test, path, name, request=request)
