@@ -181,6 +181,9 @@ class TrainState:
     best_step: int = -1
     best_score: float = -math.inf
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: seconds spent in the training loop up to ``step``, summed over every process that trained this run
+    #: (a killed process counts up to its last checkpoint: the steps after it are trained again)
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -372,7 +375,8 @@ class Trainer:
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
-                                best_score=raw["best_score"], history=raw["history"])
+                                best_score=raw["best_score"], history=raw["history"],
+                                train_seconds=float(raw.get("train_seconds", 0.0)))
         if self.accelerator.is_main_process:  # best/ of this checkpoint's history, not of a killed process'
             restore_best(ckpt, self.run_dir, best_step=self.state.best_step)
         self.accelerator.wait_for_everyone()
@@ -395,7 +399,7 @@ class Trainer:
         iterators = None
         running: dict[str, torch.Tensor] = {}
         n_running = 0
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), self.state.train_seconds  # time of the processes before this one
         self.model.train()
         while self.state.step < t.steps:
             step = self.state.step
@@ -442,10 +446,11 @@ class Trainer:
                 self._sync_state()
                 self.model.train()
             if step % t.checkpoint_every == 0 or step == t.steps:
+                self.state.train_seconds = before + time.perf_counter() - t0
                 state = {**dataclasses.asdict(self.state), "model": self.core.config_dict()}
                 save_checkpoint(acc, self.run_dir, step, state, keep=t.keep_checkpoints)
         bar.close()
-        self.train_seconds = time.perf_counter() - t0
+        self.train_seconds = before + time.perf_counter() - t0
         if self.finetune is not None:
             from foundation.engine.surgery import check_frozen
 

@@ -286,3 +286,28 @@ def test_non_finite_best_weights(run, request):
     t = trainer()
     t.state.best_step = 4
     expect("NaN in best/ weights", NonFiniteError, t.test, path, name, request=request)
+
+
+def test_train_seconds_are_summed_over_the_processes_of_a_run(run):
+    """Issue 16.11: after a resume ``metrics.json``'s ``train_seconds`` used to count the last process only."""
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")
+    (copy / "metrics.json").unlink()
+    state_path = root / "step-00000002" / STATE_NAME
+    state = json.loads(state_path.read_text())
+    assert state["train_seconds"] > 0  # recorded with the checkpoint
+    state_path.write_text(json.dumps({**state, "train_seconds": 1000.0}))  # an earlier, slow process
+    t = trainer()
+    t.fit()
+    t.test()
+    seconds = json.loads((copy / "metrics.json").read_text())["train_seconds"]
+    assert 1000.0 < seconds < 1000.0 + 600
+    assert json.loads((root / "step-00000004" / STATE_NAME).read_text())["train_seconds"] == pytest.approx(
+        seconds, abs=5)
+    t.close()
+    # a rerun of the finished run trains nothing and reports the same total
+    t = trainer()
+    t.fit()
+    t.test()
+    assert json.loads((copy / "metrics.json").read_text())["train_seconds"] == pytest.approx(seconds, abs=1)
