@@ -145,6 +145,8 @@ class TrainConfig:
     checkpoint_every: PositiveInt = 250
     keep_checkpoints: PositiveInt = 2
     log_every: PositiveInt = 25
+    #: DataLoader worker processes; part of the run's identity (every worker draws and shuffles its own
+    #: stream, so another value gives other batches and other results: a resume must keep it)
     num_workers: NonNegativeInt = 0
     shuffle_buffer: PositiveInt = 2000
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -37,7 +37,9 @@ from foundation.objectives.metrics import metrics_from_predictions
 log = logging.getLogger("foundation.train")
 
 #: recipe keys that may change between a run and its resumption without changing its results
-RESUMABLE_CHANGES = {"run.dir", "train.num_workers", "train.log_every", "train.eval_batch_size"}
+#: (``train.num_workers`` is not one: each DataLoader worker draws and shuffles its own stream, so the
+#: batch order, and the results, depend on it)
+RESUMABLE_CHANGES = {"run.dir", "train.log_every", "train.eval_batch_size"}
 
 
 #: the file that marks a directory as a run directory made by foundation (only such a directory, or an

@@ -311,3 +311,20 @@ def test_train_seconds_are_summed_over_the_processes_of_a_run(run):
     t.fit()
     t.test()
     assert json.loads((copy / "metrics.json").read_text())["train_seconds"] == pytest.approx(seconds, abs=1)
+
+
+def test_resume_with_another_num_workers_is_refused(run, trained, request):
+    """Issue 16.2: ``train.num_workers`` changes the batches (each worker draws its own stream), so a resume
+    with another value ended at a third result; it is refused like any change of the run's recipe."""
+    import dataclasses
+
+    from foundation.engine.trainer import RESUMABLE_CHANGES, Trainer
+
+    copy, _ = run
+    recipe = tiny_run_recipe(trained, run=copy)
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, num_workers=1))
+    before = tree_bytes(copy)
+    expect("resume with another train.num_workers", RecipeError, lambda: Trainer(recipe, progress=False), copy,
+           "train.num_workers: 0 → 1", "run.dir=<new directory>", request=request)
+    assert tree_bytes(copy) == before
+    assert "train.num_workers" not in RESUMABLE_CHANGES
