@@ -40,10 +40,18 @@ def _record_holder(fd: int) -> None:
     os.pwrite(fd, _describe_self().encode("utf-8", "replace"), 0)
 
 
-def hold(directory: str | Path, *, what: str) -> FileLock:
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def hold(directory: str | Path, *, what: str, wait: bool = False) -> FileLock:
     """Take the exclusive lock of ``directory`` and return it (call ``.release()`` when done).
 
-    ``what`` names the directory in messages (``"run directory"``).
+    ``what`` names the directory in messages (``"run directory"``).  ``wait``: when the lock is taken,
+    say so on stderr (naming the holder) and wait for it instead of raising.
 
     Raises:
         BusyError: another process holds the lock; the message names the directory, the lock file and
@@ -57,10 +65,11 @@ def hold(directory: str | Path, *, what: str) -> FileLock:
     try:
         lock.acquire()
     except Timeout:
-        try:
-            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
-        except OSError:
-            holder = "another process"
+        holder = _holder(path)
+        if wait:
+            print(f"{what} {directory} is in use by {holder}; waiting for it to finish", file=sys.stderr)
+            lock.acquire(timeout=-1)
+            return lock
         raise BusyError(f"{what} {directory} is in use by {holder} (lock {path}); wait for it to finish, "
                         f"or pass another directory") from None
     return lock

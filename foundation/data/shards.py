@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.core.locks import hold
 from foundation.core.config import DatasetConfig, Recipe
 from foundation.data.features import FeatureCache
 from foundation.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, read_index
@@ -376,6 +377,20 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True)
         index = read_index(directory)
         log.info("reusing finished shards in %s", directory)
         return index
+    # One builder per directory: a second process waits for the first (whose temporary tars it would
+    # otherwise delete as stale), then finds the finished shards.
+    lock = hold(directory, what="shard directory", wait=True)
+    try:
+        if (directory / INDEX_NAME).is_file():
+            log.info("reusing the shards another process finished in %s", directory)
+            return read_index(directory)
+        return _build_dataset_locked(build, recipe, progress=progress)
+    finally:
+        lock.release()
+
+
+def _build_dataset_locked(build: DatasetBuild, recipe: Recipe, *, progress: bool) -> ShardIndex:
+    directory = build.directory
     t0 = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     for sub in (directory, *[directory / s for s in SPLITS], directory / "masks", directory / "_parts"):

@@ -327,3 +327,31 @@ def test_kill_during_a_checkpoint_write_then_rerun_rolls_best_back(trained, tmp_
     assert tree_bytes(run / "best", exclude=("model.json",)) == tree_bytes(trained / "run" / "best",
                                                                          exclude=("model.json",))
     assert_nothing_half_written(run)
+
+
+def test_concurrent_shard_builds_wait_for_each_other(tmp_path, capfd):
+    """Issue 16.5: two builds of one shard directory used to delete each other's temporary tars (the
+    survivor blamed the disk).  The second waits for the first, naming it, then builds or reuses."""
+    from foundation.core.recipe import from_dict
+    from foundation.core.config import Recipe
+    from foundation.data.shards import build_shards, plan
+
+    recipe = from_dict(Recipe, tiny_recipe_dict(tmp_path))
+    directory = plan(recipe)[0].directory
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='shard directory'); print('held', flush=True); time.sleep(5)",
+         str(directory)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.time()
+        index = build_shards(recipe, progress=False)["synthetic"]
+        waited = time.time() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capfd.readouterr().err
+    assert f"shard directory {directory} is in use by process {holder.pid}" in err and "waiting" in err
+    assert waited > 1.0
+    assert index.count("val") > 0
+    assert_nothing_half_written(tmp_path / "shards")
