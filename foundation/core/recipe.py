@@ -131,9 +131,36 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
+#: the most scalars and collections a recipe may expand to once its aliases (``*name``) are followed;
+#: a "billion laughs" document of 2 kB expands to billions and took minutes and gigabytes to report
+MAX_EXPANDED_NODES = 100_000
+
+
 class _StrictLoader(yaml.SafeLoader):
     """:class:`yaml.SafeLoader` that refuses a key given twice in one mapping (YAML says keys are unique;
-    PyYAML would silently keep the last one)."""
+    PyYAML would silently keep the last one) and a document whose aliases expand beyond
+    :data:`MAX_EXPANDED_NODES` nodes."""
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:  # size of the tree the alias graph stands for, memoised per node
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts once (PyYAML builds the cycle)
+                if isinstance(n, yaml.SequenceNode):
+                    total = 1 + sum(expanded(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
+                else:
+                    total = 1
+                sizes[id(n)] = min(total, MAX_EXPANDED_NODES + 1)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_EXPANDED_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_EXPANDED_NODES} values once its aliases "
+                f"(*name) are followed; a recipe is small (is this an alias bomb?)", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

@@ -522,13 +522,18 @@ class Trainer:
 
     def test(self) -> Path:
         """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         acc = self.accelerator
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
         if best.is_file():
-            state = load_file(str(best))
+            try:
+                state = load_file(str(best))
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{best} is not a readable safetensors file ({exc}); rerun to restore it "
+                                      f"from the last checkpoint's copy") from exc
             bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
             if bad:
                 raise NonFiniteError(f"{best} holds non-finite weights ({bad[0]}); it is damaged: rerun to restore "

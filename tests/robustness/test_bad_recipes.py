@@ -403,3 +403,22 @@ def test_ranges_are_declared_on_the_schema():
     recipe.train.max_grad_norm = -1.0
     with pytest.raises(RecipeError, match=r"train\.max_grad_norm: must be > 0"):
         validate_recipe(recipe)
+
+
+def test_yaml_alias_bomb(tmp_path, request):
+    """Issue 16.17: a 2 kB recipe whose aliases expand to 9¹⁰ values took 80 s and 3.1 GB to report."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 11)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join([*lines, "name: *a10"]) + "\n")
+    assert path.stat().st_size < 2500
+    started = time.time()
+    expect("YAML alias bomb", RecipeError, lambda: load_recipe(path), path, "aliases", "alias bomb",
+           request=request)
+    assert time.time() - started < 5
+    # ordinary aliases are fine
+    ok = tmp_path / "aliases.yaml"
+    ok.write_text("name: ok\ndatasets:\n  - &d {plugin: synthetic, name: a}\n  - {<<: *d, name: b}\n")
+    assert [d.id for d in load_recipe(ok).datasets] == ["a", "b"]

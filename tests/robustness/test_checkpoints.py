@@ -328,3 +328,25 @@ def test_resume_with_another_num_workers_is_refused(run, trained, request):
            "train.num_workers: 0 → 1", "run.dir=<new directory>", request=request)
     assert tree_bytes(copy) == before
     assert "train.num_workers" not in RESUMABLE_CHANGES
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_damaged_best_of_a_finished_run_is_restored_on_rerun(run, trained, damage):
+    """Issue 16.16: a deleted ``best/model.safetensors`` of a finished run was silently replaced by the
+    final weights labelled with the best step; a truncated one crashed with a safetensors traceback.
+    The rerun puts back the copy the last checkpoint holds."""
+    from foundation.engine.checkpoint import BEST_NAME
+    from foundation.workflows.train import train
+
+    copy, _ = run
+    path = copy / "best" / "model.safetensors"
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    train(tiny_run_recipe(trained, run=copy), progress=False)
+    assert tree_bytes(copy / "best") == tree_bytes(copy / "checkpoints" / "step-00000004" / BEST_NAME)
+    assert tree_bytes(copy / "best") == tree_bytes(trained / "run" / "best")
+    a = json.loads((copy / "metrics.json").read_text())
+    b = json.loads((trained / "run" / "metrics.json").read_text())
+    assert a["best_step"] == b["best_step"] and a["test"]["mAP"] == pytest.approx(b["test"]["mAP"], abs=1e-6)
