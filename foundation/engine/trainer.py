@@ -394,8 +394,9 @@ class Trainer:
         from foundation.objectives.losses import clip_mused_loss
 
         acc, t, r = self.accelerator, self.recipe.train, self.recipe
-        acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
         self.resume()
+        if self.state.step < t.steps:  # a rerun of a finished run adds no TensorBoard files
+            acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
         bar = tqdm(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
                    disable=not (self.progress and acc.is_local_main_process), dynamic_ncols=True)
         iterators = None

@@ -350,3 +350,42 @@ def test_damaged_best_of_a_finished_run_is_restored_on_rerun(run, trained, damag
     a = json.loads((copy / "metrics.json").read_text())
     b = json.loads((trained / "run" / "metrics.json").read_text())
     assert a["best_step"] == b["best_step"] and a["test"]["mAP"] == pytest.approx(b["test"]["mAP"], abs=1e-6)
+
+
+def test_predict_arguments_and_a_text_file_named_npy(run, tmp_path, request):
+    """Issue 16.14 / 16.18 / "also accepted": ``--threshold nan``, ``--device foo`` (blamed on the model file),
+    ``--device cuda`` without a GPU, and a text file named ``.npy`` ("pickled data") are named as such."""
+    import torch
+
+    from foundation.core.errors import DataError, FoundationError
+    from foundation.workflows.predict import predict_run
+
+    copy, _ = run
+    scans = tmp_path / "x.npy"
+    np.save(scans, np.zeros((2, 3, 8), np.float32))
+    expect("predict --threshold nan", FoundationError,
+           lambda: predict_run(copy, scans, subject="sub-01", threshold=float("nan"), progress=False),
+           "--threshold", "nan", request=request)
+    expect("predict --device foo", FoundationError,
+           lambda: predict_run(copy, scans, subject="sub-01", device="foo", progress=False), "--device 'foo'",
+           request=request)
+    if not torch.cuda.is_available():
+        expect("predict --device cuda without a GPU", FoundationError,
+               lambda: predict_run(copy, scans, subject="sub-01", device="cuda", progress=False), "--device cuda",
+               "no CUDA GPU", request=request)
+    text = tmp_path / "notes.npy"
+    text.write_text("0.1 0.2 0.3\n")
+    expect("text file named .npy", DataError, lambda: predict_run(copy, text, subject="sub-01", progress=False),
+           text, "not a .npy file", request=request)
+    assert len(predict_run(copy, scans, subject="sub-01", progress=False)) == 2
+
+
+def test_rerun_of_a_finished_run_adds_no_tensorboard_files(run, trained):
+    """Issue 16 ("also accepted"): ``logs/`` gained TensorBoard files on every invocation, even a rerun of a
+    finished run (which trains nothing)."""
+    from foundation.workflows.train import train
+
+    copy, _ = run
+    before = sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file())
+    train(tiny_run_recipe(trained, run=copy), progress=False)
+    assert sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file()) == before
