@@ -11,6 +11,7 @@ it would race with the next taker).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from foundation.core.errors import BusyError
+from foundation.core.errors import BusyError, write_error
 
 __all__ = ["lock_path", "hold"]
 
@@ -58,13 +59,18 @@ def hold(directory: str | Path, *, what: str, wait: bool = False) -> FileLock:
             the holder (process id, host, command line).
     """
     path = lock_path(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the first write of a command: an unwritable place is reported before anything is built
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if Path(directory).is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+    except OSError as exc:
+        raise write_error(directory, exc) from exc
     # one instance per lock file in this process: a second holder in the *same* process nests (the caller's
     # own business, e.g. a Trainer inspecting a run it is training); only other processes are refused
     lock = FileLock(str(path), timeout=0, on_acquired=_record_holder, is_singleton=True)
     try:
         lock.acquire()
-    except Timeout:
+    except Timeout:  # (a TimeoutError, so an OSError: caught first)
         holder = _holder(path)
         if wait:
             print(f"{what} {directory} is in use by {holder}; waiting for it to finish", file=sys.stderr)
@@ -72,4 +78,6 @@ def hold(directory: str | Path, *, what: str, wait: bool = False) -> FileLock:
             return lock
         raise BusyError(f"{what} {directory} is in use by {holder} (lock {path}); wait for it to finish, "
                         f"or pass another directory") from None
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     return lock

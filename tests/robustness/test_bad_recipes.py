@@ -422,3 +422,18 @@ def test_yaml_alias_bomb(tmp_path, request):
     ok = tmp_path / "aliases.yaml"
     ok.write_text("name: ok\ndatasets:\n  - &d {plugin: synthetic, name: a}\n  - {<<: *d, name: b}\n")
     assert [d.id for d in load_recipe(ok).datasets] == ["a", "b"]
+
+
+@pytest.mark.parametrize("where", ["run.dir", "shards.root"])
+def test_unwritable_place_is_reported_before_anything_is_built(tmp_path, request, where):
+    """Issue 16.14: ``run.dir`` / ``shards.root`` that cannot be written used to fail only after the whole
+    shard build; the first write of the command (its lock) now names the place, before any work."""
+    from foundation.core.errors import WriteError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    target = blocker / "below"
+    recipe = _recipe(tmp_path, **{where: str(target)})
+    expect(f"{where} that cannot be written", WriteError, _train(recipe), "cannot write", blocker, request=request)
+    _nothing_made(tmp_path)
+    assert not (tmp_path / "shards").exists() and blocker.read_text() == "not a directory"
