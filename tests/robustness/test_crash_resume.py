@@ -256,7 +256,20 @@ def test_sigkill_train_at_random_moments_then_rerun_gives_the_same_metrics(tmp_p
     out = _finish(_launch(["train", str(recipes["killed"])], tmp_path))
     assert "resuming" in out or kills == 0
     _assert_same_metrics(_metrics(killed), _metrics(tmp_path / "clean"), 1e-6)
+    _same_best(killed, tmp_path / "clean")
     assert_nothing_half_written(killed)
+
+
+def _same_best(run: Path, clean: Path) -> None:
+    """``best/`` is the one of the reported best step, with the uninterrupted run's weights (issue 16.1)."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert json.loads((run / "best" / "model.json").read_text())["step"] == _metrics(run)["best_step"]
+    ours, theirs = (load_file(str(r / "best" / "model.safetensors")) for r in (run, clean))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- 2-process DDP, killed and relaunched
