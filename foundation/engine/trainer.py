@@ -132,20 +132,38 @@ def check_splits(recipe: Recipe, dataset: str, index: Any, subjects: list[str]) 
                           f"{index.root})")
 
 
-def _check_finite_loss(loss: torch.Tensor, terms: dict[str, torch.Tensor], *, step: int, batch: Any,
-                       recipe: Recipe) -> None:
-    """Stop at the first non-finite training loss, naming the step, the batch's samples and shards, and the
-    loss terms that are not finite (inputs are checked when read, so this is the training diverging)."""
-    if bool(torch.isfinite(loss.detach())):
-        return
-    bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()))] or ["loss"]
-    shards = sorted(set(batch.urls))
-    raise NonFiniteError(
-        f"step {step}: the training loss is {float(loss.detach()):.4g} (non-finite term(s): {', '.join(bad)}) on "
-        f"{len(batch.keys)} samples of dataset {batch.dataset!r} (first {batch.keys[0]}, shard "
-        f"{shards[0] if shards else '?'}); the inputs are finite, so training diverged: lower train.lr "
-        f"(now {recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
-        f"the last checkpoint is intact")
+class _NonFiniteWatch:
+    """Finds the first step whose training loss is not finite without a device sync per step.
+
+    :meth:`see` records, on the device, the first such step (and keeps the step's batch description and
+    loss terms); :meth:`check` reads it back (one sync) and raises :class:`NonFiniteError` naming the step,
+    a sample key, its shard and the non-finite terms.  The loop checks at every log, validation and
+    checkpoint step, so nothing non-finite is ever logged as a result, selected as best or checkpointed.
+    """
+
+    def __init__(self, device: torch.device, recipe: Recipe) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.recipe = recipe
+        self.seen: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
+
+    def see(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: Any) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad & (self.first < 0), torch.full_like(self.first, step), self.first)
+        described = (batch.dataset, len(batch.keys), batch.keys[0], batch.urls[0] if batch.urls else "?")
+        self.seen.setdefault(step, (described, {k: v.detach() for k, v in terms.items()}))  # no batch kept
+
+    def check(self) -> None:
+        step = int(self.first)  # the one sync
+        if step < 0:
+            self.seen.clear()
+            return
+        (dataset, n, key, shard), terms = self.seen[step]
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v))] or ["loss"]
+        raise NonFiniteError(
+            f"step {step}: the training loss is not finite (non-finite term(s): {', '.join(bad)}) on "
+            f"{n} samples of dataset {dataset!r} (first {key}, shard {shard}); the inputs are finite, so training diverged: lower train.lr "
+            f"(now {self.recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
+            f"the last checkpoint is intact")
 
 
 def _mixed_precision(choice: str) -> str:
@@ -402,6 +420,7 @@ class Trainer:
         iterators = None
         running: dict[str, torch.Tensor] = {}
         n_running = 0
+        watch = _NonFiniteWatch(acc.device, r)
         t0, before = time.perf_counter(), self.state.train_seconds  # time of the processes before this one
         self.model.train()
         while self.state.step < t.steps:
@@ -415,7 +434,7 @@ class Trainer:
                     with acc.autocast():
                         out = self._forward(self.model, batch)
                     loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
-                    _check_finite_loss(loss, terms, step=step + 1, batch=batch, recipe=r)
+                    watch.see(step + 1, loss, terms, batch)
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
@@ -428,6 +447,8 @@ class Trainer:
             self.state.step = step = step + 1
             bar.update(1)
 
+            if step == t.steps or not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every):
+                watch.check()  # before anything of this step is logged, selected or saved
             if step % t.log_every == 0 or step == t.steps:
                 values = {f"train/{k}": float(v) / n_running for k, v in running.items()}  # syncs here only
                 values["train/lr"] = self.scheduler.get_last_lr()[0]

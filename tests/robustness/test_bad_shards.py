@@ -239,6 +239,13 @@ def test_diverging_training_stops_at_the_first_non_finite_loss(pristine, tmp_pat
     recipe = _recipe(tmp_path, pristine)
     recipe.train.lr, recipe.train.max_grad_norm, recipe.train.warmup_steps = 1e30, None, 0
     expect("diverging training (train.lr=1e30)", NonFiniteError, lambda: train(recipe, progress=False),
-                 "step ", "the training loss is", "synthetic/sub-", str(pristine), "train.lr", request=request)
+                 "step 2:", "the training loss is not finite", "synthetic/sub-", str(pristine), "train.lr",
+                 request=request)
+    # read back only at log/eval/checkpoint steps (no sync per step), it still names the first bad step
+    recipe.train.log_every = recipe.train.eval_every = recipe.train.checkpoint_every = 4
+    recipe.run.dir = str(tmp_path / "run2")
+    with pytest.raises(NonFiniteError, match=r"^step 2: "):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run2" / "checkpoints").exists() and not (tmp_path / "run2" / "best").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert_nothing_half_written(tmp_path)
