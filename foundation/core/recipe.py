@@ -204,7 +204,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read recipe file {path}: {exc}") from exc
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+        loader = _StrictLoader(text)  # a SafeLoader: what yaml.safe_load does, plus the checks above
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: invalid YAML{_yaml_location(exc)}: {_yaml_problem(exc)}") from exc
     if raw is None:
