@@ -3,14 +3,32 @@
 A recipe YAML maps one-to-one onto :class:`Recipe`; :mod:`foundation.core.recipe` loads, validates and
 overrides it.  Defaults here are the embedded synthetic default; paper settings live in
 ``recipes/nsd.yaml`` and ``recipes/hcp.yaml``.
+
+Ranges are declared on the fields as :class:`typing.Annotated` metadata with :mod:`annotated_types`
+constraints (``Gt``, ``Ge``, ``Lt``, ``Le``, and :data:`Finite`), the vocabulary a schema library such as
+pydantic reads; :func:`foundation.core.convert.from_dict` enforces them when a recipe is read, so a value
+out of range is a :class:`~foundation.core.errors.RecipeError` naming the key before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+import math
+from typing import Annotated, Any, Literal, Optional
+
+from annotated_types import Ge, Gt, Le, Lt, Predicate
 
 field = dataclasses.field
+
+#: a float that is neither NaN nor ±inf
+Finite = Predicate(math.isfinite)
+
+PositiveInt = Annotated[int, Gt(0)]
+NonNegativeInt = Annotated[int, Ge(0)]
+PositiveFloat = Annotated[float, Gt(0), Finite]
+NonNegativeFloat = Annotated[float, Ge(0), Finite]
+#: a probability of dropping: in [0, 1)
+DropRate = Annotated[float, Ge(0), Lt(1)]
 
 
 @dataclasses.dataclass
@@ -25,9 +43,9 @@ class DatasetConfig:
     plugin: str = "synthetic"
     name: Optional[str] = None
     root: Optional[str] = None
-    weight: float = 1.0
+    weight: PositiveFloat = 1.0
     subjects: Optional[list[str]] = None
-    train_fraction: float = 1.0
+    train_fraction: Annotated[float, Gt(0), Le(1)] = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,7 +86,7 @@ class ShardConfig:
     """
 
     root: str = "shards"
-    samples_per_shard: int = 2000
+    samples_per_shard: PositiveInt = 2000
     url: Optional[str] = None
     on_bad_sample: Literal["error", "skip"] = "error"
 
@@ -85,42 +103,43 @@ class ModelConfig:
     volume datasets, whose adapter is the 3-D CNN and whose tokens are average-pooled first).
     """
 
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
+    #: at most 8192: wider models do not fit any accelerator's memory with this architecture
+    dim: Annotated[int, Gt(0), Le(8192)] = 128
+    depth: PositiveInt = 4
+    heads: PositiveInt = 4
+    mlp_ratio: PositiveFloat = 4.0
+    dropout: DropRate = 0.1
+    attn_dropout: DropRate = 0.0
     tokens: Literal["subject", "shared", "identity"] = "subject"
     backbone: Literal["transformer", "mlp"] = "transformer"
     #: ``[D_low, D_high]``: linear maps from the tokens to the guidance features (set by the trainer
     #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
     mapping_dims: Optional[list[int]] = None
-    head_hidden: int = 256
+    head_hidden: PositiveInt = 256
     #: per-subject input alignment fitted in closed form (``foundation.model.alignment``): ``none`` (the
     #: paper: one shared linear embedding of every subject's ROI tokens) or ``guidance-ridge`` (each
     #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
     #: ``alignment_dim`` components; ROI datasets)
     alignment: Literal["none", "guidance-ridge"] = "none"
-    alignment_dim: int = 32
+    alignment_dim: PositiveInt = 32
     #: ``[D_low, D_high]`` of the guidance features (set by the trainer from the shards when
     #: ``alignment`` is not ``none``; leave unset in recipes)
     guidance_dims: Optional[list[int]] = None
-    volume_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    volume_channels: list[PositiveInt] = field(default_factory=lambda: [16, 32, 64, 128])
     #: volume datasets: ``resnet`` (the paper's ResNet stages with the Transformer layers interleaved,
     #: ``foundation.model.volume_resnet``) or ``cnn`` (a plain CNN run before the Transformer)
     patchifier: Literal["resnet", "cnn"] = "resnet"
     #: residual blocks per stage of the ``resnet`` patchifier (ResNet-18: 2)
-    volume_blocks: int = 2
+    volume_blocks: PositiveInt = 2
 
 
 @dataclasses.dataclass
 class LossConfig:
     """Weights of Eq. 16: L = BCE + λ⊥·L⊥ + λ_low·L_low + λ_high·L_high."""
 
-    lambda_orth: float = 0.001
-    lambda_low: float = 0.1
-    lambda_high: float = 0.1
+    lambda_orth: NonNegativeFloat = 0.001
+    lambda_low: NonNegativeFloat = 0.1
+    lambda_high: NonNegativeFloat = 0.1
     #: ``rsa`` (CLIP-MUSED) or ``mapping``: regress the guidance features from the tokens (MSE through
     #: a linear map per level) instead of matching similarity matrices (the paper's Table B4 baseline)
     guidance_loss: Literal["rsa", "mapping"] = "rsa"
@@ -128,21 +147,24 @@ class LossConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    steps: int = 1500
-    grad_accum: int = 1
-    max_grad_norm: Optional[float] = 1.0
-    warmup_steps: int = 50
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    log_every: int = 25
-    num_workers: int = 0
-    shuffle_buffer: int = 2000
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 64
+    steps: PositiveInt = 1500
+    grad_accum: PositiveInt = 1
+    #: ``null``: no clipping
+    max_grad_norm: Optional[PositiveFloat] = 1.0
+    warmup_steps: NonNegativeInt = 50
+    eval_every: PositiveInt = 250
+    checkpoint_every: PositiveInt = 250
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 25
+    #: DataLoader worker processes; part of the run's identity (every worker draws and shuffles its own
+    #: stream, so another value gives other batches and other results: a resume must keep it)
+    num_workers: NonNegativeInt = 0
+    shuffle_buffer: PositiveInt = 2000
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    eval_batch_size: int = 256
+    eval_batch_size: PositiveInt = 256
 
 
 @dataclasses.dataclass
@@ -155,7 +177,7 @@ class RunConfig:
 @dataclasses.dataclass
 class Recipe:
     name: str = "synthetic"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     datasets: list[DatasetConfig] = field(default_factory=lambda: [DatasetConfig()])
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)

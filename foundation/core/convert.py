@@ -4,6 +4,9 @@ the checkpoint and shard metadata.
 * :func:`from_dict` builds any dataclass from a mapping, recursively and strictly: an unknown key
   or a value of the wrong type raises :class:`~foundation.core.errors.RecipeError` whose message starts
   with the dotted path of the culprit (``train.lr``, ``datasets.0.weight``).
+* Fields annotated ``Annotated[T, Gt(0), ...]`` (:mod:`annotated_types` constraints: ``Gt``, ``Ge``,
+  ``Lt``, ``Le``, ``MultipleOf``, ``MinLen``/``MaxLen`` and the ``math.isfinite`` ``Predicate``) are
+  range-checked after conversion: ``train.lr: must be > 0, got -1.0``.
 * :func:`to_dict` is its inverse (plain, JSON/YAML-safe data).
 """
 
@@ -11,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import annotated_types as at
 
 from foundation.core.errors import RecipeError
 
@@ -72,7 +78,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, path: str = "") -
         )
 
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)  # keeps Annotated[...] constraints
     except (NameError, TypeError) as exc:  # an annotation that cannot be resolved: a code bug
         raise TypeError(f"cannot resolve the field annotations of {cls.__qualname__}: {exc}") from exc
 
@@ -105,6 +111,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
 
+    if origin is Annotated:
+        converted = _convert(args[0], value, path)
+        for constraint in tp.__metadata__:
+            _check_constraint(constraint, converted, path)
+        return converted
     if origin is Union or origin is types.UnionType:
         return _convert_union(tp, args, value, path)
     if origin is Literal:
@@ -157,6 +168,45 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         raise _type_error(path, tp, value)
     raise TypeError(f"{_where(path)}: unsupported annotation {tp!r}")
+
+
+def _check_constraint(constraint: Any, value: Any, path: str) -> None:
+    """Raise :class:`RecipeError` unless ``value`` meets one :mod:`annotated_types` constraint."""
+    if isinstance(constraint, at.GroupedMetadata):  # e.g. Interval(gt=0, le=1): its parts one by one
+        for part in constraint:
+            _check_constraint(part, value, path)
+        return
+    failed = None
+    if isinstance(constraint, (at.Gt, at.Ge, at.Lt, at.Le)):
+        if isinstance(value, float) and math.isnan(value):
+            failed = "must be a number, not NaN"
+        elif isinstance(constraint, at.Gt) and not value > constraint.gt:
+            failed = f"must be > {constraint.gt}"
+        elif isinstance(constraint, at.Ge) and not value >= constraint.ge:
+            failed = f"must be >= {constraint.ge}"
+        elif isinstance(constraint, at.Lt) and not value < constraint.lt:
+            failed = f"must be < {constraint.lt}"
+        elif isinstance(constraint, at.Le) and not value <= constraint.le:
+            failed = f"must be <= {constraint.le}"
+    elif isinstance(constraint, at.MultipleOf):
+        if value % constraint.multiple_of:
+            failed = f"must be a multiple of {constraint.multiple_of}"
+    elif isinstance(constraint, at.MinLen):
+        if len(value) < constraint.min_length:
+            failed = f"must have at least {constraint.min_length} item(s)"
+    elif isinstance(constraint, at.MaxLen):
+        if len(value) > constraint.max_length:
+            failed = f"must have at most {constraint.max_length} item(s)"
+    elif isinstance(constraint, at.Predicate):
+        if constraint.func is math.isfinite:
+            failed = None if math.isfinite(value) else "must be finite"
+        elif not constraint.func(value):
+            failed = f"must satisfy {getattr(constraint.func, '__name__', repr(constraint.func))}"
+    elif isinstance(constraint, at.BaseMetadata):
+        raise TypeError(f"{_where(path)}: unsupported constraint {constraint!r}")
+    # other metadata (documentation strings, markers of other libraries) is not a constraint
+    if failed:
+        raise RecipeError(f"{_where(path)}: {failed}, got {value!r}")
 
 
 def _convert_union(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> Any:
@@ -274,6 +324,8 @@ def _type_name(tp: Any) -> str:
         return "None"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is None:
         return getattr(tp, "__name__", repr(tp))
     if origin is Literal:

@@ -132,3 +132,11 @@ def source_folder(obj: Any) -> Path | None:
     if top_file and Path(top_file).name == "__init__.py":
         return Path(top_file).parent
     return path
+
+
+class BusyError(FoundationError):
+    """Another process holds the lock of a run or shard directory; the message names the holder."""
+
+
+class NonFiniteError(FoundationError, FloatingPointError):
+    """A loss, prediction or weight became NaN/Inf; names the step, the samples and their shard."""

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,57 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
+#: the most scalars and collections a recipe may expand to once its aliases (``*name``) are followed;
+#: a "billion laughs" document of 2 kB expands to billions and took minutes and gigabytes to report
+MAX_EXPANDED_NODES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` that refuses a key given twice in one mapping (YAML says keys are unique;
+    PyYAML would silently keep the last one) and a document whose aliases expand beyond
+    :data:`MAX_EXPANDED_NODES` nodes."""
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:  # size of the tree the alias graph stands for, memoised per node
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts once (PyYAML builds the cycle)
+                if isinstance(n, yaml.SequenceNode):
+                    total = 1 + sum(expanded(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
+                else:
+                    total = 1
+                sizes[id(n)] = min(total, MAX_EXPANDED_NODES + 1)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_EXPANDED_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_EXPANDED_NODES} values once its aliases "
+                f"(*name) are followed; a recipe is small (is this an alias bomb?)", node.start_mark)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first at line {seen[key].start_mark.line + 1}); "
+                        f"a key may appear once", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML file, apply command-line overrides and validate the result.
 
@@ -153,7 +204,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read recipe file {path}: {exc}") from exc
     try:
-        raw = yaml.safe_load(text)
+        loader = _StrictLoader(text)  # a SafeLoader: what yaml.safe_load does, plus the checks above
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: invalid YAML{_yaml_location(exc)}: {_yaml_problem(exc)}") from exc
     if raw is None:
@@ -184,47 +239,33 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 def validate_recipe(recipe: Recipe) -> None:
     """Check the facts that involve several fields or ranges; raise :class:`RecipeError` if not.
 
-    Checks: at least one dataset, unique dataset ids, finite positive dataset weights, train fractions
-    in (0, 1], no repeated subject, positive
-    batch sizes, ``train.steps``, ``train.grad_accum``, intervals (``train.eval_every``,
-    ``checkpoint_every``, ``log_every``), ``train.keep_checkpoints``, ``shards.samples_per_shard`` and
-    model sizes, and ``model.dim`` divisible by ``model.heads``.
+    Checks: every range declared on the schema's fields (``Annotated`` constraints, see
+    :mod:`foundation.core.config`: also for a recipe built or changed in code), the recipe name and dataset
+    names are identifiers (they become directory names: never a path), at least one dataset, unique
+    dataset ids, no empty or repeated subject list, ``model.backbone: mlp`` only with shared tokens, and
+    ``model.dim`` divisible by ``model.heads``.
     """
+    from_dict(Recipe, to_dict(recipe))  # the field ranges, with their dotted-path messages
+    _check_identifier("name", recipe.name)
     if not recipe.datasets:
         raise RecipeError("datasets: a recipe needs at least one dataset")
     seen: dict[str, int] = {}
     for i, ds in enumerate(recipe.datasets):
+        if ds.name is not None:
+            _check_identifier(f"datasets.{i}.name", ds.name)
         if ds.id in seen:
             raise RecipeError(
                 f"datasets.{i}: duplicate dataset id {ds.id!r} (also datasets.{seen[ds.id]}); "
                 "give each dataset a distinct 'name'"
             )
         seen[ds.id] = i
-        if not (math.isfinite(ds.weight) and ds.weight > 0):
-            raise RecipeError(f"datasets.{i}.weight: must be a finite number > 0, got {ds.weight!r}")
-        if not (math.isfinite(ds.train_fraction) and 0 < ds.train_fraction <= 1):
-            raise RecipeError(f"datasets.{i}.train_fraction: must be in (0, 1], got {ds.train_fraction!r}")
+        if ds.subjects is not None and not ds.subjects:
+            raise RecipeError(f"datasets.{i}.subjects: an empty list selects no subject; leave it out (or null) "
+                              f"for all of the dataset's subjects")
         if ds.subjects is not None and len(set(ds.subjects)) != len(ds.subjects):
             dupes = sorted({s for s in ds.subjects if ds.subjects.count(s) > 1})
             raise RecipeError(f"datasets.{i}.subjects: duplicate subject id(s) {dupes}")
 
-    positive = {
-        "train.batch_size": recipe.train.batch_size,
-        "train.eval_batch_size": recipe.train.eval_batch_size,
-        "train.steps": recipe.train.steps,
-        "train.grad_accum": recipe.train.grad_accum,
-        "train.eval_every": recipe.train.eval_every,
-        "train.checkpoint_every": recipe.train.checkpoint_every,
-        "train.log_every": recipe.train.log_every,
-        "train.keep_checkpoints": recipe.train.keep_checkpoints,
-        "shards.samples_per_shard": recipe.shards.samples_per_shard,
-        "model.dim": recipe.model.dim,
-        "model.depth": recipe.model.depth,
-        "model.heads": recipe.model.heads,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise RecipeError(f"{key}: must be > 0, got {value}")
     if recipe.model.backbone == "mlp" and recipe.model.tokens != "shared":
         raise RecipeError(f"model.backbone: 'mlp' reads no tokens; it needs model.tokens=shared, "
                           f"got {recipe.model.tokens!r}")
@@ -232,6 +273,18 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(
             f"model.dim: {recipe.model.dim} is not divisible by model.heads={recipe.model.heads}"
         )
+
+
+#: what a name that becomes a directory name may look like: no path separator, no leading dot
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _check_identifier(key: str, value: str) -> None:
+    """``value`` (the recipe's ``name``, a dataset's ``name``) must be an identifier, never a path."""
+    if not _IDENTIFIER.fullmatch(value) or ".." in value:
+        raise RecipeError(f"{key}: {value!r} is not a valid name: use letters, digits and _ . + - (starting with "
+                          f"a letter or digit, no '..', at most 100 characters); it names directories, "
+                          f"so it cannot be a path (set run.dir or shards.root for where things go)")
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

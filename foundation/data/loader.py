@@ -46,6 +46,7 @@ class Batch:
         low, high: ``(B, D_low)``, ``(B, D_high)`` guidance features, float16.
         subjects: global subject ids ``dataset/subject``, length B.
         keys: sample keys ``dataset/subject/index``, length B.
+        urls: the shard (tar path or URL) each sample was read from, length B.
     """
 
     dataset: str
@@ -55,6 +56,7 @@ class Batch:
     high: torch.Tensor
     subjects: list[str]
     keys: list[str]
+    urls: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -185,6 +187,7 @@ def collate(samples: Sequence[dict[str, Any]], *, dataset: str, fmri_shape: tupl
         if fmri_shape is not None and s["fmri"].shape != fmri_shape:
             raise ShardError(f"shard {s['url']}: sample {s['key']} has fMRI shape {s['fmri'].shape}, "
                              f"index.json declares {fmri_shape}")
+    _check_values(samples)
     # Each member is copied exactly once, from its (read-only) view of the tar bytes into the batch.
     if pad_voxels is None:
         fmri = np.stack([s["fmri"] for s in samples])
@@ -202,7 +205,24 @@ def collate(samples: Sequence[dict[str, Any]], *, dataset: str, fmri_shape: tupl
         high=torch.from_numpy(np.stack([s["high"] for s in samples])),
         subjects=[f"{dataset}/{s['meta']['subject']}" for s in samples],
         keys=[s["key"] for s in samples],
+        urls=[s["url"] for s in samples],
     )
+
+
+def _check_values(samples: Sequence[dict[str, Any]]) -> None:
+    """Every input is finite and every label 0 or 1; else a :class:`ShardError` naming the first culprit's
+    shard, sample and member (the build checks this too: this catches a tar changed since)."""
+    for s in samples:
+        for name in ("fmri", "low", "high"):
+            if not np.isfinite(s[name]).all():
+                bad = int(np.size(s[name]) - np.isfinite(s[name]).sum())
+                raise ShardError(f"shard {s['url']}: sample {s['key']} member {name}.npy holds {bad} non-finite "
+                                 f"value(s) (NaN/Inf); rebuild the shards from intact data")
+        labels = s["labels"]
+        if not np.isin(labels, (0, 1)).all():
+            odd = sorted({float(v) for v in np.unique(labels) if v not in (0, 1)})[:3]
+            raise ShardError(f"shard {s['url']}: sample {s['key']} member labels.npy holds value(s) {odd}; "
+                             f"labels must be 0/1")
 
 
 class WeightedShardSampler(IterableDataset):

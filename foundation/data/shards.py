@@ -41,6 +41,7 @@ import numpy as np
 
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.core.locks import hold
 from foundation.core.config import DatasetConfig, Recipe
 from foundation.core.convert import from_dict, to_dict
 from foundation.core.errors import (
@@ -479,6 +480,20 @@ def build_dataset(build: DatasetBuild, recipe: Recipe, *, progress: bool = True,
         index.reused = True
         _report_reuse(build, index, progress=progress)
         return index
+    # One builder per directory: a second process waits for the first (whose temporary tars it would
+    # otherwise delete as stale), then finds the finished shards.
+    lock = hold(directory, what="shard directory", wait=True)
+    try:
+        if (directory / INDEX_NAME).is_file():
+            log.info("reusing the shards another process finished in %s", directory)
+            return read_index(directory)
+        return _build_dataset_locked(build, recipe, progress=progress)
+    finally:
+        lock.release()
+
+
+def _build_dataset_locked(build: DatasetBuild, recipe: Recipe, *, progress: bool) -> ShardIndex:
+    directory = build.directory
     t0 = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     for sub in (directory, *[directory / s for s in SPLITS], directory / "masks", directory / "_parts"):

@@ -12,7 +12,9 @@ Nothing is unpickled unsafely: Accelerate reads the optimizer, scheduler and RNG
 
 ``best/`` holds the weights selected on validation as ``model.safetensors`` plus ``model.json``
 (architecture, dataset descriptions, subject vocabulary): enough to rebuild the model anywhere
-without pickle.
+without pickle.  Every checkpoint carries a copy of ``best/`` as it stood at that step
+(``step-NNNNNNNN/best/``), and a resume puts that copy back (:func:`restore_best`): ``best/`` always
+belongs to the checkpoint resumed from, never to the steps a killed process ran past it.
 """
 
 from __future__ import annotations
@@ -57,8 +59,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+#: the copy of ``best/`` inside a checkpoint
+BEST_NAME = "best"
+#: the files of a saved model directory (``best/``)
+MODEL_FILES = ("model.safetensors", "model.json")
+
+
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
-    """Save the full training state atomically (all ranks must call this)."""
+    """Save the full training state atomically (all ranks must call this).
+
+    The checkpoint also holds a copy of ``run_dir/best`` (when it exists), so that a resume from it can
+    put back the best weights of *its* history (see :func:`restore_best`).
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -80,6 +92,11 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
+            best = Path(run_dir) / BEST_NAME
+            if all((best / name).is_file() for name in MODEL_FILES):
+                (tmp / BEST_NAME).mkdir(exist_ok=True)
+                for name in MODEL_FILES:
+                    shutil.copyfile(best / name, tmp / BEST_NAME / name)
             write_json(tmp / STATE_NAME, {**state, "step": step})
             tmp.rename(final)
         except OSError as exc:
@@ -91,6 +108,27 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def restore_best(checkpoint: Path, run_dir: Path, *, best_step: int) -> None:
+    """Make ``run_dir/best`` the one saved with ``checkpoint`` (main process only).
+
+    A process killed after a better validation score but before its next checkpoint left ``best/`` with
+    weights of steps the resumed run has not trained yet; they are replaced by the checkpoint's copy, file
+    by file and atomically (a kill half-way is repaired by the next resume).  With no validation before the
+    checkpoint (``best_step < 0``) ``best/`` is removed.  A checkpoint written before checkpoints carried
+    ``best/`` (``best_step >= 0`` and no copy) leaves ``best/`` as it is.
+    """
+    saved, best = Path(checkpoint) / BEST_NAME, Path(run_dir) / BEST_NAME
+    if all((saved / name).is_file() for name in MODEL_FILES):
+        for name in MODEL_FILES:
+            if (best / name).is_file() and (best / name).read_bytes() == (saved / name).read_bytes():
+                continue
+            with atomic_open(best / name) as fh:
+                fh.write((saved / name).read_bytes())
+    elif best_step < 0 and best.exists():
+        for name in MODEL_FILES:
+            (best / name).unlink(missing_ok=True)
 
 
 #: what Accelerate's ``random_states_<rank>.pkl`` must hold for an exact resume

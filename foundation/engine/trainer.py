@@ -25,7 +25,9 @@ import yaml
 
 from foundation.core.atomic import remove_stale_tmp, write_json
 from foundation.core.config import Recipe
-from foundation.core.errors import CheckpointError, FoundationError, RecipeError, ShardError, UnknownSubjectError
+from foundation.core.locks import hold
+from foundation.core.errors import (CheckpointError, FoundationError, NonFiniteError, RecipeError, ShardError,
+                                    UnknownSubjectError)
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
@@ -35,7 +37,14 @@ from foundation.objectives.scoring import metrics_from_predictions, selection_sc
 log = logging.getLogger("foundation.train")
 
 #: recipe keys that may change between a run and its resumption without changing its results
-RESUMABLE_CHANGES = {"run.dir", "train.num_workers", "train.log_every", "train.eval_batch_size"}
+#: (``train.num_workers`` is not one: each DataLoader worker draws and shuffles its own stream, so the
+#: batch order, and the results, depend on it)
+RESUMABLE_CHANGES = {"run.dir", "train.log_every", "train.eval_batch_size"}
+
+
+#: the file that marks a directory as a run directory made by foundation (only such a directory, or an
+#: empty one, is ever written into)
+RUN_MARKER = ".foundation-run"
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -57,9 +66,20 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
-    """Refuse to resume a run directory that was made by a different recipe (or is not a run directory)."""
+    """Refuse a directory that foundation did not make (unless empty), and one made by a different recipe.
+
+    A run directory carries :data:`RUN_MARKER`; one written before the marker existed is recognised by its
+    ``config.yaml`` (and then compared like any other).  Anything else that is not empty is the user's.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"run.dir: {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and not (run_dir / RUN_MARKER).is_file() and not (run_dir / "config.yaml").is_file():
+        found = sorted(p.name for p in run_dir.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise RecipeError(f"run.dir: {run_dir} is not a run directory made by foundation (no {RUN_MARKER}) "
+                              f"and is not empty (it holds {shown}); pass run.dir=<new or empty directory> "
+                              f"(nothing was touched)")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
@@ -94,6 +114,56 @@ def check_subjects(recipe: Recipe, indices: dict[str, Any]) -> None:
         if unknown:
             raise UnknownSubjectError(f"datasets.{i}.subjects: {unknown} not in dataset {cfg.id!r}, whose shards "
                                       f"{index.root} hold the subjects {known}")
+
+
+def check_splits(recipe: Recipe, dataset: str, index: Any, subjects: list[str]) -> None:
+    """The recipe's subjects of ``dataset`` need samples in every split (validation selects the best step,
+    test is reported), and a training set at least one batch large; raise before anything is trained."""
+    counts = {split: index.count(split, set(subjects)) for split in ("train", "val", "test")}
+    for split, n in counts.items():
+        if n == 0:
+            raise ShardError(f"dataset {dataset!r}: the {split} split of subjects {subjects} is empty "
+                             f"(shards {index.root}: train {counts['train']}, val {counts['val']}, test "
+                             f"{counts['test']} samples); the dataset needs more stimuli per subject, or "
+                             f"other subjects, before it can be trained on")
+    if counts["train"] < recipe.train.batch_size:
+        raise RecipeError(f"train.batch_size: {recipe.train.batch_size} is larger than the training set of "
+                          f"dataset {dataset!r} ({counts['train']} samples for subjects {subjects}, shards "
+                          f"{index.root})")
+
+
+class _NonFiniteWatch:
+    """Finds the first step whose training loss is not finite without a device sync per step.
+
+    :meth:`see` records, on the device, the first such step (and keeps the step's batch description and
+    loss terms); :meth:`check` reads it back (one sync) and raises :class:`NonFiniteError` naming the step,
+    a sample key, its shard and the non-finite terms.  The loop checks at every log, validation and
+    checkpoint step, so nothing non-finite is ever logged as a result, selected as best or checkpointed.
+    """
+
+    def __init__(self, device: torch.device, recipe: Recipe) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.recipe = recipe
+        self.seen: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
+
+    def see(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: Any) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad & (self.first < 0), torch.full_like(self.first, step), self.first)
+        described = (batch.dataset, len(batch.keys), batch.keys[0], batch.urls[0] if batch.urls else "?")
+        self.seen.setdefault(step, (described, {k: v.detach() for k, v in terms.items()}))  # no batch kept
+
+    def check(self) -> None:
+        step = int(self.first)  # the one sync
+        if step < 0:
+            self.seen.clear()
+            return
+        (dataset, n, key, shard), terms = self.seen[step]
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v))] or ["loss"]
+        raise NonFiniteError(
+            f"step {step}: the training loss is not finite (non-finite term(s): {', '.join(bad)}) on "
+            f"{n} samples of dataset {dataset!r} (first {key}, shard {shard}); the inputs are finite, so training diverged: lower train.lr "
+            f"(now {self.recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
+            f"the last checkpoint is intact")
 
 
 def _mixed_precision(choice: str) -> str:
@@ -131,6 +201,9 @@ class TrainState:
     best_step: int = -1
     best_score: float = -math.inf
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: seconds spent in the training loop up to ``step``, summed over every process that trained this run
+    #: (a killed process counts up to its last checkpoint: the steps after it are trained again)
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -143,12 +216,7 @@ class Trainer:
         ``rebuild``: rebuild the recipe's shards first (refused when the run directory already has
         checkpoints made from the old ones)."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-
-        from foundation.data.loader import DatasetStream
-        from foundation.data.shards import build_shards, find_shards, plan
-        from foundation.data.voxels import VoxelIndexBank
-        from foundation.model import CLIPMUSED
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         self.recipe = recipe
         self.finetune_spec = finetune
@@ -165,6 +233,34 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         acc = self.accelerator
+        self._lock = None
+
+        def take_lock() -> None:  # the main process holds the run directory until close()
+            self._lock = hold(self.run_dir, what="run directory")
+
+        _on_main_then_everyone(acc, take_lock)
+        try:
+            self._setup(recipe, finetune=finetune, progress=progress, rebuild=rebuild)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (the process ending releases it too)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, recipe: Recipe, *, finetune: FinetuneSpec | None, progress: bool, rebuild: bool = False) -> None:
+        """Check the run directory, build or find the shards, build the model and optimizer."""
+        from accelerate.utils import set_seed
+
+        from foundation.data.loader import DatasetStream
+        from foundation.data.shards import build_shards, find_shards, plan
+        from foundation.data.voxels import VoxelIndexBank
+        from foundation.model import CLIPMUSED
+
+        acc, t = self.accelerator, recipe.train
         check_run_dir(self.run_dir, recipe)  # read-only: every rank raises the same error, none waits
 
         from foundation.engine.checkpoint import checkpoint_dirs
@@ -187,6 +283,8 @@ class Trainer:
 
         def prepare_run_dir() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not (self.run_dir / RUN_MARKER).is_file():  # first: from now on foundation owns the directory
+                write_json(self.run_dir / RUN_MARKER, {"made_by": "foundation", "recipe": recipe.name})
             for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
                 remove_stale_tmp(folder)
             save_recipe(recipe, self.run_dir / "config.yaml")
@@ -213,6 +311,7 @@ class Trainer:
             index = self.indices[cfg.id]
             subjects = list(cfg.subjects) if cfg.subjects else list(index.data["subjects"])
             self.streams[cfg.id] = DatasetStream(index, subjects=subjects, train_fraction=cfg.train_fraction)
+            check_splits(recipe, cfg.id, index, subjects)
             self.infos[cfg.id] = dataclasses.replace(index.info, subjects=tuple(subjects))
             vocab += [f"{cfg.id}/{s}" for s in subjects]
             if index.info.kind == "volume":
@@ -296,7 +395,7 @@ class Trainer:
     def resume(self) -> bool:
         from safetensors import SafetensorError
 
-        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state
+        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state, restore_best
 
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
@@ -327,7 +426,11 @@ class Trainer:
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
-                                best_score=raw["best_score"], history=raw["history"])
+                                best_score=raw["best_score"], history=raw["history"],
+                                train_seconds=float(raw.get("train_seconds", 0.0)))
+        if self.accelerator.is_main_process:  # best/ of this checkpoint's history, not of a killed process'
+            restore_best(ckpt, self.run_dir, best_step=self.state.best_step)
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             print(f"resuming {self.run_dir} from {ckpt.name} (step {self.state.step})", file=sys.stderr)
             if self.state.history and "val_pooled_mAP" not in self.state.history[0]:
@@ -343,14 +446,16 @@ class Trainer:
         from foundation.objectives.losses import clip_mused_loss
 
         acc, t, r = self.accelerator, self.recipe.train, self.recipe
-        acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
         self.resume()
+        if self.state.step < t.steps:  # a rerun of a finished run adds no TensorBoard files
+            acc.init_trackers("tb", config={"recipe": r.name, "seed": r.seed})
         bar = progress(total=t.steps, initial=self.state.step, desc=f"train {r.name}", unit="step",
                        enabled=self.progress and acc.is_local_main_process)
         iterators = None
         running: dict[str, torch.Tensor] = {}
         n_running = 0
-        t0 = time.perf_counter()
+        watch = _NonFiniteWatch(acc.device, r)
+        t0, before = time.perf_counter(), self.state.train_seconds  # time of the processes before this one
         self.model.train()
         while self.state.step < t.steps:
             step = self.state.step
@@ -363,6 +468,7 @@ class Trainer:
                     with acc.autocast():
                         out = self._forward(self.model, batch)
                     loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
+                    watch.see(step + 1, loss, terms, batch)
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
@@ -375,6 +481,8 @@ class Trainer:
             self.state.step = step = step + 1
             bar.update(1)
 
+            if step == t.steps or not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every):
+                watch.check()  # before anything of this step is logged, selected or saved
             if step % t.log_every == 0 or step == t.steps:
                 values = {f"train/{k}": float(v) / n_running for k, v in running.items()}  # syncs here only
                 values["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -400,10 +508,11 @@ class Trainer:
                 self._sync_state()
                 self.model.train()
             if step % t.checkpoint_every == 0 or step == t.steps:
+                self.state.train_seconds = before + time.perf_counter() - t0
                 state = {**dataclasses.asdict(self.state), "model": self.core.config_dict()}
                 save_checkpoint(acc, self.run_dir, step, state, keep=t.keep_checkpoints)
         bar.close()
-        self.train_seconds = time.perf_counter() - t0
+        self.train_seconds = before + time.perf_counter() - t0
         if self.finetune is not None:
             from foundation.engine.surgery import check_frozen
 
@@ -435,6 +544,15 @@ class Trainer:
                     out = self._forward(model, batch)
                 probs = torch.sigmoid(out.logits.float()).cpu().numpy()
                 labels = batch.labels.cpu().numpy()
+                if not np.isfinite(probs).all():
+                    row = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])
+                    weights = [k for k, v in model.state_dict().items() if v.is_floating_point()
+                               and not bool(torch.isfinite(v).all())]
+                    cause = (f"the model's weights hold non-finite values ({weights[0]}"
+                             f"{f' and {len(weights) - 1} more' if len(weights) > 1 else ''})" if weights
+                             else "the inputs are finite, so the model overflowed")
+                    raise NonFiniteError(f"{split} prediction of sample {batch.keys[row]} (shard "
+                                         f"{batch.urls[row] if batch.urls else '?'}) is not finite: {cause}")
                 local += [(name, k, p, y) for k, p, y in zip(batch.keys, probs, labels)]
         model.train(was_training)
         gathered = acc.gather_for_metrics(local, use_gather_object=True)
@@ -464,13 +582,23 @@ class Trainer:
 
     def test(self) -> Path:
         """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         acc = self.accelerator
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
         if best.is_file():
-            self.core.load_state_dict(load_file(str(best)))  # CPU tensors, copied onto the device
+            try:
+                state = load_file(str(best))
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{best} is not a readable safetensors file ({exc}); rerun to restore it "
+                                      f"from the last checkpoint's copy") from exc
+            bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise NonFiniteError(f"{best} holds non-finite weights ({bad[0]}); it is damaged: rerun to restore "
+                                     f"it from the last checkpoint's copy (best/ is put back on resume)")
+            self.core.load_state_dict(state)  # CPU tensors, copied onto the device
         results = {split: self.evaluate(split) for split in ("val", "test")}
         path = self.run_dir / "metrics.json"
         if acc.is_main_process:

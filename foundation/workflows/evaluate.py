@@ -28,11 +28,14 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", output: str | Path
 
     model, _ = load_model(run_dir / "best")
     trainer = Trainer(recipe, progress=False, finetune=read_spec(run_dir))
-    if model.vocab != trainer.core.vocab:
-        raise CheckpointError(f"{run_dir / 'best'} was trained on subjects {model.vocab[:3]}… but the run's "
-                              f"recipe now yields {trainer.core.vocab[:3]}…")
-    trainer.core.load_state_dict(model.state_dict())
-    metrics = trainer.evaluate(split)
+    try:
+        if model.vocab != trainer.core.vocab:
+            raise CheckpointError(f"{run_dir / 'best'} was trained on subjects {model.vocab[:3]}… but the run's "
+                                  f"recipe now yields {trainer.core.vocab[:3]}…")
+        trainer.core.load_state_dict(model.state_dict())
+        metrics = trainer.evaluate(split)
+    finally:
+        trainer.close()  # the run directory's lock
     if metrics is not None and output is not None:
         write_json(output, {split: metrics})
     return metrics

@@ -23,7 +23,10 @@ def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progre
     spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
     check_before_sharding(spec.source, recipe)
     trainer = Trainer(recipe, progress=progress, finetune=spec)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()
+    try:
+        trainer.fit()
+        path = trainer.test()
+        trainer.accelerator.end_training()
+    finally:
+        trainer.close()  # the run directory's lock
     return path

@@ -122,6 +122,9 @@ def predict_run(
     run_dir, input = Path(run_dir), Path(input)
     if batch_size < 1:
         raise FoundationError(f"batch_size must be at least 1, got {batch_size}")
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):  # NaN fails too
+        raise FoundationError(f"--threshold must be a probability in [0, 1], got {threshold!r}")
+    device = check_device(device)
     fmt = resolve_format(fmt, output)
     if not input.exists():
         raise DataError(f"input {input} does not exist")
@@ -386,6 +389,22 @@ def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | Non
     return total, chunks()
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device` that exists here; else a :class:`FoundationError` naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FoundationError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): "
+                              f"{exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FoundationError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FoundationError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise FoundationError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
+
+
 # --------------------------------------------------------------------------- arrays
 def _array_chunks(model, input: Path, dataset: str, gid: str, *,
                   batch_size: int) -> tuple[int, Iterator[_Chunk]]:
@@ -394,6 +413,11 @@ def _array_chunks(model, input: Path, dataset: str, gid: str, *,
     if info.kind != "roi":
         raise DataError(f"{input}: dataset {dataset!r} is a volume dataset; give its scans as a NIfTI image "
                         f"(X, Y, Z, N) on the grid {info.grid}, or as shards")
+    with open(input, "rb") as fh:
+        head = fh.read(6)
+    if head != b"\x93NUMPY":  # e.g. a text file named .npy: numpy would call it "pickled data"
+        raise DataError(f"{input}: not a .npy file (it does not start with the NumPy header; it starts with "
+                        f"{head!r}); save the array with numpy.save")
     try:
         arr = np.load(input, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -13,7 +13,10 @@ def train(recipe: Recipe, *, progress: bool = True, rebuild: bool = False) -> Pa
     """Train (or resume) the recipe's run; returns the path of its metrics.json.  ``rebuild``: rebuild
     the recipe's shards first (see :func:`foundation.data.shards.build_shards`)."""
     trainer = Trainer(recipe, progress=progress, rebuild=rebuild)
-    trainer.fit()
-    path = trainer.test()
-    trainer.accelerator.end_training()  # closes trackers and the process group: last
+    try:
+        trainer.fit()
+        path = trainer.test()
+        trainer.accelerator.end_training()  # closes trackers and the process group: last
+    finally:
+        trainer.close()  # the run directory's lock
     return path

@@ -317,3 +317,126 @@ def test_run_made_before_a_new_recipe_key_still_resumes(pretrained, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     recipe = _recipe(pretrained, **{"datasets.0.subjects": ["sub-01", "sub-02"], "run.dir": str(run)})
     assert Trainer(recipe, progress=False).resume()
+
+
+# --------------------------------------------------------------------------- issue 16: round 2
+
+
+def test_duplicate_yaml_keys(tmp_path, capsys, request):
+    """Issue 16.7: a key given twice (``train:`` twice, ``seed`` twice) used to let the last one win silently."""
+    d = tiny_recipe_dict(tmp_path)
+    text = yaml.safe_dump(d, sort_keys=False)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text + "train:\n  lr: 0.5\n")
+    expect("duplicate top-level YAML key", RecipeError, lambda: load_recipe(path), path, "duplicate key 'train'",
+           "line", request=request)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("name: x\ntrain:\n  seed_like: 1\n  lr: 0.1\n  lr: 0.2\n")
+    expect("duplicate nested YAML key", RecipeError, lambda: load_recipe(nested), nested, "duplicate key 'lr'",
+           "line 5", request=request)
+    assert "duplicate key" in _cli(capsys, "train", str(path), "--no-progress")
+    # a merge key (<<) may still be overridden: that is not a duplicate
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("name: merged\nbase: &b {lr: 0.1, steps: 4}\n")
+    with pytest.raises(RecipeError, match="base: unknown key"):
+        load_recipe(merged)
+    _nothing_made(tmp_path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("name=../../x", "name"),
+    ("name=/tmp/elsewhere", "name"),
+    ("datasets.0.name=syn/thetic", "datasets.0.name"),
+    ("datasets.0.name=..", "datasets.0.name"),
+])
+def test_names_are_identifiers_not_paths(tmp_path, capsys, request, override, key):
+    """Issue 16.8: ``name=../../x`` used to put the run outside ``runs/`` (and a dataset name with ``/``
+    failed after the whole shard build)."""
+    path = _write(tmp_path, tiny_recipe_dict(tmp_path))
+    value = override.split("=", 1)[1]
+    expect(f"name that is a path ({override})", RecipeError, lambda: load_recipe(path, [override]), path,
+           f"{key}: {value!r} is not a valid name", request=request)
+    assert key in _cli(capsys, "train", str(path), override, "--no-progress")
+    _nothing_made(tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_grad_norm=-1", "train.max_grad_norm: must be > 0, got -1.0"),
+    ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+    ("train.lr=.nan", "train.lr: must be a number, not NaN, got nan"),
+    ("train.lr=.inf", "train.lr: must be finite, got inf"),
+    ("train.weight_decay=-1", "train.weight_decay: must be >= 0, got -1.0"),
+    ("model.dropout=2", "model.dropout: must be < 1, got 2.0"),
+    ("model.attn_dropout=-0.1", "model.attn_dropout: must be >= 0, got -0.1"),
+    ("train.num_workers=-1", "train.num_workers: must be >= 0, got -1"),
+    ("model.dim=65536", "model.dim: must be <= 8192, got 65536"),
+    ("loss.lambda_orth=.nan", "loss.lambda_orth: must be a number, not NaN, got nan"),
+    ("loss.lambda_low=-1", "loss.lambda_low: must be >= 0, got -1.0"),
+    ("model.head_hidden=0", "model.head_hidden: must be > 0, got 0"),
+    ("model.mlp_ratio=0", "model.mlp_ratio: must be > 0, got 0.0"),
+    ("model.volume_channels=[16,0]", "model.volume_channels.1: must be > 0, got 0"),
+    ("train.warmup_steps=-5", "train.warmup_steps: must be >= 0, got -5"),
+    ("seed=-1", "seed: must be >= 0, got -1"),
+    ("datasets.0.train_fraction=1.5", "datasets.0.train_fraction: must be <= 1, got 1.5"),
+    ("datasets.0.subjects=[]", "datasets.0.subjects: an empty list selects no subject"),
+])
+def test_values_out_of_range(tmp_path, capsys, request, override, message):
+    """Issue 16.6 and 16.14: ranges are checked when the recipe is read (``max_grad_norm=-1`` used to train
+    by gradient ascent with exit 0; the others ended in raw tracebacks or were silently accepted)."""
+    path = _write(tmp_path, tiny_recipe_dict(tmp_path))
+    expect(f"value out of range ({override})", RecipeError, lambda: load_recipe(path, [override]), path, message,
+           request=request)
+    assert message.split(":")[0] in _cli(capsys, "shard", str(path), override, "--no-progress")
+    _nothing_made(tmp_path)
+
+
+def test_ranges_are_declared_on_the_schema():
+    """The ranges live on the dataclass fields as ``annotated_types`` metadata (what pydantic reads)."""
+    import typing
+
+    import annotated_types as at
+
+    from foundation.core.config import ModelConfig, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig, include_extras=True)
+    assert at.Gt(0) in hints["lr"].__metadata__
+    assert at.Lt(1) in typing.get_type_hints(ModelConfig, include_extras=True)["dropout"].__metadata__
+    # a recipe changed in code is checked too
+    recipe = _recipe(Path("/nonexistent"))
+    recipe.train.max_grad_norm = -1.0
+    with pytest.raises(RecipeError, match=r"train\.max_grad_norm: must be > 0"):
+        validate_recipe(recipe)
+
+
+def test_yaml_alias_bomb(tmp_path, request):
+    """Issue 16.17: a 2 kB recipe whose aliases expand to 9¹⁰ values took 80 s and 3.1 GB to report."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 11)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join([*lines, "name: *a10"]) + "\n")
+    assert path.stat().st_size < 2500
+    started = time.time()
+    expect("YAML alias bomb", RecipeError, lambda: load_recipe(path), path, "aliases", "alias bomb",
+           request=request)
+    assert time.time() - started < 5
+    # ordinary aliases are fine
+    ok = tmp_path / "aliases.yaml"
+    ok.write_text("name: ok\ndatasets:\n  - &d {plugin: synthetic, name: a}\n  - {<<: *d, name: b}\n")
+    assert [d.id for d in load_recipe(ok).datasets] == ["a", "b"]
+
+
+@pytest.mark.parametrize("where", ["run.dir", "shards.root"])
+def test_unwritable_place_is_reported_before_anything_is_built(tmp_path, request, where):
+    """Issue 16.14: ``run.dir`` / ``shards.root`` that cannot be written used to fail only after the whole
+    shard build; the first write of the command (its lock) now names the place, before any work."""
+    from foundation.core.errors import WriteError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    target = blocker / "below"
+    recipe = _recipe(tmp_path, **{where: str(target)})
+    expect(f"{where} that cannot be written", WriteError, _train(recipe), "cannot write", blocker, request=request)
+    _nothing_made(tmp_path)
+    assert not (tmp_path / "shards").exists() and blocker.read_text() == "not a directory"

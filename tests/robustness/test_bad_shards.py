@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from foundation.core.config import Recipe
-from foundation.core.errors import ShardError
+from foundation.core.errors import RecipeError, ShardError
 from foundation.core.recipe import from_dict, validate_recipe
 from tests.conftest import tiny_recipe_dict
 from tests.data.conftest import rewrite_tar, tar_keys
@@ -167,3 +167,85 @@ def test_fmri_of_the_wrong_dtype_in_a_shard(damaged, tmp_path, request):
     expect("fMRI of the wrong dtype in a shard", ShardError, run, tar, f"sample {key}", "fmri.npy", "<U1",
            request=request)
     _after(tmp_path, tar)
+
+
+def test_empty_validation_split_refused_before_training(tmp_path, request):
+    """Issue 16.13: a dataset too small for a validation split (``stimuli_per_subject: 5``) used to crash at
+    the first evaluation with ``need at least one array to stack``; it is refused before anything trains."""
+    from foundation.core.config import Recipe
+    from foundation.core.errors import ShardError
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path)
+    d["datasets"][0]["options"].update(stimuli_per_subject=5, shared_test=2)
+    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2, batch_size=2)
+    recipe = from_dict(Recipe, d)
+    expect("empty validation split", ShardError, lambda: train(recipe, progress=False), "the val split",
+           "'synthetic'", "sub-01", tmp_path / "shards", request=request)
+    assert not (tmp_path / "run").exists()
+    assert_nothing_half_written(tmp_path)
+
+
+def test_batch_larger_than_the_training_set(tmp_path, request):
+    """Issue 16 ("also accepted"): ``train.batch_size`` larger than the training set is named, not run."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path)
+    d["train"].update(steps=4, eval_every=2, checkpoint_every=2, log_every=2, batch_size=4096)
+    recipe = from_dict(Recipe, d)
+    expect("batch larger than the training set", RecipeError, lambda: train(recipe, progress=False),
+           "train.batch_size: 4096", "'synthetic'", request=request)
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_a_validation_sample(damaged, tmp_path, request):
+    """Issue 16.12: a NaN in one val sample used to end in ``probs must be probabilities in [0, 1]``,
+    naming nothing; it is stopped when read, naming the shard, the sample and the member."""
+    from foundation.core.errors import ShardError
+
+    directory, run = damaged
+    tar = _val_tar(directory)
+    key = tar_keys(tar)[1]
+    nan = np.full((3, 8), np.nan, np.float16)
+    rewrite_tar(tar, lambda name, payload: _npy(nan) if name == f"{key}.fmri.npy" else payload)
+    expect("NaN in a validation sample", ShardError, run, tar, f"sample {key}", "fmri.npy", "non-finite",
+           request=request)
+    _after(tmp_path, tar)
+
+
+def test_label_value_2_in_a_shard(damaged, tmp_path, request):
+    """Issue 16.12: a label 2 used to raise ``labels must be 0/1`` without the file."""
+    directory, run = damaged
+    tar = _val_tar(directory)
+    key = tar_keys(tar)[0]
+    rewrite_tar(tar, lambda name, payload: _npy(np.array([0, 2, 1, 0], np.uint8)) if name == f"{key}.labels.npy"
+                else payload)
+    expect("label value 2 in a shard", ShardError, run, tar, f"sample {key}", "[2.0]", "labels must be 0/1",
+           request=request)
+    _after(tmp_path, tar)
+
+
+def test_diverging_training_stops_at_the_first_non_finite_loss(pristine, tmp_path, request):
+    """Issue 16.12: ``train.lr=1e30`` used to train on NaN and fail in the metrics; it stops at the first
+    non-finite loss with the step, a sample key and its shard."""
+    from foundation.core.errors import NonFiniteError
+    from foundation.workflows.train import train
+
+    recipe = _recipe(tmp_path, pristine)
+    recipe.train.lr, recipe.train.max_grad_norm, recipe.train.warmup_steps = 1e30, None, 0
+    expect("diverging training (train.lr=1e30)", NonFiniteError, lambda: train(recipe, progress=False),
+                 "step 2:", "the training loss is not finite", "synthetic/sub-", str(pristine), "train.lr",
+                 request=request)
+    # read back only at log/eval/checkpoint steps (no sync per step), it still names the first bad step
+    recipe.train.log_every = recipe.train.eval_every = recipe.train.checkpoint_every = 4
+    recipe.run.dir = str(tmp_path / "run2")
+    with pytest.raises(NonFiniteError, match=r"^step 2: "):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run2" / "checkpoints").exists() and not (tmp_path / "run2" / "best").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert_nothing_half_written(tmp_path)

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import save_file
 
 from foundation.engine.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
-from foundation.core.errors import CheckpointError
+from foundation.core.errors import CheckpointError, RecipeError
 
 from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree_bytes
 
@@ -175,3 +175,217 @@ def test_interrupted_checkpoint_write_is_ignored_and_cleared(run, trained):
     b = json.loads((trained / "run" / "metrics.json").read_text())["test"]
     assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6) and a["AUC"] == pytest.approx(b["AUC"], abs=1e-6)
     assert_nothing_half_written(copy)
+
+
+def test_best_is_rolled_back_to_the_checkpoint_resumed_from(run, request):
+    """Issue 16.1: killed after step 4's validation wrote ``best/`` but before the step-4 checkpoint was
+    complete, the rerun resumes from step 2: ``best/`` must be step 2's history's, not the killed process'."""
+    import torch
+    from safetensors.torch import load_file
+
+    from foundation.engine.checkpoint import BEST_NAME
+
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")  # the killed process never finished this checkpoint
+    (copy / "metrics.json").unlink()
+    # the killed process' best/: other weights, labelled with a step the resumed history has not reached
+    weights = {k: v + 1 for k, v in load_file(str(copy / "best" / "model.safetensors")).items()}
+    save_file(weights, copy / "best" / "model.safetensors")
+    meta = json.loads((copy / "best" / "model.json").read_text())
+    (copy / "best" / "model.json").write_text(json.dumps({**meta, "step": 4}))
+    t = trainer()
+    assert t.resume() and t.state.step == 2
+    assert json.loads((copy / "best" / "model.json").read_text())["step"] == t.state.best_step
+    saved = root / "step-00000002" / BEST_NAME
+    assert tree_bytes(copy / "best") == tree_bytes(saved)
+    assert all(torch.equal(v, load_file(str(saved / "model.safetensors"))[k])
+               for k, v in load_file(str(copy / "best" / "model.safetensors")).items())
+    assert_nothing_half_written(copy)
+
+
+def test_best_without_validation_yet_is_removed_on_resume(run):
+    """A checkpoint written before the first validation (best_step -1) leaves no ``best/`` behind."""
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")
+    state = json.loads((root / "step-00000002" / STATE_NAME).read_text())
+    (root / "step-00000002" / STATE_NAME).write_text(json.dumps({**state, "best_step": -1, "history": [],
+                                                                  "best_score": float("-inf")}))
+    shutil.rmtree(root / "step-00000002" / "best")
+    t = trainer()
+    assert t.resume() and t.state.best_step == -1
+    assert not (copy / "best" / "model.safetensors").exists()
+
+
+def test_directory_not_made_by_foundation_is_left_untouched(trained, tmp_path, request):
+    """Issue 16.4: ``run.dir`` pointing at a user's folder (no marker, not empty) is refused, byte for byte
+    untouched: its ``metrics.json``, ``best/`` and even its ``.tmp-*`` files stay."""
+    from foundation.engine.trainer import RUN_MARKER
+    from foundation.workflows.train import train
+
+    folder = tmp_path / "mine"
+    (folder / "best").mkdir(parents=True)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "metrics.json").write_text('{"mine": 1}')
+    (folder / "best" / "model.safetensors").write_bytes(b"my weights")
+    (folder / ".tmp-draft").write_text("my draft")
+    before = tree_bytes(folder)
+    expect("run.dir is a folder foundation did not make", RecipeError,
+           lambda: train(tiny_run_recipe(trained, run=folder), progress=False), folder, RUN_MARKER,
+           "metrics.json", "notes.txt", request=request)
+    assert tree_bytes(folder) == before
+    # an empty directory is fine, and becomes a marked run directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train(tiny_run_recipe(trained, run=empty), progress=False)
+    assert (empty / RUN_MARKER).is_file() and (empty / "metrics.json").is_file()
+
+
+def test_second_process_on_the_same_run_directory(trained, tmp_path, request):
+    """Issue 16.3: while a process holds a run directory, another ``train`` into it stops at once, naming
+    the holder, and writes nothing there."""
+    import subprocess
+    import sys
+
+    from foundation.core.errors import BusyError
+    from foundation.core.locks import lock_path
+    from foundation.workflows.train import train
+
+    run_dir = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        expect("second process on a busy run directory", BusyError,
+               lambda: train(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
+               f"process {holder.pid}", lock_path(run_dir), request=request)
+        assert not run_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(tiny_run_recipe(trained, run=run_dir), progress=False)  # the holder is gone: the lock is free
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_non_finite_best_weights(run, request):
+    """Issue 16.12: NaN in ``best/`` weights used to end in ``probs must be probabilities``; the file is named."""
+    import torch
+    from safetensors.torch import load_file
+
+    from foundation.core.errors import NonFiniteError
+
+    copy, trainer = run
+    path = copy / "best" / "model.safetensors"
+    weights = load_file(str(path))
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, path)
+    t = trainer()
+    t.state.best_step = 4
+    expect("NaN in best/ weights", NonFiniteError, t.test, path, name, request=request)
+
+
+def test_train_seconds_are_summed_over_the_processes_of_a_run(run):
+    """Issue 16.11: after a resume ``metrics.json``'s ``train_seconds`` used to count the last process only."""
+    copy, trainer = run
+    root = copy / "checkpoints"
+    shutil.rmtree(root / "step-00000004")
+    (copy / "metrics.json").unlink()
+    state_path = root / "step-00000002" / STATE_NAME
+    state = json.loads(state_path.read_text())
+    assert state["train_seconds"] > 0  # recorded with the checkpoint
+    state_path.write_text(json.dumps({**state, "train_seconds": 1000.0}))  # an earlier, slow process
+    t = trainer()
+    t.fit()
+    t.test()
+    seconds = json.loads((copy / "metrics.json").read_text())["train_seconds"]
+    assert 1000.0 < seconds < 1000.0 + 600
+    assert json.loads((root / "step-00000004" / STATE_NAME).read_text())["train_seconds"] == pytest.approx(
+        seconds, abs=5)
+    t.close()
+    # a rerun of the finished run trains nothing and reports the same total
+    t = trainer()
+    t.fit()
+    t.test()
+    assert json.loads((copy / "metrics.json").read_text())["train_seconds"] == pytest.approx(seconds, abs=1)
+
+
+def test_resume_with_another_num_workers_is_refused(run, trained, request):
+    """Issue 16.2: ``train.num_workers`` changes the batches (each worker draws its own stream), so a resume
+    with another value ended at a third result; it is refused like any change of the run's recipe."""
+    import dataclasses
+
+    from foundation.engine.trainer import RESUMABLE_CHANGES, Trainer
+
+    copy, _ = run
+    recipe = tiny_run_recipe(trained, run=copy)
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, num_workers=1))
+    before = tree_bytes(copy)
+    expect("resume with another train.num_workers", RecipeError, lambda: Trainer(recipe, progress=False), copy,
+           "train.num_workers: 0 → 1", "run.dir=<new directory>", request=request)
+    assert tree_bytes(copy) == before
+    assert "train.num_workers" not in RESUMABLE_CHANGES
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_damaged_best_of_a_finished_run_is_restored_on_rerun(run, trained, damage):
+    """Issue 16.16: a deleted ``best/model.safetensors`` of a finished run was silently replaced by the
+    final weights labelled with the best step; a truncated one crashed with a safetensors traceback.
+    The rerun puts back the copy the last checkpoint holds."""
+    from foundation.engine.checkpoint import BEST_NAME
+    from foundation.workflows.train import train
+
+    copy, _ = run
+    path = copy / "best" / "model.safetensors"
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    train(tiny_run_recipe(trained, run=copy), progress=False)
+    assert tree_bytes(copy / "best") == tree_bytes(copy / "checkpoints" / "step-00000004" / BEST_NAME)
+    assert tree_bytes(copy / "best") == tree_bytes(trained / "run" / "best")
+    a = json.loads((copy / "metrics.json").read_text())
+    b = json.loads((trained / "run" / "metrics.json").read_text())
+    assert a["best_step"] == b["best_step"] and a["test"]["mAP"] == pytest.approx(b["test"]["mAP"], abs=1e-6)
+
+
+def test_predict_arguments_and_a_text_file_named_npy(run, tmp_path, request):
+    """Issue 16.14 / 16.18 / "also accepted": ``--threshold nan``, ``--device foo`` (blamed on the model file),
+    ``--device cuda`` without a GPU, and a text file named ``.npy`` ("pickled data") are named as such."""
+    import torch
+
+    from foundation.core.errors import DataError, FoundationError
+    from foundation.workflows.predict import predict_run
+
+    copy, _ = run
+    scans = tmp_path / "x.npy"
+    np.save(scans, np.zeros((2, 3, 8), np.float32))
+    expect("predict --threshold nan", FoundationError,
+           lambda: predict_run(copy, scans, subject="sub-01", threshold=float("nan"), progress=False),
+           "--threshold", "nan", request=request)
+    expect("predict --device foo", FoundationError,
+           lambda: predict_run(copy, scans, subject="sub-01", device="foo", progress=False), "--device 'foo'",
+           request=request)
+    if not torch.cuda.is_available():
+        expect("predict --device cuda without a GPU", FoundationError,
+               lambda: predict_run(copy, scans, subject="sub-01", device="cuda", progress=False), "--device cuda",
+               "no CUDA GPU", request=request)
+    text = tmp_path / "notes.npy"
+    text.write_text("0.1 0.2 0.3\n")
+    expect("text file named .npy", DataError, lambda: predict_run(copy, text, subject="sub-01", progress=False),
+           text, "not a .npy file", request=request)
+    assert len(predict_run(copy, scans, subject="sub-01", progress=False)) == 2
+
+
+def test_rerun_of_a_finished_run_adds_no_tensorboard_files(run, trained):
+    """Issue 16 ("also accepted"): ``logs/`` gained TensorBoard files on every invocation, even a rerun of a
+    finished run (which trains nothing)."""
+    from foundation.workflows.train import train
+
+    copy, _ = run
+    before = sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file())
+    train(tiny_run_recipe(trained, run=copy), progress=False)
+    assert sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file()) == before

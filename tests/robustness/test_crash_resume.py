@@ -256,7 +256,20 @@ def test_sigkill_train_at_random_moments_then_rerun_gives_the_same_metrics(tmp_p
     out = _finish(_launch(["train", str(recipes["killed"])], tmp_path))
     assert "resuming" in out or kills == 0
     _assert_same_metrics(_metrics(killed), _metrics(tmp_path / "clean"), 1e-6)
+    _same_best(killed, tmp_path / "clean")
     assert_nothing_half_written(killed)
+
+
+def _same_best(run: Path, clean: Path) -> None:
+    """``best/`` is the one of the reported best step, with the uninterrupted run's weights (issue 16.1)."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert json.loads((run / "best" / "model.json").read_text())["step"] == _metrics(run)["best_step"]
+    ours, theirs = (load_file(str(r / "best" / "model.safetensors")) for r in (run, clean))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- 2-process DDP, killed and relaunched
@@ -295,3 +308,63 @@ def test_two_process_ddp_killed_and_relaunched_matches_one_process(tmp_path):
     assert (one["num_processes"], two_m["num_processes"]) == (1, 2)
     _assert_same_metrics(two_m, one, 1e-5)
     assert_nothing_half_written(two)
+
+
+def test_kill_during_a_checkpoint_write_then_rerun_rolls_best_back(trained, tmp_path, monkeypatch):
+    """Issue 16.1: interrupt the step-4 checkpoint write (after step 4's validation updated ``best/``); the
+    rerun resumes from step 2 and ends with the uninterrupted run's ``best/`` and metrics."""
+    from foundation.engine import checkpoint as checkpoint_module
+    from foundation.workflows.train import train
+
+    from .conftest import tiny_run_recipe
+
+    real = checkpoint_module.write_json
+
+    def killed(path, data):
+        if Path(path).name == checkpoint_module.STATE_NAME and data.get("step") == 4:
+            raise KeyboardInterrupt  # no cleanup runs, as with SIGKILL
+        return real(path, data)
+
+    run = tmp_path / "killed"
+    recipe = tiny_run_recipe(trained, run=run)
+    monkeypatch.setattr(checkpoint_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, progress=False)
+    assert latest_checkpoint(run).name == "step-00000002"
+    monkeypatch.setattr(checkpoint_module, "write_json", real)
+    train(recipe, progress=False)
+    clean = json.loads((trained / "run" / "metrics.json").read_text())
+    ours = json.loads((run / "metrics.json").read_text())
+    _assert_same_metrics(ours, clean, 1e-6)
+    assert json.loads((run / "best" / "model.json").read_text())["step"] == ours["best_step"]
+    assert tree_bytes(run / "best", exclude=("model.json",)) == tree_bytes(trained / "run" / "best",
+                                                                         exclude=("model.json",))
+    assert_nothing_half_written(run)
+
+
+def test_concurrent_shard_builds_wait_for_each_other(tmp_path, capfd):
+    """Issue 16.5: two builds of one shard directory used to delete each other's temporary tars (the
+    survivor blamed the disk).  The second waits for the first, naming it, then builds or reuses."""
+    from foundation.core.recipe import from_dict
+    from foundation.core.config import Recipe
+    from foundation.data.shards import build_shards, plan
+
+    recipe = from_dict(Recipe, tiny_recipe_dict(tmp_path))
+    directory = plan(recipe)[0].directory
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='shard directory'); print('held', flush=True); time.sleep(5)",
+         str(directory)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.time()
+        index = build_shards(recipe, progress=False)["synthetic"]
+        waited = time.time() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capfd.readouterr().err
+    assert f"shard directory {directory} is in use by process {holder.pid}" in err and "waiting" in err
+    assert waited > 1.0
+    assert index.count("val") > 0
+    assert_nothing_half_written(tmp_path / "shards")
