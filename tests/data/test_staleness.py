@@ -140,9 +140,12 @@ def test_train_rebuild_refuses_a_run_with_checkpoints(setup, tmp_path: Path, cap
     path, _, _ = setup
     from foundation.engine.checkpoint import STATE_NAME
 
+    from foundation.engine.trainer import RUN_MARKER
+
     step = tmp_path / "run" / "checkpoints" / "step-10"
     step.mkdir(parents=True)
     (step / STATE_NAME).write_text(json.dumps({"step": 10}))
+    (tmp_path / "run" / RUN_MARKER).write_text("{}")  # a run directory foundation made (issue 16's marker)
     assert main(["train", str(path), "--no-progress", "--rebuild"]) == 2
     err = capsys.readouterr().err
     assert "--rebuild" in err and str(tmp_path / "run") in err and "run.dir=" in err
