@@ -103,19 +103,14 @@ def fit_subject(train, val, *, solver: Solver, seed: int = 0,
 def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Path:
     """Fit the per-subject read-outs of every dataset of ``recipe``; writes and returns ``RUN_DIR/metrics.json``."""
     from foundation.core.atomic import write_json
-    from foundation.core.recipe import save_recipe
-    from foundation.data.shards import build_shards, find_shards
     from foundation.data.splits import read_split
-    from foundation.engine.trainer import run_dir_for
     from foundation.objectives.scoring import metrics_from_predictions
+    from foundation.workflows.closed_form import prepare_run
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
     t0 = time.perf_counter()
-    run_dir = run_dir_for(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "config.yaml")
-    indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+    run_dir, indices = prepare_run(recipe, progress=progress)
     preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
     infos, chosen = {}, {}
     for cfg in recipe.datasets:
@@ -159,25 +154,12 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+    from foundation.workflows import closed_form
 
-    from foundation.core.recipe import load_recipe
-
-    p = argparse.ArgumentParser(prog="python -m foundation.workflows.linear", description=__doc__.splitlines()[0])
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--solver", choices=SOLVERS, default="ridge")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        path = run_linear(load_recipe(args.recipe, args.overrides), solver=args.solver,
-                          progress=not args.no_progress)
-    except FoundationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"metrics: {path}")
-    return 0
-
+    return closed_form.main(
+        argv, prog="python -m foundation.workflows.linear", description=__doc__.splitlines()[0],
+        add_arguments=lambda p: p.add_argument("--solver", choices=SOLVERS, default="ridge"),
+        run=lambda recipe, args, progress: run_linear(recipe, solver=args.solver, progress=progress))
 
 if __name__ == "__main__":
     sys.exit(main())

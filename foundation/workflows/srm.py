@@ -58,16 +58,11 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
         raise FoundationError(f"the SRM baseline needs BrainIAK: pip install 'foundation[srm]' ({exc})") from exc
     from foundation.core.atomic import write_json
     from foundation.data.splits import read_split
-    from foundation.data.shards import build_shards, find_shards
-    from foundation.core.recipe import save_recipe
-    from foundation.engine.trainer import run_dir_for
     from foundation.objectives.scoring import metrics_from_predictions
+    from foundation.workflows.closed_form import prepare_run
 
     t0 = time.perf_counter()
-    run_dir = run_dir_for(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "config.yaml")
-    indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+    run_dir, indices = prepare_run(recipe, progress=progress)
     preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
     infos, chosen, searched = {}, {}, {}
     for cfg in recipe.datasets:
@@ -137,25 +132,12 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+    from foundation.workflows import closed_form
 
-    from foundation.core.recipe import load_recipe
-
-    p = argparse.ArgumentParser(prog="python -m foundation.workflows.srm", description=__doc__.splitlines()[0])
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--features", type=int, nargs="+", default=list(DEFAULT_FEATURES))
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        path = run_srm(load_recipe(args.recipe, args.overrides), features=args.features,
-                       progress=not args.no_progress)
-    except FoundationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"metrics: {path}")
-    return 0
-
+    return closed_form.main(
+        argv, prog="python -m foundation.workflows.srm", description=__doc__.splitlines()[0],
+        add_arguments=lambda p: p.add_argument("--features", type=int, nargs="+", default=list(DEFAULT_FEATURES)),
+        run=lambda recipe, args, progress: run_srm(recipe, features=args.features, progress=progress))
 
 if __name__ == "__main__":
     sys.exit(main())
