@@ -142,19 +142,20 @@ def onboarding(data: dict, subjects: tuple[str, ...], fractions: list[float], k:
     """Linear-probe onboarding: each subject in turn is new; the others make the shared space and read-out.
 
     * scratch: the new subject's own ridge read-out on its fraction (λ on its validation split);
-    * aligned: the new subject's alignment fitted on its fraction (basis from the others' training
-      stimuli), then the ridge read-out pooled over the other subjects' aligned data, unchanged;
-    * joint: the same pooled read-out fitted with the subject's full training data among the others'.
+    * aligned (FITTER): the new subject's alignment (each of :data:`foundation.model.alignment.FITTERS`)
+      fitted on its fraction (basis from the others' training stimuli), then the ridge read-out pooled over
+      the other subjects' data aligned by the same fitter, unchanged;
+    * joint (FITTER): the same pooled read-out fitted with the subject's full training data among the others'.
     """
     import math
 
-    from foundation.model.alignment import fit_guidance_ridge, guidance_basis
+    from foundation.model.alignment import FITTERS, guidance_basis
 
     def flat(x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1)
 
-    rows: dict[str, dict[float, list[float]]] = {"scratch": {}, "aligned": {}}
-    joint = []
+    rows: dict[str, dict[float, list[float]]] = {"scratch": {}, **{name: {} for name in FITTERS}}
+    joint: dict[str, list[float]] = {name: [] for name in FITTERS}
     for new in subjects:
         others = [s for s in subjects if s != new]
         lows = np.concatenate([data[s]["train"][2] for s in others])
@@ -164,13 +165,11 @@ def onboarding(data: dict, subjects: tuple[str, ...], fractions: list[float], k:
         def targets(lo, hi):
             return np.c_[(lo - cl) @ pl, (hi - ch) @ ph]
 
-        def align(s, rows_=None):
+        def align(fitter, s, rows_=None):
             x, _, lo, hi = data[s]["train"]
             idx = np.arange(len(x)) if rows_ is None else rows_
-            mean, weight, _ = fit_guidance_ridge(flat(x[idx]), targets(lo[idx], hi[idx]))
+            mean, weight, _ = fitter(flat(x[idx]), targets(lo[idx], hi[idx]))
             return lambda z: (flat(z) - mean) @ weight
-
-        maps = {s: align(s) for s in others}
 
         def pooled_readout(members: dict):
             best = None
@@ -182,16 +181,19 @@ def onboarding(data: dict, subjects: tuple[str, ...], fractions: list[float], k:
                     best = (val, f)
             return best[1]
 
-        readout = pooled_readout(maps)
-        full = pooled_readout({**maps, new: align(new)})
-        joint.append(average_precision(data[new]["test"][1], full(align(new)(data[new]["test"][0]))))
         x, y = data[new]["train"][0], data[new]["train"][1]
         order = np.random.default_rng(0).permutation(len(x))
-        for frac in fractions:
-            sub = np.sort(order[: max(3, math.ceil(frac * len(x)))])
-            a = align(new, sub)
-            rows["aligned"].setdefault(frac, []).append(
-                average_precision(data[new]["test"][1], readout(a(data[new]["test"][0]))))
+        subsets = {frac: np.sort(order[: max(3, math.ceil(frac * len(x)))]) for frac in fractions}
+        for name, fitter in FITTERS.items():
+            maps = {s: align(fitter, s) for s in others}
+            readout = pooled_readout(maps)
+            full = pooled_readout({**maps, new: align(fitter, new)})
+            joint[name].append(average_precision(data[new]["test"][1], full(align(fitter, new)(data[new]["test"][0]))))
+            for frac, sub in subsets.items():
+                a = align(fitter, new, sub)
+                rows[name].setdefault(frac, []).append(
+                    average_precision(data[new]["test"][1], readout(a(data[new]["test"][0]))))
+        for frac, sub in subsets.items():
             best = None
             for lam in LAMBDAS:
                 f = ridge(flat(x[sub]), y[sub], lam)
@@ -201,17 +203,18 @@ def onboarding(data: dict, subjects: tuple[str, ...], fractions: list[float], k:
             rows["scratch"].setdefault(frac, []).append(best[1])
     n_train = len(data[subjects[0]]["train"][0])
     print(f"\nOnboarding (linear probes), each of the {len(subjects)} subjects held out in turn; test mAP mean ± std "
-          f"over held-out subjects. joint (pooled read-out with the subject's full data): "
-          f"{np.mean(joint):.3f} ± {np.std(joint, ddof=1):.3f}\n")
+          f"over held-out subjects. joint = the pooled read-out fitted with the subject's full data: "
+          + "; ".join(f"{name} {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" for name, v in joint.items()) + "\n")
     print("| new subject's training data | " + " | ".join(
         f"{f:.0%} ({max(3, math.ceil(f * n_train))})" for f in fractions) + " |")
     print("|---|" + "---|" * len(fractions))
-    for name, label in (("scratch", "scratch: own ridge read-out"),
-                        ("aligned", "aligned: own map + the others' read-out")):
-        print(f"| {label} | " + " | ".join(
+    print("| scratch: own ridge read-out | " + " | ".join(
+        f"{np.mean(rows['scratch'][f]):.3f} ± {np.std(rows['scratch'][f], ddof=1):.3f}" for f in fractions) + " |")
+    for name in FITTERS:
+        print(f"| {name}: own map + the others' read-out | " + " | ".join(
             f"{np.mean(rows[name][f]):.3f} ± {np.std(rows[name][f], ddof=1):.3f}" for f in fractions) + " |")
-    print("| aligned / joint | " + " | ".join(f"{np.mean(rows['aligned'][f]) / np.mean(joint):.0%}"
-                                           for f in fractions) + " |")
+        print(f"| {name} / its joint | " + " | ".join(f"{np.mean(rows[name][f]) / np.mean(joint[name]):.0%}"
+                                                    for f in fractions) + " |")
 
 
 if __name__ == "__main__":

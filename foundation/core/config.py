@@ -117,10 +117,11 @@ class ModelConfig:
     mapping_dims: Optional[list[int]] = None
     head_hidden: PositiveInt = 256
     #: per-subject input alignment fitted in closed form (``foundation.model.alignment``): ``none`` (the
-    #: paper: one shared linear embedding of every subject's ROI tokens) or ``guidance-ridge`` (each
+    #: paper: one shared linear embedding of every subject's ROI tokens), ``guidance-ridge`` (each
     #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
-    #: ``alignment_dim`` components; ROI datasets)
-    alignment: Literal["none", "guidance-ridge"] = "none"
+    #: ``alignment_dim`` components; ROI datasets) or ``guidance-encoding`` (the same space, reached by
+    #: inverting a per-subject encoding model: more sample-efficient for new subjects)
+    alignment: Literal["none", "guidance-ridge", "guidance-encoding"] = "none"
     alignment_dim: PositiveInt = 32
     #: ``[D_low, D_high]`` of the guidance features (set by the trainer from the shards when
     #: ``alignment`` is not ``none``; leave unset in recipes)

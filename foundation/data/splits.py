@@ -36,6 +36,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def subset(self, keep: set[str]) -> Split:
+        """The samples whose key is in ``keep``, in shard order."""
+        rows = [i for i, k in enumerate(self.keys) if k in keep]
+        return Split(keys=[self.keys[i] for i in rows], stimuli=[self.stimuli[i] for i in rows],
+                     x=self.x[rows], y=self.y[rows], low=self.low[rows], high=self.high[rows])
+
 
 def read_split(index, subject: str, split: str) -> Split:
     """Read every sample of ``subject``'s ``split`` from a :class:`~foundation.data.index.ShardIndex`."""

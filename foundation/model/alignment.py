@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_ridge", "guidance_basis"]
+__all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_ridge",
+           "guidance_basis"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -60,9 +61,47 @@ def fit_guidance_ridge(x: np.ndarray, targets: np.ndarray, *,
     return mean.astype(np.float32), weight.astype(np.float32), {"alpha": float(model.alpha_)}
 
 
+def fit_guidance_encoding(x: np.ndarray, targets: np.ndarray, *,
+                          alphas: Sequence[float] = RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Decoding by inverting an encoding model: from the shared space to the subject's inputs, then back.
+
+    The forward ("encoding") direction is fitted instead of the backward one: a ridge regression from
+    the ``T`` shared-space targets to each of the subject's ``F`` standardised inputs (``alpha`` by
+    generalised cross-validation), with the residual variance of each input as its noise level.
+    The decoder is then the posterior mean of the targets given an input under that linear-Gaussian
+    model with a unit-variance prior on the targets (the guidance basis is scaled to unit mean variance):
+
+        g = (B Σ⁻¹ Bᵀ + I)⁻¹ B Σ⁻¹ (x − μ)          B (T, F) encoding weights, Σ = diag(noise variances)
+
+    Why: with few samples (a new subject) the encoding direction has ``T`` predictors per input instead of
+    ``F`` per target, and the noise model weights each input by how reliably the shared space predicts
+    it (the classic encoding-model decoders of Naselaris et al. 2011).  Independent noise across inputs
+    is an assumption (real fMRI noise is correlated across voxels/components); on inputs already
+    decorrelated per subject (PCA components) it is the usual approximation.
+
+    Args / returns: as :func:`fit_guidance_ridge` (``info`` holds the encoding's alpha).
+    """
+    from sklearn.linear_model import RidgeCV
+
+    if len(x) < 3:
+        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
+    x = x.astype(np.float64)
+    t = targets.astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mean) / std
+    tc = t - t.mean(0)
+    model = RidgeCV(alphas=list(alphas), fit_intercept=False).fit(tc, xs)
+    enc = model.coef_.T  # (T, F)
+    noise = ((xs - tc @ enc) ** 2).sum(0) / max(1, len(x) - 1) + 1e-6  # (F,)
+    scaled = enc / noise  # B Σ⁻¹  (T, F)
+    weight = np.linalg.solve(scaled @ enc.T + np.eye(enc.shape[0]), scaled).T  # (F, T)
+    return mean.astype(np.float32), (weight / std[:, None]).astype(np.float32), {"alpha": float(model.alpha_)}
+
+
 #: alignment name -> fitter ``(x (n, F), targets (n, T)) -> (mean (F,), weight (F, T), info)``
 FITTERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, dict[str, float]]]] = {
     "guidance-ridge": fit_guidance_ridge,
+    "guidance-encoding": fit_guidance_encoding,
 }
 ALIGNMENTS = ("none", *FITTERS)
 

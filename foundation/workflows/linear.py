@@ -15,7 +15,8 @@ subject's training statistics:
 The regularisation (``alpha`` for ridge, ``C`` for logistic) is chosen per subject on that
 subject's **validation** mAP from a fixed grid; the test split is scored once, with the chosen value.
 Writes ``metrics.json`` in the schema of a training run (per-subject test metrics, the chosen
-values), so ``foundation bench`` reports it beside every other method.
+values), so ``foundation bench`` reports it beside every other method.  ``datasets[].train_fraction``
+< 1 fits on the same fixed subset of each subject's training samples as the trained methods.
 
     python -m foundation.workflows.linear RECIPE [key=value ...] [--solver ridge|logistic]
 """
@@ -103,6 +104,7 @@ def fit_subject(train, val, *, solver: Solver, seed: int = 0,
 def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Path:
     """Fit the per-subject read-outs of every dataset of ``recipe``; writes and returns ``RUN_DIR/metrics.json``."""
     from foundation.core.atomic import write_json
+    from foundation.data.loader import DatasetStream
     from foundation.data.splits import read_split
     from foundation.objectives.scoring import metrics_from_predictions
     from foundation.workflows.closed_form import prepare_run
@@ -121,12 +123,15 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
         for subject in cfg.subjects or index.data["subjects"]:
             gid = f"{cfg.id}/{subject}"
             data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
+            if cfg.train_fraction < 1.0:  # the same fixed subset the trained methods see
+                stream = DatasetStream(index, subjects=[subject], train_fraction=cfg.train_fraction)
+                data["train"] = data["train"].subset({k for keys in stream.train_keys().values() for k in keys})
             for split, part in data.items():
                 if len(part) == 0 and split != "test":
                     raise DataError(f"{gid}: the {split} split is empty; the {solver} baseline fits on train "
                                     f"and chooses its regularisation on val (shards {index.root})")
             strength, val_map, predict = fit_subject(data["train"], data["val"], solver=solver, seed=recipe.seed)
-            chosen[gid] = {"strength": strength, "val_mAP": val_map}
+            chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(data["train"])}
             if progress:
                 print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
                       f"val mAP {val_map:.4f}", file=sys.stderr)

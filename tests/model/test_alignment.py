@@ -26,6 +26,31 @@ def test_ridge_alignment_undoes_a_per_subject_linear_code():
     assert np.corrcoef(aligned[0].ravel(), aligned[1].ravel())[0, 1] > 0.98
 
 
+def test_encoding_alignment_recovers_the_shared_space_and_beats_ridge_on_few_noisy_samples():
+    """Inverting an encoding model: correct on plenty of data; from few samples of a noisy subject whose
+    inputs outnumber them, closer to the truth than the backward ridge map (its reason to exist)."""
+    from foundation.model.alignment import FITTERS, fit_guidance_encoding, fit_guidance_ridge
+
+    assert FITTERS["guidance-encoding"] is fit_guidance_encoding
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(1200, 6))
+    code = rng.normal(size=(6, 60))
+    noise_sd = rng.uniform(0.5, 3.0, size=60)  # inputs of very different reliability
+    x = signal @ code + noise_sd * rng.normal(size=(1200, 60)) + 2.0
+    test = slice(1000, None)
+    mean, weight, info = fit_guidance_encoding(x[:1000], signal[:1000])
+    assert weight.shape == (60, 6) and mean.shape == (60,) and info["alpha"] > 0
+    assert np.corrcoef(((x[test] - mean) @ weight).ravel(), signal[test].ravel())[0, 1] > 0.95
+    few = slice(0, 20)  # 20 samples, 60 inputs
+    scores = {}
+    for name, fit in (("encoding", fit_guidance_encoding), ("ridge", fit_guidance_ridge)):
+        m, w, _ = fit(x[few], signal[few])
+        scores[name] = np.corrcoef(((x[test] - m) @ w).ravel(), signal[test].ravel())[0, 1]
+    assert scores["encoding"] > scores["ridge"] + 0.02, scores
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_guidance_encoding(x[:2], signal[:2])
+
+
 def test_guidance_basis_has_unit_mean_variance():
     from foundation.model.alignment import guidance_basis
 

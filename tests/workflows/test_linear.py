@@ -36,6 +36,26 @@ def test_linear_baseline_beats_chance_per_subject_and_writes_run_metrics(tmp_pat
     assert all(c["strength"] in grid for c in metrics["linear"]["chosen"].values())
 
 
+def test_train_fraction_fits_on_the_subset_the_trained_methods_see(tmp_path):
+    """``datasets[].train_fraction`` keeps the same fixed training samples as the trainer's stream."""
+    import dataclasses
+
+    from foundation.data.loader import DatasetStream
+    from foundation.data.shards import find_shards
+    from foundation.workflows.linear import run_linear
+
+    recipe = _recipe(tmp_path)
+    full = json.loads(Path(run_linear(recipe, progress=False)).read_text())["linear"]["chosen"]
+    part = dataclasses.replace(recipe, datasets=[dataclasses.replace(recipe.datasets[0], train_fraction=0.25)],
+                               run=dataclasses.replace(recipe.run, dir=str(tmp_path / "run-quarter")))
+    chosen = json.loads(Path(run_linear(part, progress=False)).read_text())["linear"]["chosen"]
+    index = find_shards(part)["roi"]
+    for gid in chosen:
+        stream = DatasetStream(index, subjects=[gid.split("/")[1]], train_fraction=0.25)
+        kept = sum(len(v) for v in stream.train_keys().values())
+        assert chosen[gid]["n_train"] == kept < full[gid]["n_train"], (gid, chosen[gid], full[gid])
+
+
 def test_regularisation_is_chosen_on_validation_not_test():
     """The chosen value is the validation argmax: a grid point that is best on test but not on val loses."""
     from foundation.workflows.linear import fit_subject
