@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--scratch-seeds", type=int, nargs="*", default=None,
                    help="seeds of the single-subject scratch models (default: --seeds; none: skip them)")
+    p.add_argument("--scratch-fractions", type=float, nargs="*", default=None,
+                   help="fractions at which to train the scratch models (default: every fraction below 1)")
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--finetune-lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=2)
@@ -122,11 +124,14 @@ def main() -> None:
                 f"datasets.0.subjects=[{','.join(holdout)}]", f"datasets.0.train_fraction={f}",
                 f"train.steps={args.finetune_steps}", f"train.lr={args.finetune_lr}", "train.eval_every=50",
                 "train.checkpoint_every=100", "train.warmup_steps=10"]))
-        if f < 1.0:  # at 100 % the single-subject models are issue 13's SS rows, not onboarding
-            for s in scratch_seeds:
-                for h in holdout:
-                    stage2.append(("scratch", s, f, h, ["train", args.recipe, f"seed={s}", f"datasets.0.subjects=[{h}]",
-                                                        f"datasets.0.train_fraction={f}", *SCRATCH]))
+    # at 100 % the single-subject models are issue 13's SS rows, not onboarding
+    scratch_fractions = [f for f in (args.fractions if args.scratch_fractions is None else args.scratch_fractions)
+                         if f < 1.0]
+    for f in scratch_fractions:  # after every fine-tuning run: the cheap rows first
+        for s in scratch_seeds:
+            for h in holdout:
+                stage2.append(("scratch", s, f, h, ["train", args.recipe, f"seed={s}", f"datasets.0.subjects=[{h}]",
+                                                    f"datasets.0.train_fraction={f}", *SCRATCH]))
     for job, res in zip(stage2, pool_map(run, stage2)):
         results[job[:4]] = res
         print(f"done {job[0]} {job[2]:g} seed {job[1]}{' ' + job[3] if job[3] else ''} ({res[1]:.0f} s)", flush=True)
@@ -140,12 +145,12 @@ def main() -> None:
     joint = {(h, s): test_map(results[("joint", s, None, None)][0], h) for h in holdout for s in args.seeds}
     from foundation.objectives.stats import holm, paired_ttest
 
-    table, pvals, summary_rows = [], [], []
+    pvals, summary_rows = [], []
     for f in args.fractions:
         ft = {(h, s): test_map(results[("finetune", s, f, None)][0], h) for h in holdout for s in args.seeds}
         lin = {(h, s): test_map(linear[f], h) for h in holdout for s in args.seeds}
         sc = ({(h, s): test_map(results[("scratch", s, f, h)][0], h) for h in holdout for s in scratch_seeds}
-              if f < 1.0 and scratch_seeds else {})
+              if f in scratch_fractions else {})
         ratio = [ft[k] / joint[k] for k in ft]
         row = {"fraction": f, "finetune": ft, "linear": lin, "scratch": sc, "finetune_over_joint": ratio}
         for name, other in (("scratch", sc), ("linear", lin)):
@@ -191,7 +196,7 @@ def main() -> None:
     lines.append(f"\njoint (the subjects seen all along, 100 % of their data): {cell(joint)}; chance test mAP "
                  f"{chance:.3f}; pre-training ({len(rest)} subjects) train seconds {[round(x) for x in pre_s]}; "
                  f"values: mean ± std over {len(holdout)} held-out subjects × seeds {args.seeds} "
-                 f"(scratch seeds {scratch_seeds})")
+                 f"(scratch: seeds {scratch_seeds} at {scratch_fractions})")
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +205,7 @@ def main() -> None:
                   ("finetune", "linear", "scratch") else val) for k, val in row.items()} for row in summary_rows]
     (out / f"{tag}summary.json").write_text(json.dumps(
         {"held_out": holdout, "seeds": args.seeds, "scratch_seeds": scratch_seeds, "rows": keyed,
+         "scratch_fractions": scratch_fractions,
          "joint": {f"{h}/seed{s}": v for (h, s), v in joint.items()}, "chance_mAP": chance,
          "pretrain_train_seconds": pre_s}, indent=2))
     plot(summary_rows, list(joint.values()), chance, out / f"{tag}efficiency.png",

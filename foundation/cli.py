@@ -46,7 +46,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
-    path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, progress=not args.no_progress)
+    path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, token_init=args.token_init,
+                    progress=not args.no_progress)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 run.dir=runs/ft")
     p.add_argument("--unfreeze", action="append", default=[], metavar="PART",
                    help="also train this part for the recipe's datasets: head, adapter (repeat or comma-separate)")
+    p.add_argument("--token-init", choices=["random", "mean"], default="random",
+                   help="new subjects' tokens start random (default) or at the mean of the pre-trained subjects' tokens")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_finetune)
 

@@ -25,6 +25,9 @@ from foundation.core.api import DatasetInfo
 from foundation.core.errors import CheckpointError, RecipeError
 
 UNFREEZABLE = ("head", "adapter")
+#: how a new subject's token rows start: ``random`` (the token table's own initialisation) or ``mean``
+#: (the mean of the pre-trained subjects' rows, position by position: the zero-shot guess)
+TOKEN_INITS = ("random", "mean")
 SPEC_NAME = "finetune.json"
 
 
@@ -34,18 +37,23 @@ class FinetuneSpec:
 
     source: Path
     unfreeze: tuple[str, ...] = ()
+    token_init: str = "random"
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.unfreeze) - set(UNFREEZABLE))
         if bad:
             raise RecipeError(f"--unfreeze: unknown part(s) {bad}; choose from {list(UNFREEZABLE)}")
+        if self.token_init not in TOKEN_INITS:
+            raise RecipeError(f"--token-init must be one of {list(TOKEN_INITS)}, got {self.token_init!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": str(self.source), "unfreeze": list(self.unfreeze)}
+        return {"source": str(self.source), "unfreeze": list(self.unfreeze), "token_init": self.token_init}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FinetuneSpec:
-        return cls(source=Path(d["source"]), unfreeze=tuple(d.get("unfreeze", ())))
+        # runs fine-tuned before token_init existed started from random rows
+        return cls(source=Path(d["source"]), unfreeze=tuple(d.get("unfreeze", ())),
+                   token_init=d.get("token_init", "random"))
 
 
 def read_spec(run_dir: Path) -> FinetuneSpec | None:
@@ -140,6 +148,10 @@ def prepare(spec: FinetuneSpec, infos: Mapping[str, DatasetInfo], vocab: Sequenc
     source_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     n_old = len(model.vocab)
     model.add_subjects(new)
+    if spec.token_init == "mean":
+        with torch.no_grad():
+            table = model.subject_tokens.weight  # (S, tokens_per_subject, dim)
+            table[n_old:] = table[:n_old].mean(0, keepdim=True)
 
     for p in model.parameters():
         p.requires_grad_(False)

@@ -620,7 +620,8 @@ class Trainer:
                 "random_weights": random_weights,
                 "shards": {name: str(idx.root) for name, idx in self.indices.items()},
                 **({"finetune": {**self.finetune.info(), "source": str(self.finetune_spec.source),
-                                 "unfreeze": list(self.finetune_spec.unfreeze)}} if self.finetune else {}),
+                                 "unfreeze": list(self.finetune_spec.unfreeze),
+                                 "token_init": self.finetune_spec.token_init}} if self.finetune else {}),
             })
         acc.wait_for_everyone()
         return path

@@ -12,7 +12,8 @@ from foundation.engine.surgery import FinetuneSpec, check_before_sharding
 from foundation.engine.trainer import Trainer, run_dir_for
 
 
-def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progress: bool = True) -> Path:
+def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), token_init: str = "random",
+             progress: bool = True) -> Path:
     """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json."""
     source = Path(source)
     if not (source / "best" / "model.safetensors").is_file():
@@ -20,7 +21,7 @@ def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), progre
                               f"training run (train it with `foundation train RECIPE` first)")
     if run_dir_for(recipe).resolve() == source.resolve():
         raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
-    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze))
+    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze), token_init=token_init)
     check_before_sharding(spec.source, recipe)
     trainer = Trainer(recipe, progress=progress, finetune=spec)
     try:

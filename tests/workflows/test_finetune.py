@@ -113,6 +113,23 @@ def test_finetune_refuses_what_it_cannot_do(pretrained, tiny_recipe, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_token_init_mean_starts_new_rows_at_the_pretrained_mean(pretrained, tiny_recipe, tmp_path):
+    """``--token-init mean``: the zero-shot guess for a new subject, position by position."""
+    from foundation.engine.surgery import FinetuneSpec
+    from foundation.engine.trainer import Trainer
+
+    spec = FinetuneSpec(source=pretrained.resolve(), token_init="mean")
+    assert FinetuneSpec.from_json(spec.to_json()) == spec
+    assert FinetuneSpec.from_json({"source": "x"}).token_init == "random"  # runs made before the option
+    trainer = Trainer(_ft_recipe(tiny_recipe, tmp_path), progress=False, finetune=spec)
+    table = trainer.core.subject_tokens.weight.detach()
+    assert table.shape[0] == 3
+    assert torch.allclose(table[2], table[:2].mean(0))
+    assert not torch.equal(table[0, 0], table[0, 1])  # two distinct token positions, each averaged on its own
+    with pytest.raises(RecipeError, match="--token-init"):
+        FinetuneSpec(source=pretrained, token_init="zeros")
+
+
 def test_check_frozen_catches_a_changed_tensor(pretrained, tiny_recipe, tmp_path):
     from foundation.core.errors import CheckpointError
     from foundation.engine.surgery import FinetuneSpec, check_frozen
