@@ -15,7 +15,8 @@ ten subjects:
   generator): what undoing only the PCA sign ambiguity gives.
 * ``aligned``: each subject's tokens through its ``model.alignment=guidance-ridge`` map
   (``foundation.model.alignment``: ridge from the subject's own training samples onto the guidance
-  space, the basis from all training stimuli), i.e. a per-subject *linear map* instead of a token.
+  space, the basis from all training stimuli), i.e. a per-subject *linear map* instead of a token; and
+  through its ``guidance-encoding`` map (an inverted encoding model onto the same space).
 
 If pooling ``raw`` loses much against per-subject models while the one-hot does not help and a
 per-subject linear map recovers it, the subject differences are per-subject linear codes of the input,
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from foundation_synthetic.world import SyntheticOptions, World, _rng
 
-    from foundation.model.alignment import fit_guidance_ridge, guidance_basis
     from foundation.core.recipe import load_recipe
+    from foundation.model.alignment import fit_guidance_encoding, fit_guidance_ridge, guidance_basis
 
     recipe = load_recipe(args.recipe)
     ds = next(d for d in recipe.datasets if d.plugin == "synthetic")
@@ -84,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     highs = np.concatenate([data[s]["train"][3] for s in subjects])
     k = min(args.alignment_dim, lows.shape[1], highs.shape[1])
     (cl, pl), (ch, ph) = guidance_basis(lows, k), guidance_basis(highs, k)
-    maps = {}
+    maps, enc_maps = {}, {}
     for s in subjects:
         x, _, lo, hi = data[s]["train"]
         mean, weight, _ = fit_guidance_ridge(x.reshape(len(x), -1), np.c_[(lo - cl) @ pl, (hi - ch) @ ph])
         maps[s] = (mean, weight)
+        mean, weight, _ = fit_guidance_encoding(x.reshape(len(x), -1), np.c_[(lo - cl) @ pl, (hi - ch) @ ph])
+        enc_maps[s] = (mean, weight)
 
     def flat(s: str, k: str) -> np.ndarray:
         x = data[s][k][0]
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                         (len(data[s][k][0]), 1))],
         "oracle signs": lambda s, k: (data[s][k][0] * signs[s][None, :, None]).reshape(len(data[s][k][0]), -1),
         "aligned (guidance-ridge)": lambda s, k: (flat(s, k) - maps[s][0]) @ maps[s][1],
+        "aligned (guidance-encoding)": lambda s, k: (flat(s, k) - enc_maps[s][0]) @ enc_maps[s][1],
     }
 
     def evaluate(feat, pooled: bool) -> tuple[float, float]:
