@@ -14,7 +14,8 @@ Nothing is unpickled unsafely: Accelerate reads the optimizer, scheduler and RNG
 (architecture, dataset descriptions, subject vocabulary): enough to rebuild the model anywhere
 without pickle.  Every checkpoint carries a copy of ``best/`` as it stood at that step
 (``step-NNNNNNNN/best/``), and a resume puts that copy back (:func:`restore_best`): ``best/`` always
-belongs to the checkpoint resumed from, never to the steps a killed process ran past it.
+belongs to the checkpoint resumed from, never to the steps a killed process ran past it.  A copy equal
+to the previous checkpoint's (no better validation in between) is a hard link to it, not a new copy.
 
 Integrity: a checkpoint and ``best/`` each carry ``manifest.json`` (SHA-256 and size of every file,
 :mod:`foundation.core.integrity`), written last.  A resume verifies the checkpoint before loading it and
@@ -26,6 +27,7 @@ loaded unverified.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -138,9 +140,11 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
             best = Path(run_dir) / BEST_NAME
             if all((best / name).is_file() for name in MODEL_FILES):
                 (tmp / BEST_NAME).mkdir(exist_ok=True)
+                same = _unchanged_best_copy(run_dir, best)
                 for name in (*MODEL_FILES, MANIFEST_NAME):
                     if (best / name).is_file():
-                        shutil.copyfile(best / name, tmp / BEST_NAME / name)
+                        _link_or_copy(same / name if same is not None else None, best / name,
+                                      tmp / BEST_NAME / name)
             write_json(tmp / STATE_NAME, {**state, "step": step})
             write_manifest(tmp)  # last: it covers every file above, best/ included
             tmp.rename(final)
@@ -153,6 +157,33 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _unchanged_best_copy(run_dir: Path, best: Path) -> Path | None:
+    """The latest checkpoint's copy of ``best/`` when ``best/`` has not changed since (same manifest, hence
+    the same SHA-256 for each file), else ``None``.  ``best/`` without a manifest is never matched."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    copy = latest / BEST_NAME
+    try:
+        same = (best / MANIFEST_NAME).read_bytes() == (copy / MANIFEST_NAME).read_bytes()
+    except OSError:
+        return None
+    return copy if same and all((copy / name).is_file() for name in MODEL_FILES) else None
+
+
+def _link_or_copy(previous: Path | None, source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``previous`` (the same bytes in an earlier checkpoint) when there is one
+    and the file system allows it, else a copy of ``source``.  Safe because foundation never writes a file
+    in place: ``best/`` and checkpoints are only ever replaced by renames, so a linked file never changes."""
+    if previous is not None:
+        try:
+            os.link(previous, target)
+            return
+        except OSError:  # no hard links here (EPERM, EXDEV, ...): copy instead
+            pass
+    shutil.copyfile(source, target)
 
 
 def restore_best(checkpoint: Path, run_dir: Path, *, best_step: int) -> None:

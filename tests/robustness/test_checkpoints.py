@@ -443,3 +443,30 @@ def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, requ
     other.seed = 1
     expect("closed-form baseline (ridge) into a run directory of another recipe", RecipeError,
            lambda: run_linear(other, progress=False), run_dir, "seed", request=request)
+
+
+def test_unchanged_best_is_linked_not_copied(trained, tmp_path):
+    """A checkpoint whose best/ equals the previous checkpoint's holds hard links to those files, not a third
+    copy; a better validation in between gives a new copy.  Resuming from either restores the right best/."""
+    from foundation.engine.trainer import Trainer
+    from foundation.workflows.train import train
+
+    recipe = tiny_run_recipe(trained, run=tmp_path / "run")
+    recipe.train.checkpoint_every = 1  # checkpoints 1..4, validations at 2 and 4
+    recipe.train.keep_checkpoints = 10
+    train(recipe, progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert not (root / "step-00000001" / "best").exists()  # no validation yet
+    two, three, four = (root / f"step-0000000{n}" / "best" / "model.safetensors" for n in (2, 3, 4))
+    assert two.stat().st_ino == three.stat().st_ino and two.stat().st_nlink >= 2  # unchanged at step 3: linked
+    history = json.loads((root / "step-00000004" / STATE_NAME).read_text())
+    improved = history["best_step"] == 4
+    assert (four.stat().st_ino != three.stat().st_ino) == improved  # a new best is a new file
+    assert (tmp_path / "run" / "best" / "model.safetensors").stat().st_ino not in {two.stat().st_ino}
+    # resuming from step 3 puts back step 2's best/ (through the link), byte for byte
+    shutil.rmtree(root / "step-00000004")
+    t = Trainer(recipe, progress=False)
+    assert t.resume() and t.state.step == 3
+    t.close()
+    assert (tmp_path / "run" / "best" / "model.safetensors").read_bytes() == two.read_bytes()
+    assert_nothing_half_written(tmp_path / "run")
