@@ -516,8 +516,8 @@ def _check_affine(img, index, subject: str, *, input: Path) -> None:
         def show(a: np.ndarray) -> str:
             return "[" + ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in np.atleast_2d(a)) + "]"
 
-        raise DataError(f"{input}: its affine {show(got)} differs from subject {subject!r}'s affine recorded when "
-                        f"the shards were built, {show(want)} ({index.root / INDEX_NAME}; tolerance "
+        raise DataError(f"{input}: its affine {show(got)} differs from the one recorded for subject {subject!r} "
+                        f"when the shards were built, {show(want)} ({index.root / INDEX_NAME}; tolerance "
                         f"{AFFINE_TOLERANCE} per entry): the image is flipped, shifted or in another space; "
                         f"resample it onto the dataset's grid first")
 
