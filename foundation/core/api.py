@@ -168,6 +168,13 @@ class DatasetPlugin(ABC):
         """Volume datasets: the subject's boolean brain mask ``(X, Y, Z)``; ROI datasets: ``None``."""
         return None
 
+    def affine(self, subject: str) -> np.ndarray | None:
+        """Volume datasets read from NIfTI, optional: the subject's voxel-to-world affine ``(4, 4)`` of the
+        dataset's grid (after any crop).  Recorded in ``index.json``; ``foundation predict`` refuses a NIfTI
+        image whose affine differs (a flipped or shifted image would decode silently).  ``None`` (default):
+        nothing recorded, only the image's shape is checked."""
+        return None
+
     @abstractmethod
     def stimuli(self, ids: Sequence[str]) -> Iterator[Stimulus]:
         """Yield the :class:`Stimulus` for each requested id, in the order given."""

@@ -64,6 +64,14 @@ class ShardIndex:
             out.append((self.locate(entry["path"]), int(entry["count"]), entry["subject"]))
         return out
 
+    def checksums(self) -> dict[str, dict[str, Any]]:
+        """``{str(local tar path): {"sha256": …, "bytes": …}}`` of every tar whose checksum ``index.json``
+        records (shards built before checksums have none; tars read from ``shards.url`` are not listed)."""
+        if self.url is not None:
+            return {}
+        return {str(self.locate(e["path"])): {"sha256": e["sha256"], "bytes": e.get("bytes")}
+                for split in SPLITS for e in self.data["shards"].get(split, []) if e.get("sha256")}
+
     def count(self, split: str, subjects: set[str] | None = None) -> int:
         return sum(c for _, c, _ in self.shards(split, subjects))
 

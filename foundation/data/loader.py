@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -80,17 +81,54 @@ def _raise_shard_error(exc: Exception) -> bool:
     if not urls:
         raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, args))}") from exc
     raise ShardError(f"shard {urls[-1]}: cannot read it ({type(exc).__name__}: {args[0]}); the tar is corrupt or "
-                     f"not a tar (rebuild the shards with `foundation shard RECIPE`)") from exc
+                     f"not a tar ({REBUILD})") from exc
 
 
-def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Iterator[dict[str, Any]]:
-    """Raw samples of each tar named by ``src``, checked against the sample count index.json lists.
+#: how to rebuild shards that changed after their build (a plain ``foundation shard`` would reuse them)
+REBUILD = ("rebuild the dataset's shards with `foundation shard RECIPE --rebuild`, then train in a new run.dir "
+           "(the existing checkpoints were trained on the old shards)")
+
+#: tar path -> (size, mtime_ns, sha256) verified in this process: a tar is hashed once, not at every draw
+_VERIFIED: dict[str, tuple[int, int, str]] = {}
+
+
+def verify_tar(path: str, want: dict[str, Any] | None) -> None:
+    """Raise :class:`ShardError` naming the tar when it is not the one ``index.json`` recorded (``want``:
+    ``{"sha256": …, "bytes": …}``; ``None``: shards built before checksums, nothing to check).
+
+    A tar is hashed the first time this process opens it; later opens cost one ``stat`` (a file replaced
+    since has another mtime and is hashed again).
+    """
+    if not want:
+        return
+    from foundation.core.integrity import mismatch
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # a missing tar is reported by the reader, naming it
+    seen = (st.st_size, st.st_mtime_ns, want["sha256"])
+    if _VERIFIED.get(path) == seen:
+        return
+    problem = mismatch(path, want=want, recorded_in="index.json")
+    if problem:
+        raise ShardError(f"shard {problem}: the tar was damaged or replaced (another tar copied over it?) after "
+                         f"the build; {REBUILD}")
+    _VERIFIED[path] = seen
+
+
+def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int],
+              checksums: dict[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples of each tar named by ``src``, checked against the sample count index.json lists and,
+    before its first sample, against the tar's checksum when index.json records one (:func:`verify_tar`).
 
     Python's streaming tarfile stops silently at a tar cut short at a member boundary, so without
     this check a truncated shard would just lose samples (and evaluation would not be exact-once).
     """
     for item in src:
         url = item["url"]
+        if checksums:
+            verify_tar(url, checksums.get(url))
         n = 0
         for sample in wds.tarfile_samples([item], handler=_raise_shard_error):
             n += 1
@@ -98,7 +136,7 @@ def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int]) -> Ite
         want = expected.get(url)
         if want is not None and n != want:
             raise ShardError(f"shard {url}: holds {n} samples but index.json lists {want} "
-                             f"(truncated or replaced tar; rebuild the shards with `foundation shard RECIPE`)")
+                             f"(truncated or replaced tar; {REBUILD})")
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -334,6 +372,7 @@ class DatasetStream:
         self.num_labels = info.num_labels
         self.fmri_shape = tuple(info.token_shape) if info.kind == "roi" else None
         self.pad_voxels = max(index.data["voxels"].values()) if info.kind == "volume" else None
+        self.checksums = index.checksums()
 
     def _collate(self, samples: Sequence[dict[str, Any]]) -> Batch:
         return collate(samples, dataset=self.dataset, fmri_shape=self.fmri_shape,
@@ -349,6 +388,7 @@ class DatasetStream:
         if getattr(self, "_train_keys", None) is None:
             by_subject: dict[str, list[tuple[str, str]]] = {}
             for path, _, subject in self.index.shards("train", self.subjects):
+                verify_tar(str(path), self.checksums.get(str(path)))
                 by_subject.setdefault(subject, []).extend((str(path), k) for k in _tar_keys(str(path)))
             kept: dict[str, list[str]] = {}
             for rows in by_subject.values():
@@ -364,7 +404,7 @@ class DatasetStream:
             kept = self.train_keys()
             keep = {k for keys in kept.values() for k in keys}
             shards = [(str(p), c) for p, c, _ in self.index.shards("train", self.subjects) if str(p) in kept]
-            raw = read_tars(({"url": u} for u, _ in shards), expected=dict(shards))
+            raw = read_tars(({"url": u} for u, _ in shards), expected=dict(shards), checksums=self.checksums)
             self._kept_raw = sorted((x for x in raw if x["__key__"] in keep), key=lambda x: x["__key__"])
         return self._kept_raw
 
@@ -387,7 +427,7 @@ class DatasetStream:
         if self.train_fraction >= 1.0:
             urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
             source: list[Any] = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                                 partial(read_tars, expected=expected)]
+                                 partial(read_tars, expected=expected, checksums=self.checksums)]
         elif n_train <= CACHE_KEPT_SAMPLES:
             # a small subset: read its raw samples once, then draw from memory (re-reading whole tars for
             # a few kept samples each would make every batch cost dozens of tar reads)
@@ -398,7 +438,8 @@ class DatasetStream:
             weights = [len(kept[u]) for u in urls]
             keep = {k for keys in kept.values() for k in keys}
             source = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                      partial(read_tars, expected=expected), wds.select(lambda sample: sample["__key__"] in keep)]
+                      partial(read_tars, expected=expected, checksums=self.checksums),
+                      wds.select(lambda sample: sample["__key__"] in keep)]
         pipeline = wds.DataPipeline(
             *source,
             *stages,
@@ -417,7 +458,7 @@ class DatasetStream:
         urls = [str(p) for p, _, _ in shards]
         pipeline = wds.DataPipeline(
             EvalShardList(urls, rank=rank, world_size=world_size),
-            partial(read_tars, expected={str(p): c for p, c, _ in shards}),
+            partial(read_tars, expected={str(p): c for p, c, _ in shards}, checksums=self.checksums),
             wds.map(decode),
             wds.batched(batch_size, collation_fn=self._collate, partial=True),
         )

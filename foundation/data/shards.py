@@ -41,6 +41,7 @@ import numpy as np
 
 from foundation.core.api import SPLITS, DatasetInfo, DatasetPlugin, GuidancePlugin, Sample
 from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
+from foundation.core.integrity import ALGORITHM, HashingWriter
 from foundation.core.locks import hold
 from foundation.core.config import DatasetConfig, Recipe
 from foundation.core.convert import from_dict, to_dict
@@ -196,6 +197,7 @@ class _TarSink:
         self.directory, self.split, self.subject, self.limit = directory, split, subject, limit
         self.done: list[dict[str, Any]] = []
         self._tar: tarfile.TarFile | None = None
+        self._out: HashingWriter | None = None  # the temporary file, hashed as it is written
         self._count = 0
         self._tmp: Path | None = None
         self._final: Path | None = None
@@ -206,8 +208,12 @@ class _TarSink:
         self._tmp = self._final.with_name(f"{TMP_PREFIX}{self._final.name}.{os.getpid()}")
         try:
             self._final.parent.mkdir(parents=True, exist_ok=True)
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+            self._out = HashingWriter(open(self._tmp, "wb"))
+            self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         except OSError as exc:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
             self._tmp.unlink(missing_ok=True)
             raise write_error(self._final, exc) from exc
         self._count = 0
@@ -232,27 +238,36 @@ class _TarSink:
         if self._tar is None:
             return
         tar, self._tar = self._tar, None
+        out, self._out = self._out, None
         try:
-            tar.close()
-            with open(self._tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            try:
+                tar.close()  # writes the end blocks (through ``out``: hashed too)
+                out.flush()
+                os.fsync(out.fileno())
+            finally:
+                out.close()
             os.replace(self._tmp, self._final)
         except OSError as exc:
             self._tmp.unlink(missing_ok=True)
             raise write_error(self._final, exc) from exc
         self.done.append({"path": str(self._final.relative_to(self.directory)), "count": self._count,
-                          "subject": self.subject})
+                          "subject": self.subject, ALGORITHM: out.hexdigest(), "bytes": out.size})
 
     def abort(self) -> None:
         """Discard the tar being written (its temporary file); never raises for a failing close."""
         if self._tar is None:
             return
         tar, self._tar = self._tar, None
+        out, self._out = self._out, None
         try:
             tar.close()  # writes the end blocks: may fail again on a full disk
         except OSError:
             pass
         finally:
+            try:
+                out.close()
+            except OSError:
+                pass
             self._tmp.unlink(missing_ok=True)
 
 
@@ -342,6 +357,15 @@ def _write_subject(build: DatasetBuild, info: DatasetInfo, subject: str, caches:
             fh.write(_npy_bytes(mask))
         manifest["mask"] = f"masks/{subject}.npy"
         manifest["voxels"] = n_voxels
+        with plugin_errors(f"dataset plugin {build.config.plugin!r} (dataset {ds!r}) raised in affine({subject!r})",
+                           plugin):
+            affine = plugin.affine(subject)
+        if affine is not None:
+            affine = np.asarray(affine, dtype=np.float64)
+            if affine.shape != (4, 4) or not np.isfinite(affine).all():
+                raise DataError(f"dataset {ds!r} subject {subject!r}: the plugin's affine must be a finite 4×4 "
+                                f"matrix, got shape {affine.shape}")
+            manifest["affine"] = affine.tolist()
 
     sinks = {split: _TarSink(directory, split, subject, limit) for split in SPLITS}
     seen: set[int] = set()
@@ -546,6 +570,7 @@ def _build_dataset_locked(build: DatasetBuild, recipe: Recipe, *, progress: bool
         "shards": {split: [e for s in info.subjects for e in manifests[s]["shards"][split]] for split in SPLITS},
         "masks": {s: manifests[s]["mask"] for s in info.subjects if "mask" in manifests[s]},
         "voxels": {s: manifests[s]["voxels"] for s in info.subjects if "voxels" in manifests[s]},
+        "affines": {s: manifests[s]["affine"] for s in info.subjects if "affine" in manifests[s]},
         "stimuli_encoded": {level: len(caches[level]) for level in ("low", "high")},
         "on_bad_sample": recipe.shards.on_bad_sample,
         "skipped": _skipped_summary(manifests, info.subjects),

@@ -50,7 +50,7 @@ def read_split(index, subject: str, split: str) -> Split:
     shards = index.shards(split, {subject})
     keys, stimuli, xs, ys, lows, highs = [], [], [], [], [], []
     expected = {str(p): c for p, c, _ in shards}
-    for raw in read_tars(({"url": str(p)} for p, _, _ in shards), expected=expected):
+    for raw in read_tars(({"url": str(p)} for p, _, _ in shards), expected=expected, checksums=index.checksums()):
         s = decode(raw)
         keys.append(s["key"])
         stimuli.append(str(s["meta"]["stimulus"]))

@@ -14,12 +14,20 @@ Nothing is unpickled unsafely: Accelerate reads the optimizer, scheduler and RNG
 (architecture, dataset descriptions, subject vocabulary): enough to rebuild the model anywhere
 without pickle.  Every checkpoint carries a copy of ``best/`` as it stood at that step
 (``step-NNNNNNNN/best/``), and a resume puts that copy back (:func:`restore_best`): ``best/`` always
-belongs to the checkpoint resumed from, never to the steps a killed process ran past it.
+belongs to the checkpoint resumed from, never to the steps a killed process ran past it.  A copy equal
+to the previous checkpoint's (no better validation in between) is a hard link to it, not a new copy.
+
+Integrity: a checkpoint and ``best/`` each carry ``manifest.json`` (SHA-256 and size of every file,
+:mod:`foundation.core.integrity`), written last.  A resume verifies the checkpoint before loading it and
+falls back to the latest intact one (:func:`intact_checkpoint`); :func:`load_model` and
+:func:`load_weights` verify ``best/``.  Checkpoints and ``best/`` written before manifests existed are
+loaded unverified.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -34,6 +42,7 @@ from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
 from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError, FoundationError, write_error
 from foundation.core.convert import from_dict, to_dict
+from foundation.core.integrity import MANIFEST_NAME, manifest_problem, write_manifest
 
 STATE_NAME = "trainer_state.json"
 
@@ -57,6 +66,42 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = checkpoint_dirs(run_dir)
     return found[-1][1] if found else None
+
+
+#: prefix a damaged checkpoint is renamed with (it no longer matches ``step-*``: kept, never resumed from)
+DAMAGED_PREFIX = "damaged-"
+
+
+def intact_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """``(latest checkpoint whose files match its manifest, [(newer damaged checkpoint, why)])``.
+
+    Every file of a checkpoint is hashed (about a second per GB); a checkpoint without a manifest
+    (written before manifests existed) counts as intact, unverified.
+    """
+    damaged = []
+    for _, path in reversed(checkpoint_dirs(run_dir)):
+        problem = manifest_problem(path)
+        if isinstance(problem, str):
+            damaged.append((path, problem))
+            continue
+        return path, damaged
+    return None, damaged
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint ``step-N`` to ``damaged-step-N`` (kept for inspection, never resumed from
+    or pruned); returns the new path."""
+    checkpoint = Path(checkpoint)
+    target = checkpoint.with_name(DAMAGED_PREFIX + checkpoint.name)
+    n = 1
+    while target.exists():
+        n += 1
+        target = checkpoint.with_name(f"{DAMAGED_PREFIX}{checkpoint.name}.{n}")
+    try:
+        checkpoint.rename(target)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    return target
 
 
 #: the copy of ``best/`` inside a checkpoint
@@ -95,9 +140,13 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
             best = Path(run_dir) / BEST_NAME
             if all((best / name).is_file() for name in MODEL_FILES):
                 (tmp / BEST_NAME).mkdir(exist_ok=True)
-                for name in MODEL_FILES:
-                    shutil.copyfile(best / name, tmp / BEST_NAME / name)
+                same = _unchanged_best_copy(run_dir, best)
+                for name in (*MODEL_FILES, MANIFEST_NAME):
+                    if (best / name).is_file():
+                        _link_or_copy(same / name if same is not None else None, best / name,
+                                      tmp / BEST_NAME / name)
             write_json(tmp / STATE_NAME, {**state, "step": step})
+            write_manifest(tmp)  # last: it covers every file above, best/ included
             tmp.rename(final)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -108,6 +157,33 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _unchanged_best_copy(run_dir: Path, best: Path) -> Path | None:
+    """The latest checkpoint's copy of ``best/`` when ``best/`` has not changed since (same manifest, hence
+    the same SHA-256 for each file), else ``None``.  ``best/`` without a manifest is never matched."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    copy = latest / BEST_NAME
+    try:
+        same = (best / MANIFEST_NAME).read_bytes() == (copy / MANIFEST_NAME).read_bytes()
+    except OSError:
+        return None
+    return copy if same and all((copy / name).is_file() for name in MODEL_FILES) else None
+
+
+def _link_or_copy(previous: Path | None, source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``previous`` (the same bytes in an earlier checkpoint) when there is one
+    and the file system allows it, else a copy of ``source``.  Safe because foundation never writes a file
+    in place: ``best/`` and checkpoints are only ever replaced by renames, so a linked file never changes."""
+    if previous is not None:
+        try:
+            os.link(previous, target)
+            return
+        except OSError:  # no hard links here (EPERM, EXDEV, ...): copy instead
+            pass
+    shutil.copyfile(source, target)
 
 
 def restore_best(checkpoint: Path, run_dir: Path, *, best_step: int) -> None:
@@ -121,13 +197,16 @@ def restore_best(checkpoint: Path, run_dir: Path, *, best_step: int) -> None:
     """
     saved, best = Path(checkpoint) / BEST_NAME, Path(run_dir) / BEST_NAME
     if all((saved / name).is_file() for name in MODEL_FILES):
-        for name in MODEL_FILES:
+        for name in (*MODEL_FILES, MANIFEST_NAME):  # the manifest last: it describes the two before it
+            if not (saved / name).is_file():  # a copy made before manifests: drop a newer, stale one
+                (best / name).unlink(missing_ok=True)
+                continue
             if (best / name).is_file() and (best / name).read_bytes() == (saved / name).read_bytes():
                 continue
             with atomic_open(best / name) as fh:
                 fh.write((saved / name).read_bytes())
     elif best_step < 0 and best.exists():
-        for name in MODEL_FILES:
+        for name in (*MODEL_FILES, MANIFEST_NAME):
             (best / name).unlink(missing_ok=True)
 
 
@@ -178,6 +257,30 @@ def save_model(model: torch.nn.Module, directory: Path, *, meta: dict[str, Any])
     with atomic_open(directory / "model.safetensors") as fh:
         fh.write(safetensors_save(tensors))
     write_json(directory / "model.json", {**meta, "model": model.config_dict()})
+    write_manifest(directory)
+
+
+def check_saved_model(directory: Path) -> bool:
+    """Raise :class:`CheckpointError` naming the file when a file of the saved model ``directory``
+    (``best/``) differs from its ``manifest.json``; ``False`` when there is no manifest (nothing checked)."""
+    directory = Path(directory)
+    problem = manifest_problem(directory, only=(*MODEL_FILES,))
+    if isinstance(problem, str):
+        raise CheckpointError(f"{problem}: the saved model {directory} was damaged or changed after foundation "
+                              f"wrote it; if it is a run's best/, rerun `foundation train` on that run to restore "
+                              f"it from the last checkpoint's copy")
+    return problem
+
+
+def load_weights(directory: Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The verified tensors of ``directory/model.safetensors`` (see :func:`check_saved_model`)."""
+    check_saved_model(directory)
+    path = Path(directory) / "model.safetensors"
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); rerun to restore it "
+                              f"from the last checkpoint's copy") from exc
 
 
 def load_model(directory: Path, *, device: str | torch.device = "cpu"):
@@ -189,6 +292,7 @@ def load_model(directory: Path, *, device: str | torch.device = "cpu"):
     for p in (meta_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"{p} not found: {directory} is not a saved model directory")
+    check_saved_model(directory)
     try:
         meta = json.loads(meta_path.read_text())
         spec = dict(meta["model"])

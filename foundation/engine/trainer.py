@@ -395,11 +395,27 @@ class Trainer:
     def resume(self) -> bool:
         from safetensors import SafetensorError
 
-        from foundation.engine.checkpoint import check_rng_states, latest_checkpoint, read_state, restore_best
+        from foundation.engine.checkpoint import (check_rng_states, intact_checkpoint, read_state, restore_best,
+                                                   set_aside)
 
-        ckpt = latest_checkpoint(self.run_dir)
+        ckpt, damaged = intact_checkpoint(self.run_dir)  # every rank checks: all raise alike, none waits
+        if damaged and ckpt is None:
+            path, why = damaged[0]
+            raise CheckpointError(f"{why}: checkpoint {path} is damaged and no earlier checkpoint is intact, so the "
+                                  f"run cannot resume; pass run.dir=<new directory> to train again (nothing was "
+                                  f"changed)")
         if ckpt is None:
             return False
+        if damaged:
+            self.accelerator.wait_for_everyone()  # every rank has chosen before a checkpoint is renamed
+            if self.accelerator.is_main_process:
+                for path, why in damaged:
+                    moved = set_aside(path)
+                    print(f"warning: {why}: checkpoint {path.name} is damaged; moved it to {moved} and resuming "
+                          f"from the intact {ckpt.name} instead", file=sys.stderr)
+                    log.warning("checkpoint %s is damaged (%s); set aside as %s, resuming from %s",
+                                path, why, moved, ckpt)
+            self.accelerator.wait_for_everyone()
         raw = read_state(ckpt)
         saved = raw.get("model", {})
         if saved.get("vocab") != self.core.vocab or saved.get("datasets") != self.core.config_dict()["datasets"]:
@@ -582,18 +598,13 @@ class Trainer:
 
     def test(self) -> Path:
         """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from foundation.engine.checkpoint import load_weights
 
         acc = self.accelerator
         best = self.run_dir / "best" / "model.safetensors"
         acc.wait_for_everyone()
         if best.is_file():
-            try:
-                state = load_file(str(best))
-            except (SafetensorError, OSError) as exc:
-                raise CheckpointError(f"{best} is not a readable safetensors file ({exc}); rerun to restore it "
-                                      f"from the last checkpoint's copy") from exc
+            state = load_weights(best.parent)  # checked against best/manifest.json when there is one
             bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
             if bad:
                 raise NonFiniteError(f"{best} holds non-finite weights ({bad[0]}); it is damaged: rerun to restore "

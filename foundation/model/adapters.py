@@ -45,6 +45,22 @@ class ROIAdapter(nn.Module):
         return self.proj(x.to(self.proj.weight.dtype))
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose result never depends on the batch size (the same parameters and state dict).
+
+    GroupNorm normalises each sample on its own, yet ``torch.nn.functional.group_norm`` refuses a batch of
+    *one* sample whose groups hold a single value each ("Expected more than 1 value per channel"), while it
+    normalises the very same sample inside a larger batch (to the bias).  A volume grid small enough that a
+    stage's feature map is ``1×1×1`` with one channel per group would then fail to predict one volume, or
+    with ``--batch-size 1``, after training on batches of several.  The underlying operator has no such
+    check: it is called directly, so one sample gives what it gives in any batch.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, ...)`` -> ``(B, C, ...)``."""
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
 def _norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= ``max_groups`` dividing ``channels``.
 
@@ -52,7 +68,7 @@ def _norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
     leak between samples and differ between training and evaluation.
     """
     groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
+    return GroupNorm(groups, channels)
 
 
 class ConvNormAct(nn.Sequential):

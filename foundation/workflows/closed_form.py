@@ -4,26 +4,44 @@ and their ``python -m`` entry point, which ``foundation bench`` launches like a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from foundation.core.errors import FoundationError
 
 
-def prepare_run(recipe, *, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Create the run directory with its ``config.yaml`` and build (or find) the recipe's shards.
+@contextlib.contextmanager
+def prepare_run(recipe, *, progress: bool) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Hold the run directory, build (or find) the recipe's shards, then create the run directory with its
+    marker and ``config.yaml``; yields ``(run_dir, {dataset id: ShardIndex})`` and releases the directory
+    when the block ends.
 
-    Returns ``(run_dir, {dataset id: ShardIndex})``."""
+    The same rules as :class:`~foundation.engine.trainer.Trainer`: the run directory's lock (a second
+    process stops with :class:`~foundation.core.errors.BusyError` naming the holder) is the first write, a
+    folder foundation did not make or one made by another recipe is refused untouched, and nothing is
+    written into the run directory before the shards are there."""
+    from foundation.core.atomic import remove_stale_tmp, write_json
+    from foundation.core.locks import hold
     from foundation.core.recipe import save_recipe
     from foundation.data.shards import build_shards, find_shards
-    from foundation.engine.trainer import run_dir_for
+    from foundation.engine.trainer import RUN_MARKER, check_run_dir, run_dir_for
 
     run_dir = run_dir_for(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "config.yaml")
-    return run_dir, find_shards(recipe) or build_shards(recipe, progress=progress)
+    lock = hold(run_dir, what="run directory")
+    try:
+        check_run_dir(run_dir, recipe)
+        indices = find_shards(recipe) or build_shards(recipe, progress=progress)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / RUN_MARKER).is_file():
+            write_json(run_dir / RUN_MARKER, {"made_by": "foundation", "recipe": recipe.name})
+        remove_stale_tmp(run_dir)
+        save_recipe(recipe, run_dir / "config.yaml")
+        yield run_dir, indices
+    finally:
+        lock.release()
 
 
 def main(argv: Sequence[str] | None, *, prog: str, description: str,

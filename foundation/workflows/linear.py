@@ -112,50 +112,51 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
     t0 = time.perf_counter()
-    run_dir, indices = prepare_run(recipe, progress=progress)
-    preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
-    infos, chosen = {}, {}
-    for cfg in recipe.datasets:
-        index = indices[cfg.id]
-        infos[cfg.id] = index.info
-        out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
-                                           for s in ("val", "test")}
-        for subject in cfg.subjects or index.data["subjects"]:
-            gid = f"{cfg.id}/{subject}"
-            data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
-            if cfg.train_fraction < 1.0:  # the same fixed subset the trained methods see
-                stream = DatasetStream(index, subjects=[subject], train_fraction=cfg.train_fraction)
-                data["train"] = data["train"].subset({k for keys in stream.train_keys().values() for k in keys})
-            for split, part in data.items():
-                if len(part) == 0 and split != "test":
-                    raise DataError(f"{gid}: the {split} split is empty; the {solver} baseline fits on train "
-                                    f"and chooses its regularisation on val (shards {index.root})")
-            strength, val_map, predict = fit_subject(data["train"], data["val"], solver=solver, seed=recipe.seed)
-            chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(data["train"])}
-            if progress:
-                print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
-                      f"val mAP {val_map:.4f}", file=sys.stderr)
+    with prepare_run(recipe, progress=progress) as (run_dir, indices):
+        preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
+        infos, chosen = {}, {}
+        for cfg in recipe.datasets:
+            index = indices[cfg.id]
+            infos[cfg.id] = index.info
+            out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
+                                               for s in ("val", "test")}
+            for subject in cfg.subjects or index.data["subjects"]:
+                gid = f"{cfg.id}/{subject}"
+                data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
+                if cfg.train_fraction < 1.0:  # the same fixed subset the trained methods see
+                    stream = DatasetStream(index, subjects=[subject], train_fraction=cfg.train_fraction)
+                    data["train"] = data["train"].subset({k for keys in stream.train_keys().values() for k in keys})
+                for split, part in data.items():
+                    if len(part) == 0 and split != "test":
+                        raise DataError(f"{gid}: the {split} split is empty; the {solver} baseline fits on train "
+                                        f"and chooses its regularisation on val (shards {index.root})")
+                strength, val_map, predict = fit_subject(data["train"], data["val"], solver=solver, seed=recipe.seed)
+                chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(data["train"])}
+                if progress:
+                    print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
+                          f"val mAP {val_map:.4f}", file=sys.stderr)
+                for split in ("val", "test"):
+                    part = data[split]
+                    if len(part) == 0:
+                        continue
+                    o = out[split]
+                    o["keys"] += part.keys
+                    o["subjects"] += [gid] * len(part)
+                    o["probs"].append(predict(part.x).astype(np.float32))
+                    o["labels"].append(part.y)
             for split in ("val", "test"):
-                part = data[split]
-                if len(part) == 0:
-                    continue
                 o = out[split]
-                o["keys"] += part.keys
-                o["subjects"] += [gid] * len(part)
-                o["probs"].append(predict(part.x).astype(np.float32))
-                o["labels"].append(part.y)
-        for split in ("val", "test"):
-            o = out[split]
-            if o["keys"]:
-                preds[split][cfg.id] = {**o, "probs": np.concatenate(o["probs"]), "labels": np.concatenate(o["labels"])}
-    results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
-    grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
-    path = run_dir / "metrics.json"
-    write_json(path, {**results, "method": solver,
-                      "linear": {"solver": solver, "parameter": "alpha" if solver == "ridge" else "C",
-                                 "grid": list(grid), "chosen": chosen},
-                      "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
-    return path
+                if o["keys"]:
+                    preds[split][cfg.id] = {**o, "probs": np.concatenate(o["probs"]),
+                                            "labels": np.concatenate(o["labels"])}
+        results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
+        grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
+        path = run_dir / "metrics.json"
+        write_json(path, {**results, "method": solver,
+                          "linear": {"solver": solver, "parameter": "alpha" if solver == "ridge" else "C",
+                                     "grid": list(grid), "chosen": chosen},
+                          "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
+        return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

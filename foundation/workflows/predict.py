@@ -343,11 +343,13 @@ def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | Non
                              f"{sorted(model.infos)}; pass the dataset the shards belong to")
         info = model.infos[ds]
         expected: dict[str, int] = {}
+        checksums: dict[str, dict] = {}
         if index is not None:
             _check_compatible(info, index, ds)
             for split_entries in index.data["shards"].values():
                 for e in split_entries:
                     expected[str((index.root / e["path"]).resolve())] = int(e["count"])
+            checksums = {str(Path(k).resolve()): v for k, v in index.checksums().items()}
         bank = None
         if info.kind == "volume":
             if index is None:
@@ -358,7 +360,7 @@ def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | Non
         if total is not None:
             counts = [expected.get(u) for u in urls]
             total = None if subject is not None or None in counts else total + sum(counts)  # type: ignore[arg-type]
-        plans.append((index, ds, info, urls, expected, bank))
+        plans.append((index, ds, info, urls, expected, checksums, bank))
 
     keep: str | None = None
     if subject is not None:  # keep only this subject's samples
@@ -368,8 +370,9 @@ def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | Non
 
     def chunks() -> Iterator[_Chunk]:
         n = 0
-        for index, ds, info, urls, expected, bank in plans:
-            samples = (decode(s) for s in read_tars(({"url": u} for u in urls), expected=expected))
+        for index, ds, info, urls, expected, checksums, bank in plans:
+            samples = (decode(s) for s in read_tars(({"url": u} for u in urls), expected=expected,
+                                                    checksums=checksums))
             if keep is not None:
                 samples = (s for s in samples if f"{ds}/{s['meta']['subject']}" == keep)
             num_labels = index.info.num_labels if index is not None else info.num_labels
@@ -493,6 +496,32 @@ def run_shard_index(run_dir: Path, dataset: str, *, needed_for: str | None = Non
                      f"copy that shard directory here, rebuild it with `foundation shard {config}`{instead}")
 
 
+#: largest difference (mm, per affine entry) between a NIfTI image's affine and the recorded one
+AFFINE_TOLERANCE = 1e-3
+
+
+def _check_affine(img, index, subject: str, *, input: Path) -> None:
+    """Refuse a NIfTI image whose voxel-to-world affine is not the one the subject's shards were built with
+    (``index.json["affines"]``): a flipped or shifted image has the right shape and would decode silently.
+    Shards without a recorded affine (built before it was recorded, or from a plugin that reads no NIfTI,
+    such as the synthetic world's) allow only the shape check, and a note says so."""
+    recorded = (index.data.get("affines") or {}).get(subject)
+    if recorded is None:
+        log.warning("%s: %s records no affine for subject %r (built before affines were recorded, or by a "
+                    "plugin that reads no NIfTI): only the image's shape is checked, not its orientation",
+                    input, index.root / INDEX_NAME, subject)
+        return
+    want, got = np.asarray(recorded, dtype=np.float64), np.asarray(img.affine, dtype=np.float64)
+    if got.shape != (4, 4) or not np.allclose(got, want, rtol=0, atol=AFFINE_TOLERANCE):
+        def show(a: np.ndarray) -> str:
+            return "[" + ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in np.atleast_2d(a)) + "]"
+
+        raise DataError(f"{input}: its affine {show(got)} differs from the one recorded for subject {subject!r} "
+                        f"when the shards were built, {show(want)} ({index.root / INDEX_NAME}; tolerance "
+                        f"{AFFINE_TOLERANCE} per entry): the image is flipped, shifted or in another space; "
+                        f"resample it onto the dataset's grid first")
+
+
 def _nifti_chunks(model, run_dir: Path, input: Path, dataset: str, gid: str, *,
                   batch_size: int) -> tuple[int, Iterator[_Chunk]]:
     """Chunks of a NIfTI image ``(X, Y, Z, N)`` of one subject of a volume dataset (in-mask voxels)."""
@@ -522,6 +551,7 @@ def _nifti_chunks(model, run_dir: Path, input: Path, dataset: str, gid: str, *,
     if bare not in index.data.get("masks", {}):
         raise ShardError(f"{index.root / INDEX_NAME}: no brain mask for subject {bare!r}; it has masks for "
                          f"{sorted(index.data.get('masks', {}))}")
+    _check_affine(img, index, bare, input=input)
     bank = VoxelIndexBank(index, [bare])
     flat = np.flatnonzero(index.mask(bare).reshape(-1))  # C-order grid positions, as the shards store voxels
 

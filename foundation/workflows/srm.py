@@ -62,73 +62,75 @@ def run_srm(recipe, *, features: Sequence[int] = DEFAULT_FEATURES, n_iter: int =
     from foundation.workflows.closed_form import prepare_run
 
     t0 = time.perf_counter()
-    run_dir, indices = prepare_run(recipe, progress=progress)
-    preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
-    infos, chosen, searched = {}, {}, {}
-    for cfg in recipe.datasets:
-        index = indices[cfg.id]
-        subjects = list(cfg.subjects or index.data["subjects"])
-        infos[cfg.id] = index.info
-        data = {s: {split: read_split(index, s, split) for split in ("train", "val", "test")} for s in subjects}
-        common = set.intersection(*(set(data[s]["train"].stimuli) for s in subjects))
-        order = sorted(common)
-        if len(order) < 3:
-            raise DataError(f"SRM needs training stimuli seen by every subject; in dataset {cfg.id!r} the "
-                            f"{len(subjects)} subjects share {len(order)} (SRM suits a shared movie, e.g. HCP)")
-        # z-score per voxel with each subject's training statistics; columns in shared stimulus order
-        stats, aligned = {}, []
-        for s in subjects:
-            stims, x = data[s]["train"].stimuli, data[s]["train"].x
-            mean, std = x.mean(0), x.std(0) + 1e-6
-            stats[s] = (mean, std)
-            pos = {stim: i for i, stim in enumerate(stims)}
-            aligned.append(((x[[pos[o] for o in order]] - mean) / std).T)  # (voxels_s, T)
-        limit = min(len(order) - 1, *(a.shape[0] for a in aligned))
-        grid = sorted({k for k in features if k <= limit}) or [limit]
-        searched[cfg.id] = grid
-        if progress and grid != sorted(set(features)):
-            print(f"{cfg.id}: SRM k ≤ {limit} (shared training stimuli − 1, voxels): searching {grid}", file=sys.stderr)
-        best = None
-        for k in grid:
-            srm = SRM(n_iter=n_iter, features=k, rand_seed=recipe.seed)
-            srm.fit(aligned)
+    with prepare_run(recipe, progress=progress) as (run_dir, indices):
+        preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
+        infos, chosen, searched = {}, {}, {}
+        for cfg in recipe.datasets:
+            index = indices[cfg.id]
+            subjects = list(cfg.subjects or index.data["subjects"])
+            infos[cfg.id] = index.info
+            data = {s: {split: read_split(index, s, split) for split in ("train", "val", "test")} for s in subjects}
+            common = set.intersection(*(set(data[s]["train"].stimuli) for s in subjects))
+            order = sorted(common)
+            if len(order) < 3:
+                raise DataError(f"SRM needs training stimuli seen by every subject; in dataset {cfg.id!r} the "
+                                f"{len(subjects)} subjects share {len(order)} (SRM suits a shared movie, e.g. HCP)")
+            # z-score per voxel with each subject's training statistics; columns in shared stimulus order
+            stats, aligned = {}, []
+            for s in subjects:
+                stims, x = data[s]["train"].stimuli, data[s]["train"].x
+                mean, std = x.mean(0), x.std(0) + 1e-6
+                stats[s] = (mean, std)
+                pos = {stim: i for i, stim in enumerate(stims)}
+                aligned.append(((x[[pos[o] for o in order]] - mean) / std).T)  # (voxels_s, T)
+            limit = min(len(order) - 1, *(a.shape[0] for a in aligned))
+            grid = sorted({k for k in features if k <= limit}) or [limit]
+            searched[cfg.id] = grid
+            if progress and grid != sorted(set(features)):
+                print(f"{cfg.id}: SRM k ≤ {limit} (shared training stimuli − 1, voxels): searching {grid}",
+                      file=sys.stderr)
+            best = None
+            for k in grid:
+                srm = SRM(n_iter=n_iter, features=k, rand_seed=recipe.seed)
+                srm.fit(aligned)
 
-            def shared(s: str, split: str, srm=srm) -> np.ndarray:
-                i = subjects.index(s)
-                x = (data[s][split].x - stats[s][0]) / stats[s][1]
-                return (x @ srm.w_[i]).astype(np.float32)  # (n, k)
+                def shared(s: str, split: str, srm=srm) -> np.ndarray:
+                    i = subjects.index(s)
+                    x = (data[s][split].x - stats[s][0]) / stats[s][1]
+                    return (x @ srm.w_[i]).astype(np.float32)  # (n, k)
 
-            z = np.concatenate([shared(s, "train") for s in subjects])
-            y = np.concatenate([data[s]["train"].y for s in subjects])
-            clf = _fit_logistic(z, y, seed=recipe.seed)
-            out = {}
+                z = np.concatenate([shared(s, "train") for s in subjects])
+                y = np.concatenate([data[s]["train"].y for s in subjects])
+                clf = _fit_logistic(z, y, seed=recipe.seed)
+                out = {}
+                for split in ("val", "test"):
+                    keys, subs, probs, labels = [], [], [], []
+                    for s in subjects:
+                        k_, yy = data[s][split].keys, data[s][split].y
+                        if not k_:
+                            continue
+                        with torch.no_grad():
+                            probs.append(torch.sigmoid(clf(torch.from_numpy(shared(s, split)))).numpy())
+                        keys += k_
+                        subs += [f"{cfg.id}/{s}"] * len(k_)
+                        labels.append(yy)
+                    out[split] = {"keys": keys, "subjects": subs, "probs": np.concatenate(probs),
+                                  "labels": np.concatenate(labels)}
+                val = metrics_from_predictions({cfg.id: out["val"]}, {cfg.id: index.info})["mAP"]
+                if progress:
+                    print(f"{cfg.id}: SRM k={k}: val mAP {val:.4f}", file=sys.stderr)
+                if best is None or val > best[0]:
+                    best = (val, k, out)
+            chosen[cfg.id] = {"features": best[1], "val_mAP": best[0]}
             for split in ("val", "test"):
-                keys, subs, probs, labels = [], [], [], []
-                for s in subjects:
-                    k_, yy = data[s][split].keys, data[s][split].y
-                    if not k_:
-                        continue
-                    with torch.no_grad():
-                        probs.append(torch.sigmoid(clf(torch.from_numpy(shared(s, split)))).numpy())
-                    keys += k_
-                    subs += [f"{cfg.id}/{s}"] * len(k_)
-                    labels.append(yy)
-                out[split] = {"keys": keys, "subjects": subs, "probs": np.concatenate(probs),
-                              "labels": np.concatenate(labels)}
-            val = metrics_from_predictions({cfg.id: out["val"]}, {cfg.id: index.info})["mAP"]
-            if progress:
-                print(f"{cfg.id}: SRM k={k}: val mAP {val:.4f}", file=sys.stderr)
-            if best is None or val > best[0]:
-                best = (val, k, out)
-        chosen[cfg.id] = {"features": best[1], "val_mAP": best[0]}
-        for split in ("val", "test"):
-            preds[split][cfg.id] = best[2][split]
-    results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
-    path = run_dir / "metrics.json"
-    write_json(path, {**results, "method": "srm", "srm": {"chosen": chosen, "grid": list(features), "searched": searched,
-                                                      "n_iter": n_iter},
-                      "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
-    return path
+                preds[split][cfg.id] = best[2][split]
+        results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
+        path = run_dir / "metrics.json"
+        write_json(path, {**results, "method": "srm", "srm": {"chosen": chosen, "grid": list(features),
+                                                          "searched": searched,
+                                                          "n_iter": n_iter},
+                          "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
+        return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -350,6 +350,16 @@ class HCPMovieDataset(DatasetPlugin):
             self._masks[subject] = mask
         return self._masks[subject]
 
+    def affine(self, subject: str) -> np.ndarray:
+        """The voxel-to-world affine of the subject's first movie run, moved to the cropped grid's voxel 0
+        (recorded in ``index.json``: ``foundation predict`` refuses a NIfTI image with another one)."""
+        st = self._check_subject(subject)
+        header = volumes.read_header(layout.volume_path(st.root, subject, MOVIES[0]),
+                                     f"hcp subject {subject} run {RUNS[MOVIES[0]].run}")
+        shift = np.eye(4)
+        shift[:3, 3] = volumes.crop_offsets(st.raw_grid, self._crop)
+        return np.asarray(header.affine, dtype=np.float64) @ shift
+
     def samples(self, subject: str) -> Iterator[Sample]:
         """Every in-segment second of the subject, movie by movie; one run in memory at a time.
 

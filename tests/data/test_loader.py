@@ -38,8 +38,36 @@ def built(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def fresh(tmp_path: Path):
-    """ROI shards of our own, to damage."""
-    return build_shards(make_recipe(tmp_path), progress=False)["synthetic"]
+    """ROI shards of our own, to damage; their index forgets the tars' checksums (as shards built before
+    them), so that the member-level checks are what the tests below meet (the checksums: see
+    ``test_tar_that_differs_from_its_checksum``)."""
+    index = build_shards(make_recipe(tmp_path), progress=False)["synthetic"]
+    for entries in index.data["shards"].values():
+        for entry in entries:
+            entry.pop("sha256"), entry.pop("bytes")
+    return index
+
+
+def test_tar_that_differs_from_its_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tar is hashed once per process (later reads cost a stat) and one that differs is named."""
+    from foundation.core import integrity
+    from foundation.data import loader
+
+    index = build_shards(make_recipe(tmp_path), progress=False)["synthetic"]
+    hashed: list[str] = []
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(str(path)) or real(path))
+    monkeypatch.setattr(loader, "_VERIFIED", {})
+    n = _read_all(index)
+    assert _read_all(index) == n
+    tars = [str(p) for p, _, _ in index.shards("test")]
+    assert sorted(hashed) == sorted(tars)  # each once, although read twice
+    tar = _test_tar(index)
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0x01  # inside the first member's payload: the tar still reads
+    tar.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=re.escape(str(tar)) + r" does not match its checksum.*--rebuild"):
+        _read_all(index)
 
 
 def _eval_keys(index, split: str, batch_size: int, **kw) -> list[str]:

@@ -37,7 +37,7 @@ from foundation.core.config import Recipe
 from foundation.core.errors import DataError, RecipeError
 from foundation.core.hookspecs import hookimpl
 from foundation.core.recipe import from_dict
-from tests.plugins.hcp_fixture import CONSTANT, MARKER, ZERO, brain_mask, write_hcp_fixture
+from tests.plugins.hcp_fixture import AFFINE, CONSTANT, MARKER, ZERO, brain_mask, write_hcp_fixture
 
 CROP = "1:,1:-1,:-1"
 CROP_SLICES = (slice(1, None), slice(1, -1), slice(None, -1))
@@ -154,6 +154,10 @@ def test_shards_counts_values_labels_and_training(tmp_path: Path, registered: No
     assert TextGuidance.texts["hcp-m1-s0002"] == "plant, building, dog"  # categories 0, 2, 4 at an even second
     assert TextGuidance.texts["hcp-m4-s0003"] == "person, car, tree, water"  # + the movie-4-only category
 
+    # each subject's affine, moved to the crop's voxel 0 (1, 1, 0): what predict compares a NIfTI with
+    shifted = AFFINE @ np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    for s in fx.subjects:
+        np.testing.assert_allclose(index["affines"][s], shifted)
     # grid, labels, provenance
     assert index["grid"] == [8, 8, 7] and index["kind"] == "volume"
     assert index["label_names"] == list(fx.synsets[:6])

@@ -102,6 +102,16 @@ def expect(case: str, exc_type: type[BaseException], fn: Callable[[], Any], *cul
     return err
 
 
+def note(case: str, kind: str, message: str, *culprits: str | os.PathLike,
+         request: pytest.FixtureRequest | None = None) -> None:
+    """Record a case that recovers instead of raising (``kind``: ``warning``): ``message`` is what the user is
+    told and must name every culprit."""
+    for culprit in culprits:
+        assert str(culprit) in message, f"{case}: {str(culprit)!r} is not named in: {message}"
+    node = request.node.nodeid.split("::", 1)[-1] if request is not None else ""
+    CASES.append((case, node, kind, message))
+
+
 # --------------------------------------------------------------------------- nothing half-written
 
 
@@ -259,6 +269,31 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         plugins.get_plugin_manager().register_origin(module, name, "tests/robustness/conftest.py")
 
     return register
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def reseal(directory: Path) -> None:
+    """Rewrite every ``manifest.json`` under ``directory`` (the deepest first) after a test changed a file on
+    purpose: a hostile edit that also updates the manifest, so that the check *behind* the checksums (shape,
+    pickle, RNG state) is what the test exercises."""
+    from foundation.core.integrity import MANIFEST_NAME, write_manifest
+
+    for manifest in sorted(Path(directory).rglob(MANIFEST_NAME), key=lambda m: -len(m.parts)):
+        write_manifest(manifest.parent)
+
+
+def unseal_index(directory: Path) -> None:
+    """Drop the tars' checksums from ``directory/index.json``, as in shards built before checksums (or read
+    from ``shards.url``): the reader's per-sample checks are then the only line, as the test wants."""
+    path = Path(directory) / "index.json"
+    data = json.loads(path.read_text())
+    for entries in data["shards"].values():
+        for entry in entries:
+            entry.pop("sha256", None)
+            entry.pop("bytes", None)
+    path.write_text(json.dumps(data))
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

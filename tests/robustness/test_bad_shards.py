@@ -21,7 +21,7 @@ from foundation.core.recipe import from_dict, validate_recipe
 from tests.conftest import tiny_recipe_dict
 from tests.data.conftest import rewrite_tar, tar_keys
 
-from .conftest import assert_nothing_half_written, expect
+from .conftest import assert_nothing_half_written, expect, unseal_index
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def damaged(pristine: Path, tmp_path: Path):
     shards = tmp_path / "shards"
     shutil.copytree(pristine, shards)
     directory = next(shards.glob("synthetic-*"))
+    unseal_index(directory)  # the per-sample checks, as for shards built before checksums (test_checksums.py)
     return directory, lambda: train(_recipe(tmp_path, shards), progress=False)
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from foundation.engine.checkpoint import STATE_NAME, checkpoint_dirs, latest_checkpoint
 from foundation.core.errors import CheckpointError, RecipeError
 
-from .conftest import assert_nothing_half_written, expect, tiny_run_recipe, tree_bytes
+from .conftest import assert_nothing_half_written, expect, reseal, tiny_run_recipe, tree_bytes
 
 
 @pytest.fixture
@@ -42,6 +42,7 @@ def test_checkpoint_from_a_different_model_shape(run, request):
     spec["model"]["heads"] = 4
     save_file(CLIPMUSED.from_config_dict(spec).state_dict(), ckpt / "model.safetensors")
     (ckpt / STATE_NAME).write_text(json.dumps(state))
+    reseal(ckpt)  # past the checksums (see test_flipped_bytes_in_a_checkpoint for those)
     t = trainer()  # (rewrites config.yaml: the copy has another run.dir)
     before = tree_bytes(copy)
     expect("checkpoint from a different model shape", CheckpointError, t.resume, ckpt,
@@ -56,6 +57,7 @@ def test_checkpoint_older_than_a_new_model_option_still_resumes(run):
     state = json.loads((ckpt / STATE_NAME).read_text())
     del state["model"]["model"]["backbone"]  # as written before model.backbone existed
     (ckpt / STATE_NAME).write_text(json.dumps(state))
+    reseal(ckpt)
     t = trainer()
     assert t.resume() and t.state.step == 4
 
@@ -69,6 +71,7 @@ def test_checkpoint_weights_of_another_shape_behind_a_matching_state_file(run, r
     spec = json.loads((ckpt / STATE_NAME).read_text())["model"]
     spec["model"]["head_hidden"] = 8
     save_file(CLIPMUSED.from_config_dict(spec).state_dict(), ckpt / "model.safetensors")
+    reseal(ckpt)
     expect("checkpoint weights of another shape", CheckpointError, trainer().resume, f"cannot restore {ckpt}",
            "size mismatch", request=request)
 
@@ -77,6 +80,7 @@ def test_checkpoint_file_that_is_not_a_checkpoint(run, request):
     copy, trainer = run
     ckpt = copy / "checkpoints" / "step-00000004"
     (ckpt / "model.safetensors").write_bytes(b"these are not the weights you are looking for" * 10)
+    reseal(ckpt)
     expect("checkpoint file that is not a checkpoint (training state)", CheckpointError, trainer().resume,
            f"cannot restore {ckpt}", request=request)
 
@@ -87,6 +91,7 @@ def test_saved_model_file_that_is_not_a_model(run, tmp_path, request):
     copy, _ = run
     weights = copy / "best" / "model.safetensors"
     weights.write_bytes(b"\x00" * 64)
+    reseal(copy / "best")
     scans = tmp_path / "x.npy"
     np.save(scans, np.zeros((1, 3, 8), np.float32))
     expect("saved model file that is not a safetensors file", CheckpointError,
@@ -102,6 +107,7 @@ def test_saved_model_of_a_different_shape(run, tmp_path, request):
     meta = json.loads(meta_path.read_text())
     meta["model"]["model"]["dim"] = 32
     meta_path.write_text(json.dumps(meta))
+    reseal(copy / "best")
     scans = tmp_path / "x.npy"
     np.save(scans, np.zeros((1, 3, 8), np.float32))
     expect("saved model of a different shape", CheckpointError,
@@ -127,6 +133,7 @@ def test_incomplete_checkpoint_missing_its_rng_state(run, request):
     copy, trainer = run
     ckpt = copy / "checkpoints" / "step-00000004"
     (ckpt / "random_states_0.pkl").unlink()
+    reseal(ckpt)  # as a checkpoint written by fewer processes
     expect("checkpoint missing its RNG state", CheckpointError, trainer().resume, ckpt / "random_states_0.pkl",
            "incomplete", request=request)
 
@@ -213,6 +220,7 @@ def test_best_without_validation_yet_is_removed_on_resume(run):
     (root / "step-00000002" / STATE_NAME).write_text(json.dumps({**state, "best_step": -1, "history": [],
                                                                   "best_score": float("-inf")}))
     shutil.rmtree(root / "step-00000002" / "best")
+    reseal(root / "step-00000002")
     t = trainer()
     assert t.resume() and t.state.best_step == -1
     assert not (copy / "best" / "model.safetensors").exists()
@@ -283,6 +291,7 @@ def test_non_finite_best_weights(run, request):
     name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
     weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, path)
+    reseal(copy / "best")
     t = trainer()
     t.state.best_step = 4
     expect("NaN in best/ weights", NonFiniteError, t.test, path, name, request=request)
@@ -298,6 +307,7 @@ def test_train_seconds_are_summed_over_the_processes_of_a_run(run):
     state = json.loads(state_path.read_text())
     assert state["train_seconds"] > 0  # recorded with the checkpoint
     state_path.write_text(json.dumps({**state, "train_seconds": 1000.0}))  # an earlier, slow process
+    reseal(root / "step-00000002")
     t = trainer()
     t.fit()
     t.test()
@@ -389,3 +399,74 @@ def test_rerun_of_a_finished_run_adds_no_tensorboard_files(run, trained):
     before = sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file())
     train(tiny_run_recipe(trained, run=copy), progress=False)
     assert sorted(p.relative_to(copy) for p in (copy / "logs").rglob("*") if p.is_file()) == before
+
+
+def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, request):
+    """The ridge/logistic and SRM baselines (closed_form.prepare_run) used to write config.yaml and
+    metrics.json into any run.dir: now the marker check and the run lock of `train` apply to them too."""
+    import subprocess
+    import sys
+
+    from foundation.core.errors import BusyError
+    from foundation.core.locks import lock_path
+    from foundation.engine.trainer import RUN_MARKER
+    from foundation.workflows.linear import run_linear
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "metrics.json").write_text('{"mine": 1}')
+    before = tree_bytes(folder)
+    expect("closed-form baseline (ridge) on a folder foundation did not make", RecipeError,
+           lambda: run_linear(tiny_run_recipe(trained, run=folder), progress=False), folder, RUN_MARKER,
+           "notes.txt", request=request)
+    assert tree_bytes(folder) == before
+
+    run_dir = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        expect("closed-form baseline (ridge) on a busy run directory", BusyError,
+               lambda: run_linear(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
+               f"process {holder.pid}", lock_path(run_dir), request=request)
+        assert not run_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    metrics = run_linear(tiny_run_recipe(trained, run=run_dir), progress=False)  # free again: it runs
+    assert metrics.is_file() and (run_dir / RUN_MARKER).is_file()
+    # another recipe into the same directory is refused like a training run's
+    other = tiny_run_recipe(trained, run=run_dir)
+    other.seed = 1
+    expect("closed-form baseline (ridge) into a run directory of another recipe", RecipeError,
+           lambda: run_linear(other, progress=False), run_dir, "seed", request=request)
+
+
+def test_unchanged_best_is_linked_not_copied(trained, tmp_path):
+    """A checkpoint whose best/ equals the previous checkpoint's holds hard links to those files, not a third
+    copy; a better validation in between gives a new copy.  Resuming from either restores the right best/."""
+    from foundation.engine.trainer import Trainer
+    from foundation.workflows.train import train
+
+    recipe = tiny_run_recipe(trained, run=tmp_path / "run")
+    recipe.train.checkpoint_every = 1  # checkpoints 1..4, validations at 2 and 4
+    recipe.train.keep_checkpoints = 10
+    train(recipe, progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert not (root / "step-00000001" / "best").exists()  # no validation yet
+    two, three, four = (root / f"step-0000000{n}" / "best" / "model.safetensors" for n in (2, 3, 4))
+    assert two.stat().st_ino == three.stat().st_ino and two.stat().st_nlink >= 2  # unchanged at step 3: linked
+    history = json.loads((root / "step-00000004" / STATE_NAME).read_text())
+    improved = history["best_step"] == 4
+    assert (four.stat().st_ino != three.stat().st_ino) == improved  # a new best is a new file
+    assert (tmp_path / "run" / "best" / "model.safetensors").stat().st_ino not in {two.stat().st_ino}
+    # resuming from step 3 puts back step 2's best/ (through the link), byte for byte
+    shutil.rmtree(root / "step-00000004")
+    t = Trainer(recipe, progress=False)
+    assert t.resume() and t.state.step == 3
+    t.close()
+    assert (tmp_path / "run" / "best" / "model.safetensors").read_bytes() == two.read_bytes()
+    assert_nothing_half_written(tmp_path / "run")

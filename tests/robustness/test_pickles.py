@@ -21,7 +21,7 @@ import pytest
 from foundation.core.errors import CheckpointError, DataError, PluginError, RecipeError, ShardError
 from tests.data.conftest import rewrite_tar, tar_keys
 
-from .conftest import expect, npy_pickle_bytes, pickle_bytes, tiny_run_recipe, torch_pickle
+from .conftest import expect, npy_pickle_bytes, pickle_bytes, reseal, tiny_run_recipe, torch_pickle, unseal_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,7 @@ def test_pickle_in_a_checkpoint_state_file(run, marker, request, member):
     copy, trainer = run
     ckpt = copy / "checkpoints" / "step-00000004"
     torch_pickle(ckpt / member, marker)
+    reseal(ckpt)  # an attacker who rewrites the manifest too meets the safe loader
     expect(f"malicious pickle as checkpoint {member}", CheckpointError, trainer().resume, f"cannot restore {ckpt}",
            "Weights only load failed", request=request)
 
@@ -62,6 +63,7 @@ def test_pickle_as_checkpoint_rng_state(run, marker, request):
     copy, trainer = run
     rng = copy / "checkpoints" / "step-00000004" / "random_states_0.pkl"
     torch_pickle(rng, marker, wrap=lambda p: {"random_state": p, "numpy_random_seed": 0, "torch_manual_seed": 0})
+    reseal(rng.parent)
     expect("malicious pickle as checkpoint RNG state (random_states_0.pkl)", CheckpointError, trainer().resume, rng,
            "not a plain RNG state file", request=request)
 
@@ -70,6 +72,7 @@ def test_pickle_as_checkpoint_weights(run, marker, request):
     copy, trainer = run
     ckpt = copy / "checkpoints" / "step-00000004"
     (ckpt / "model.safetensors").write_bytes(pickle_bytes(marker))
+    reseal(ckpt)
     expect("malicious pickle as checkpoint model.safetensors", CheckpointError, trainer().resume,
            f"cannot restore {ckpt}", request=request)
 
@@ -80,6 +83,7 @@ def test_rerun_of_a_tampered_run_refuses_to_resume(run, marker, trained, request
 
     copy, _ = run
     torch_pickle(copy / "checkpoints" / "step-00000004" / "random_states_0.pkl", marker)
+    reseal(copy / "checkpoints" / "step-00000004")
     before = (copy / "metrics.json").read_bytes()
     expect("malicious RNG pickle met by a rerun of `foundation train`", CheckpointError,
            lambda: train(tiny_run_recipe(trained, run=copy), progress=False), "random_states_0.pkl", request=request)
@@ -95,6 +99,7 @@ def test_pickle_as_saved_model_weights(run, marker, tmp_path, request):
     copy, _ = run
     weights = copy / "best" / "model.safetensors"
     weights.write_bytes(pickle_bytes(marker))
+    reseal(weights.parent)
     scans = tmp_path / "x.npy"
     np.save(scans, np.zeros((1, 3, 8), np.float32))
     expect("malicious pickle as best/model.safetensors", CheckpointError,
@@ -124,6 +129,7 @@ def test_pickle_in_a_shard_member(run, trained, marker, tmp_path, request):
     tar = next(shards.glob("synthetic-*")) / "test" / "sub-01-0000.tar"
     key = tar_keys(tar)[0]
     rewrite_tar(tar, lambda name, payload: npy_pickle_bytes(marker) if name == f"{key}.fmri.npy" else payload)
+    unseal_index(tar.parent.parent)  # past the checksum: the member loader refuses the pickle
     expect("malicious pickle as a shard member", ShardError,
            lambda: predict_run(copy, tar, subject="sub-01", progress=False), tar, f"sample {key} member fmri.npy",
            "not a plain .npy array", request=request)
@@ -280,4 +286,5 @@ def test_every_archive_written_by_foundation_is_pickle_free(trained):
         for member in tar:
             if member.name.endswith(".npy"):
                 np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
-    assert sorted(p.name for p in (trained / "run" / "best").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in (trained / "run" / "best").iterdir()) == ["manifest.json", "model.json",
+                                                                            "model.safetensors"]
