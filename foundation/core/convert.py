@@ -105,7 +105,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, path: str = "") -
     try:
         return _adapter(cls).validate_python(data)
     except ValidationError as exc:
-        raise RecipeError(_message(cls, data, exc, path)) from None
+        errors = exc.errors(include_url=False)
+        error = min(errors, key=_error_order(errors))  # the one our message names
+        cause = error["ctx"]["error"] if error["type"] == "dataclass_init" else None  # __post_init__'s own
+        raise RecipeError(_message(cls, data, error, path)) from cause
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,7 +155,7 @@ def _dataclass_mirror(cls: type) -> Any:
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:  # e.g. a __post_init__ check of a plugin's Options
-            raise PydanticCustomError("dataclass_init", "{reason}", {"reason": str(exc)}) from exc
+            raise PydanticCustomError("dataclass_init", "{reason}", {"reason": str(exc), "error": exc}) from exc
 
     return Annotated[mirror, WrapValidator(build)]
 
@@ -252,10 +255,8 @@ def _str_to_path(tp: type, value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _message(cls: type, data: Any, exc: ValidationError, path: str) -> str:
-    """The message of the first of pydantic's errors (in :func:`_error_order`), in our words."""
-    errors = exc.errors(include_url=False)
-    error = min(errors, key=_error_order(errors))
+def _message(cls: type, data: Any, error: dict[str, Any], path: str) -> str:
+    """One of pydantic's errors about ``data`` (validated as ``cls`` at ``path``), in our words."""
     kind, loc = error["type"], error["loc"]
     spot = _locate(cls, data, loc)
     where = _where(functools.reduce(_join, spot.parts, path))
