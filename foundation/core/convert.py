@@ -23,6 +23,10 @@ is, a string for a path, a decimal string such as ``1e-3`` for a float (PyYAML r
 a dot, as a string), and an unquoted YAML ``no``/``off``/``yes``/``on`` (read as a bool) for a
 ``Literal`` that allows exactly that word.
 
+Why this file is over 400 lines: the checking is pydantic's, but about half of the file translates its
+errors back into the messages users and the tests know (the dotted key, "did you mean", the first culprit
+in schema order, a union or a tuple length named as a whole, ranges as ``must be > 0, got -1.0``).
+
 Why :func:`to_dict` is not pydantic's serializer: ``dict[str, Any]`` fields (dataset and guidance
 options) may hold anything a plugin accepts; ours refuses a value with no plain form with a
 :class:`TypeError` (so no half-plain recipe is hashed or saved), pydantic's would pass it through or
