@@ -124,9 +124,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     if args.recipe is not None or args.root is not None:
         raise FoundationError("--recipe and --root go with --check NAME")
-    from foundation.core.plugins import plugin_table
+    from foundation.core.plugins import get_plugin_manager, plugin_table
 
     print(plugin_table())
+    broken = get_plugin_manager().problems()
+    if broken:  # listed as `broken` rows above; exit 1 so that a setup script or CI notices
+        names = ", ".join(p.name for p in broken)
+        print(f"{len(broken)} plugin package(s) or name(s) cannot be used: {names} (the `broken` rows above say "
+              f"why; commands that need none of them still work)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,9 +5,10 @@ overrides it.  Defaults here are the embedded synthetic default; paper settings 
 ``recipes/nsd.yaml`` and ``recipes/hcp.yaml``.
 
 Ranges are declared on the fields as :class:`typing.Annotated` metadata with :mod:`annotated_types`
-constraints (``Gt``, ``Ge``, ``Lt``, ``Le``, and :data:`Finite`), the vocabulary a schema library such as
-pydantic reads; :func:`foundation.core.convert.from_dict` enforces them when a recipe is read, so a value
-out of range is a :class:`~foundation.core.errors.RecipeError` naming the key before anything runs.
+constraints (``Gt``, ``Ge``, ``Lt``, ``Le``, and :data:`Finite`), the vocabulary pydantic reads:
+:func:`foundation.core.convert.from_dict` validates a recipe with pydantic (strict types, unknown keys
+refused, these ranges checked) when it is read, so a value out of range is a
+:class:`~foundation.core.errors.RecipeError` naming the key before anything runs.
 """
 
 from __future__ import annotations

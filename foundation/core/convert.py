@@ -1,19 +1,43 @@
 """Plain data ⇄ typed dataclasses, strictly: the conversion behind recipes, plugin ``Options`` and
 the checkpoint and shard metadata.
 
-* :func:`from_dict` builds any dataclass from a mapping, recursively and strictly: an unknown key
-  or a value of the wrong type raises :class:`~foundation.core.errors.RecipeError` whose message starts
-  with the dotted path of the culprit (``train.lr``, ``datasets.0.weight``).
+* :func:`from_dict` builds any dataclass from a mapping.  The checking is pydantic 2's: each dataclass
+  gets a :class:`pydantic.TypeAdapter` over a mirror of its fields (a ``TypedDict`` with
+  ``ConfigDict(strict=True, extra="forbid")``, built once per class from the dataclass's own
+  annotations), and the dataclass is then built from the validated values, so its ``__post_init__``
+  runs as usual.  Pydantic's :class:`~pydantic.ValidationError` becomes a
+  :class:`~foundation.core.errors.RecipeError` whose message starts with the dotted path of the culprit
+  (``train.lr``, ``datasets.0.weight``): ``train.lr: expected float, got str 'fast'``,
+  ``train.lrr: unknown key; did you mean 'lr'?``.
 * Fields annotated ``Annotated[T, Gt(0), ...]`` (:mod:`annotated_types` constraints: ``Gt``, ``Ge``,
-  ``Lt``, ``Le``, ``MultipleOf``, ``MinLen``/``MaxLen`` and the ``math.isfinite`` ``Predicate``) are
-  range-checked after conversion: ``train.lr: must be > 0, got -1.0``.
+  ``Lt``, ``Le``, ``MultipleOf``, ``MinLen``/``MaxLen`` and ``Predicate``, e.g. ``math.isfinite``) are
+  range-checked by pydantic: ``train.lr: must be > 0, got -1.0``.
 * :func:`to_dict` is its inverse (plain, JSON/YAML-safe data).
+
+Why strict mode with a few conversions of our own, not pydantic's lax mode: lax mode turns ``"3"`` into
+``3``, ``1`` into ``True`` and ``1.0`` into ``1``, and a recipe with ``steps: "10"`` or
+``allow_random_weights: 1`` is a mistake we report.  Strict mode alone refuses a few things recipes
+rely on, so the mirror adds exactly these before pydantic's strict check (see :func:`_strict`): a list
+where a tuple is declared (YAML has no tuples) and a tuple where a list is, any mapping where a dict
+is, a string for a path, a decimal string such as ``1e-3`` for a float (PyYAML reads ``1e-3``, without
+a dot, as a string), and an unquoted YAML ``no``/``off``/``yes``/``on`` (read as a bool) for a
+``Literal`` that allows exactly that word.
+
+Why this file is over 400 lines: the checking is pydantic's, but about half of the file translates its
+errors back into the messages users and the tests know (the dotted key, "did you mean", the first culprit
+in schema order, a union or a tuple length named as a whole, ranges as ``must be > 0, got -1.0``).
+
+Why :func:`to_dict` is not pydantic's serializer: ``dict[str, Any]`` fields (dataset and guidance
+options) may hold anything a plugin accepts; ours refuses a value with no plain form with a
+:class:`TypeError` (so no half-plain recipe is hashed or saved), pydantic's would pass it through or
+warn.  Recipe hashes are taken over its output and must not move.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -23,6 +47,9 @@ from pathlib import PurePath
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import annotated_types as at
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
+from typing_extensions import NotRequired, Required, TypedDict
 
 from foundation.core.errors import RecipeError
 
@@ -40,6 +67,10 @@ _YAML_BOOL_WORDS = {
     False: ("no", "n", "off", "false"),
 }
 
+#: the pydantic configuration of every dataclass mirror: strict types, unknown keys refused, any class
+#: allowed as an annotation (checked with isinstance)
+_CONFIG = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # plain data -> dataclass
@@ -47,12 +78,13 @@ _YAML_BOOL_WORDS = {
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, path: str = "") -> T:
-    """Build the dataclass ``cls`` from plain data, validating every key and value.
+    """Build the dataclass ``cls`` from plain data, validating every key and value (with pydantic).
 
     Args:
         cls: a dataclass type (``Recipe``, ``TrainConfig``, a plugin's ``Options``...).
         data: a mapping of field name to value; missing keys take the dataclass defaults and
-            ``None`` means "all defaults".  An instance of ``cls`` is returned unchanged.
+            ``None`` means "all defaults".  An instance of ``cls`` is returned unchanged (so is a
+            nested dataclass given as an instance).
         path: dotted path of ``data`` inside the whole recipe, used as a prefix in error
             messages (e.g. ``"datasets.0.options"``).
 
@@ -62,8 +94,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, path: str = "") -
 
     Raises:
         RecipeError: an unknown key (with a "did you mean" suggestion), a missing required key,
-            a value of the wrong type, or a value the dataclass's ``__post_init__`` rejects.
-            The message starts with the dotted path of the culprit.
+            a value of the wrong type or out of its declared range, or a value the dataclass's
+            ``__post_init__`` rejects.  The message starts with the dotted path of the culprit; when
+            several values are wrong it names the first (an unknown key before the values of its
+            mapping, then the fields in declaration order).
         TypeError: ``cls`` is not a dataclass or uses an annotation this module cannot check.
     """
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
@@ -72,188 +106,348 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, path: str = "") -
         data = {}
     if isinstance(data, cls):
         return data
-    if not isinstance(data, Mapping):
-        raise RecipeError(
-            f"{_where(path)}: expected a mapping of {cls.__name__} fields, got {_describe(data)}"
-        )
-
     try:
-        hints = typing.get_type_hints(cls, include_extras=True)  # keeps Annotated[...] constraints
+        return _adapter(cls).validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        error = min(errors, key=_error_order(errors))  # the one our message names
+        cause = error["ctx"]["error"] if error["type"] == "dataclass_init" else None  # __post_init__'s own
+        raise RecipeError(_message(cls, data, error, path)) from cause
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type) -> TypeAdapter:
+    """The pydantic validator of the dataclass ``cls`` (built once per class)."""
+    return TypeAdapter(_strict(cls))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field annotations of a dataclass, ``Annotated`` constraints kept."""
+    try:
+        return typing.get_type_hints(cls, include_extras=True)
     except (NameError, TypeError) as exc:  # an annotation that cannot be resolved: a code bug
         raise TypeError(f"cannot resolve the field annotations of {cls.__qualname__}: {exc}") from exc
 
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            raise RecipeError(_unknown_key_message(_join(path, key), key, list(fields)))
 
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError(f"{_join(path, name)}: missing required key")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # e.g. a __post_init__ check of a plugin's Options
-        raise RecipeError(f"{_where(path)}: invalid {cls.__name__}: {exc}") from exc
+def _init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it converted (``path`` for errors)."""
+@functools.lru_cache(maxsize=None)
+def _dataclass_mirror(cls: type) -> Any:
+    """``cls`` for pydantic: a strict ``TypedDict`` of its init fields (required where the dataclass has
+    no default) whose validated value builds ``cls`` itself.  An instance of ``cls`` passes unchanged;
+    anything but a mapping is refused (``dataclass_mapping``), and a ``ValueError``/``TypeError`` of the
+    dataclass's ``__post_init__`` is reported as ``dataclass_init``."""
+    hints = _hints(cls)
+    spec = {}
+    for name, f in _init_fields(cls).items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        tp = _strict(hints[name])
+        spec[name] = Required[tp] if required else NotRequired[tp]
+    mirror = TypedDict(f"{cls.__name__}Fields", spec)  # type: ignore[misc]
+    mirror.__pydantic_config__ = _CONFIG  # type: ignore[attr-defined]
+
+    def build(value: Any, handler: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        if value is None:  # a nested ``section: null``: all defaults, as at the top level
+            value = {}
+        if not isinstance(value, Mapping):
+            raise PydanticCustomError("dataclass_mapping", "expected a mapping")
+        kwargs = handler(dict(value))
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:  # e.g. a __post_init__ check of a plugin's Options
+            raise PydanticCustomError("dataclass_init", "{reason}", {"reason": str(exc), "error": exc}) from exc
+
+    return Annotated[mirror, WrapValidator(build)]
+
+
+def _strict(tp: Any) -> Any:
+    """The annotation ``tp`` as pydantic should check it: the same type, with the conversions strict mode
+    lacks added in front (see the module docstring).  ``Annotated`` constraints are kept, so pydantic
+    checks them; a dataclass becomes its :func:`_dataclass_mirror`."""
     if tp is Any or tp is object:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _type_error(path, tp, value)
+        return Any
+    if tp is type(None) or tp is None:
+        return type(None)
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-
     if origin is Annotated:
-        converted = _convert(args[0], value, path)
-        for constraint in tp.__metadata__:
-            _check_constraint(constraint, converted, path)
-        return converted
+        return Annotated[(_strict(args[0]), *tp.__metadata__)]
     if origin is Union or origin is types.UnionType:
-        return _convert_union(tp, args, value, path)
+        return Union[tuple(_strict(a) for a in args)]
     if origin is Literal:
-        return _convert_literal(tp, args, value, path)
+        return Annotated[tp, BeforeValidator(functools.partial(_yaml_word, args))]
     if origin is list or origin is Sequence:
-        item_tp = args[0] if args else Any
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(path, tp, value)
-        return [_convert(item_tp, item, _join(path, i)) for i, item in enumerate(value)]
+        item = _strict(args[0]) if args else Any
+        return Annotated[list[item], BeforeValidator(_tuple_to_list)]  # type: ignore[valid-type]
     if origin is tuple:
-        return _convert_tuple(tp, args, value, path)
+        if args == ((),):  # tuple[()]: the empty tuple
+            inner = tuple[()]
+        elif len(args) == 2 and args[1] is Ellipsis:
+            inner = tuple[_strict(args[0]), ...]  # type: ignore[misc]
+        elif args:
+            inner = tuple[tuple(_strict(a) for a in args)]  # type: ignore[misc]
+        else:
+            inner = tuple[Any, ...]
+        return Annotated[inner, BeforeValidator(_list_to_tuple)]
     if origin is dict or origin is Mapping:
-        key_tp, val_tp = args if args else (Any, Any)
-        if not isinstance(value, Mapping):
-            raise _type_error(path, tp, value)
-        out = {}
-        for k, v in value.items():
-            key = _convert(key_tp, k, _join(path, k))
-            out[key] = _convert(val_tp, v, _join(path, k))
-        return out
+        key, val = (_strict(args[0]), _strict(args[1])) if args else (Any, Any)
+        return Annotated[dict[key, val], BeforeValidator(_mapping_to_dict)]  # type: ignore[valid-type]
     if origin is not None:
-        raise TypeError(f"{_where(path)}: unsupported annotation {_type_name(tp)}")
+        return _unsupported(tp)
 
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path=path)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(path, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(path, tp, value)
+        return _dataclass_mirror(tp)
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-            return float(value)
-        raise _type_error(path, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(path, tp, value)
+        return Annotated[float, BeforeValidator(_numeric_string)]
+    if tp in (bool, int, str):
+        return tp
     if isinstance(tp, type) and issubclass(tp, PurePath):
-        if isinstance(value, (str, PurePath)):
-            return tp(value)
-        raise _type_error(path, tp, value)
+        return Annotated[tp, BeforeValidator(functools.partial(_str_to_path, tp))]
     if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _type_error(path, tp, value)
-    raise TypeError(f"{_where(path)}: unsupported annotation {tp!r}")
+        return tp  # any other class: an isinstance check (arbitrary_types_allowed)
+    return _unsupported(tp)
 
 
-def _check_constraint(constraint: Any, value: Any, path: str) -> None:
-    """Raise :class:`RecipeError` unless ``value`` meets one :mod:`annotated_types` constraint."""
-    if isinstance(constraint, at.GroupedMetadata):  # e.g. Interval(gt=0, le=1): its parts one by one
-        for part in constraint:
-            _check_constraint(part, value, path)
-        return
-    failed = None
-    if isinstance(constraint, (at.Gt, at.Ge, at.Lt, at.Le)):
-        if isinstance(value, float) and math.isnan(value):
-            failed = "must be a number, not NaN"
-        elif isinstance(constraint, at.Gt) and not value > constraint.gt:
-            failed = f"must be > {constraint.gt}"
-        elif isinstance(constraint, at.Ge) and not value >= constraint.ge:
-            failed = f"must be >= {constraint.ge}"
-        elif isinstance(constraint, at.Lt) and not value < constraint.lt:
-            failed = f"must be < {constraint.lt}"
-        elif isinstance(constraint, at.Le) and not value <= constraint.le:
-            failed = f"must be <= {constraint.le}"
-    elif isinstance(constraint, at.MultipleOf):
-        if value % constraint.multiple_of:
-            failed = f"must be a multiple of {constraint.multiple_of}"
-    elif isinstance(constraint, at.MinLen):
-        if len(value) < constraint.min_length:
-            failed = f"must have at least {constraint.min_length} item(s)"
-    elif isinstance(constraint, at.MaxLen):
-        if len(value) > constraint.max_length:
-            failed = f"must have at most {constraint.max_length} item(s)"
-    elif isinstance(constraint, at.Predicate):
-        if constraint.func is math.isfinite:
-            failed = None if math.isfinite(value) else "must be finite"
-        elif not constraint.func(value):
-            failed = f"must satisfy {getattr(constraint.func, '__name__', repr(constraint.func))}"
-    elif isinstance(constraint, at.BaseMetadata):
-        raise TypeError(f"{_where(path)}: unsupported constraint {constraint!r}")
-    # other metadata (documentation strings, markers of other libraries) is not a constraint
-    if failed:
-        raise RecipeError(f"{_where(path)}: {failed}, got {value!r}")
+def _unsupported(tp: Any) -> Any:
+    """A field whose annotation this module cannot check: a ``TypeError`` (a code bug) when it is given."""
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"unsupported annotation {_type_name(tp)}")
+
+    return Annotated[Any, BeforeValidator(refuse)]
 
 
-def _convert_union(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> Any:
-    """``Optional[X]`` / ``X | Y``: ``None`` if allowed, else the first member that accepts ``value``."""
-    if value is None and type(None) in args:
-        return None
-    members = [a for a in args if a is not type(None)]
-    if len(members) == 1:  # Optional[X]: X's own (more precise) error message
-        return _convert(members[0], value, path)
-    for member in members:
-        try:
-            return _convert(member, value, path)
-        except RecipeError:
-            continue
-    raise _type_error(path, tp, value)
-
-
-def _convert_literal(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> Any:
-    """``Literal[...]``: the value must equal one of the allowed values (and have its type)."""
-    for allowed in args:
-        if type(value) is type(allowed) and value == allowed:
-            return allowed
-    if isinstance(value, bool):
-        # YAML 1.1 reads an unquoted ``no``/``off``/``yes``/``on`` as a bool.  If exactly one
-        # allowed string is such a spelling of this bool, that is what the user wrote.
-        words = [a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+def _yaml_word(allowed: tuple[Any, ...], value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``no``/``off``/``yes``/``on`` as a bool: if exactly one allowed string of
+    the ``Literal`` is such a spelling of this bool, that is what the user wrote."""
+    if isinstance(value, bool) and not any(a is value for a in allowed):
+        words = [a for a in allowed if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
         if len(words) == 1:
             return words[0]
-    raise _type_error(path, tp, value)
+    return value
 
 
-def _convert_tuple(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> tuple[Any, ...]:
-    """``tuple[X, ...]`` (any length) or ``tuple[X, Y, Z]`` (fixed length); accepts lists."""
-    if not isinstance(value, (list, tuple)):
-        raise _type_error(path, tp, value)
-    if not args:
-        return tuple(value)
-    if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(_convert(args[0], item, _join(path, i)) for i, item in enumerate(value))
-    if args == ((),):  # tuple[()]: the empty tuple
-        args = ()
-    if len(value) != len(args):
-        raise RecipeError(
-            f"{_where(path)}: expected {_type_name(tp)} ({len(args)} items), "
-            f"got {len(value)} items {_short_repr(value)}"
+def _numeric_string(value: Any) -> Any:
+    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _tuple_to_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _mapping_to_dict(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
+
+
+def _str_to_path(tp: type, value: Any) -> Any:
+    return tp(value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# pydantic's errors -> our messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _message(cls: type, data: Any, error: dict[str, Any], path: str) -> str:
+    """One of pydantic's errors about ``data`` (validated as ``cls`` at ``path``), in our words."""
+    kind, loc = error["type"], error["loc"]
+    spot = _locate(cls, data, loc)
+    where = _where(functools.reduce(_join, spot.parts, path))
+
+    if spot.wrong_length:
+        return (f"{where}: expected {_type_name(spot.tp)} ({len(_fixed_tuple(spot.tp))} items), "
+                f"got {len(spot.value)} items {_short_repr(spot.value)}")
+    if spot.union:  # pydantic names each member's complaint; we name the union
+        return str(_type_error(where, spot.tp, spot.value))
+    if kind == "extra_forbidden":
+        return _unknown_key_message(where, spot.parts[-1], list(_init_fields(spot.parent)))
+    if kind == "missing":
+        return f"{where}: missing required key"
+    if kind == "dataclass_mapping":
+        return f"{where}: expected a mapping of {_base(spot.tp).__name__} fields, got {_describe(spot.value)}"
+    if kind == "dataclass_init":
+        return f"{where}: invalid {_base(spot.tp).__name__}: {error['ctx']['reason']}"
+    failed = _constraint_failed(kind, spot.tp, spot.value)
+    if failed:
+        return f"{where}: {failed}, got {_as_float(spot.tp, spot.value)!r}"
+    return str(_type_error(where, spot.tp, spot.value))
+
+
+def _error_order(errors: list[dict[str, Any]]) -> Any:
+    """Sort key that puts first the error the message names: pydantic reports the fields of a mapping in
+    declaration order (and list items in order) and its unknown keys after them; we name an unknown key
+    before the values of its mapping."""
+    first_seen: dict[tuple[Any, ...], int] = {}
+    for error in errors:
+        loc = tuple(error["loc"])
+        for depth in range(1, len(loc) + 1):
+            first_seen.setdefault(loc[:depth], len(first_seen))
+
+    def key(error: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+        loc = tuple(error["loc"])
+        last = len(loc) - 1
+        return tuple(
+            (0 if depth == last and error["type"] == "extra_forbidden" else 1, first_seen[loc[: depth + 1]])
+            for depth in range(len(loc))
         )
-    return tuple(_convert(a, item, _join(path, i)) for i, (a, item) in enumerate(zip(args, value)))
+
+    return key
+
+
+@dataclasses.dataclass
+class _Spot:
+    """Where an error is: key ``parts`` below ``from_dict``'s data, the annotation ``tp`` declared there,
+    the ``value`` given there, the dataclass ``parent`` that holds the last key, and whether the walk
+    stopped at a union (whose members pydantic reports one by one; we report the union) or at a fixed-length
+    tuple given the wrong number of items (pydantic reports the items; we report the length, first)."""
+
+    parts: list[Any]
+    tp: Any
+    value: Any
+    parent: Any = None
+    union: bool = False
+    wrong_length: bool = False
+
+
+def _locate(cls: type, data: Any, loc: Sequence[Any]) -> _Spot:
+    """Follow pydantic's error location through the annotations of ``cls`` and through ``data``."""
+    spot = _Spot(parts=[], tp=cls, value=data)
+    key_tp: Any = None
+    for part in loc:
+        tp = _unwrap(spot.tp, spot.value)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if part == "[key]" and key_tp is not None:  # a dict key of the wrong type: pydantic's marker
+            spot.tp, spot.value, key_tp = key_tp, spot.parts[-1], None
+            continue
+        key_tp = None
+        if origin is Union or origin is types.UnionType:
+            spot.union = True  # the next part is pydantic's tag of one member
+            break
+        fixed = _fixed_tuple(tp)
+        if _wrong_length(fixed, spot.value):
+            break
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            spot.parent = tp
+            spot.tp = _hints(tp).get(part, Any) if part in _init_fields(tp) else Any
+        elif origin in (list, Sequence):
+            spot.tp = args[0] if args else Any
+        elif origin is tuple:
+            if len(args) == 2 and args[1] is Ellipsis:
+                spot.tp = args[0]
+            else:
+                spot.tp = fixed[part] if isinstance(part, int) and part < len(fixed) else Any
+        elif origin in (dict, Mapping):
+            key_tp = args[0] if args else Any
+            spot.tp = args[1] if args else Any
+        else:
+            spot.tp = Any
+        spot.value = _item(spot.value, part)
+        spot.parts.append(part)
+    spot.tp = _unwrap(spot.tp, spot.value, keep_annotated=True)
+    spot.wrong_length = not spot.union and _wrong_length(_fixed_tuple(spot.tp), spot.value)
+    return spot
+
+
+def _wrong_length(fixed: tuple[Any, ...], value: Any) -> bool:
+    return bool(fixed) and isinstance(value, (list, tuple)) and len(value) != len(fixed)
+
+
+def _item(container: Any, part: Any) -> Any:
+    try:
+        return container[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _unwrap(tp: Any, value: Any, *, keep_annotated: bool = False) -> Any:
+    """``tp`` without ``Annotated`` (unless ``keep_annotated``) and, for a value that is not ``None``,
+    without the ``None`` of ``Optional[X]`` (X's own message is the precise one)."""
+    while True:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Annotated and not keep_annotated:
+            tp = args[0]
+        elif (origin is Union or origin is types.UnionType) and value is not None:
+            members = [a for a in args if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _base(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+
+
+def _fixed_tuple(tp: Any) -> tuple[Any, ...]:
+    """The item annotations of ``tuple[X, Y, Z]`` (empty for anything else)."""
+    tp = _base(tp)
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and args and args != ((),) and not (len(args) == 2 and args[1] is Ellipsis):
+        return args
+    return ()
+
+
+def _constraints(tp: Any) -> list[Any]:
+    """The :mod:`annotated_types` constraints of an ``Annotated`` annotation, grouped ones flattened."""
+    out: list[Any] = []
+    for meta in getattr(tp, "__metadata__", ()):
+        out.extend(meta if isinstance(meta, at.GroupedMetadata) else [meta])
+    return out
+
+
+#: pydantic's error type -> (annotated_types constraint, attribute holding its bound, our wording)
+_BOUNDS = {
+    "greater_than": (at.Gt, "gt", ">"),
+    "greater_than_equal": (at.Ge, "ge", ">="),
+    "less_than": (at.Lt, "lt", "<"),
+    "less_than_equal": (at.Le, "le", "<="),
+}
+
+
+def _constraint_failed(kind: str, tp: Any, value: Any) -> str | None:
+    """How the value broke a declared constraint, in our words, or ``None`` if the error is not one."""
+    declared = _constraints(tp)
+
+    def find(cls: type) -> Any:
+        return next((c for c in declared if isinstance(c, cls)), None)
+
+    if kind in _BOUNDS:
+        cls, attr, sign = _BOUNDS[kind]
+        number = _as_float(tp, value)
+        if isinstance(number, float) and math.isnan(number):
+            return "must be a number, not NaN"
+        bound = find(cls)
+        return f"must be {sign} {getattr(bound, attr)}" if bound is not None else None
+    if kind == "multiple_of" and find(at.MultipleOf) is not None:
+        return f"must be a multiple of {find(at.MultipleOf).multiple_of}"
+    if kind == "too_short" and find(at.MinLen) is not None:
+        return f"must have at least {find(at.MinLen).min_length} item(s)"
+    if kind == "too_long" and find(at.MaxLen) is not None:
+        return f"must have at most {find(at.MaxLen).max_length} item(s)"
+    if kind == "predicate_failed" and find(at.Predicate) is not None:
+        func = find(at.Predicate).func
+        return "must be finite" if func is math.isfinite else f"must satisfy {getattr(func, '__name__', repr(func))}"
+    return None
+
+
+def _as_float(tp: Any, value: Any) -> Any:
+    """The value as the field holds it: a float field shows ``-1`` (or ``"-1e0"``) as ``-1.0``."""
+    if _base(tp) is float and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, str) and _NUMERIC.fullmatch(value.strip())):
+            return float(value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

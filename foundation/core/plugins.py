@@ -10,6 +10,25 @@ not a plugin class, or that uses a name another package uses too) is isolated: i
 by ``foundation plugins`` as broken, and only a command that needs one of its names fails, with a
 :class:`~foundation.core.errors.PluginError` naming the culprit — the entry point, its module and the
 distribution that provides it (or the explicitly named module) — and the original exception chained.
+
+What is pluggy's and what is ours.  Registration (:meth:`pluggy.PluginManager.register`, which checks
+every ``@hookimpl`` against :mod:`foundation.core.hookspecs`) and hook calls are pluggy's: each package's
+hook is called through :meth:`pluggy.PluginManager.subset_hook_caller`, a ``pm.hook.<name>`` caller
+restricted to that one package, so a failure is that package's alone.  Discovery is a thin loop of ours
+over :func:`importlib.metadata.entry_points` (:func:`get_plugin_manager`), one ``try`` per entry point,
+because :meth:`pluggy.PluginManager.load_setuptools_entrypoints` does not do this job alone:
+
+* it calls ``ep.load()`` and ``register`` without catching anything, so the first package that fails to
+  import (a missing dependency) ends discovery, and every entry point after it is never loaded;
+* it skips an entry point whose name is already registered without a word, so of two packages using one
+  name the first found wins silently; we name both (``two plugin packages use the name ...``);
+* it reads ``importlib.metadata.distributions()`` itself and takes no list of entry points, so the
+  isolation cannot be tested with a broken package that is not installed (tests hand
+  :func:`_entry_points` a fake one).
+
+Its ``list_plugin_distinfo`` is filled only by that loader; the origin we keep per package
+(``PluginEntry.origin``: distribution, version, entry point, module) is read from the same
+``EntryPoint.dist``.
 """
 
 from __future__ import annotations
@@ -228,10 +247,15 @@ def _validate(kind: PluginKind, item: Any, plugin_name: str, origin: str) -> Plu
     return PluginEntry(kind=kind, name=name, cls=item, origin=origin, description=_describe(item))
 
 
-def _hook_entries(impl: Any, kind: PluginKind, origin: str) -> list[PluginEntry]:
-    """The validated classes one module's hook returns; :class:`PluginError` naming it if anything is wrong."""
+def _hook_entries(pm: FoundationPluginManager, impl: Any, kind: PluginKind, origin: str) -> list[PluginEntry]:
+    """The validated classes one module's hook returns; :class:`PluginError` naming it if anything is wrong.
+
+    The hook is called through pluggy (``pm.hook.<name>`` restricted to this one module by
+    :meth:`~pluggy.PluginManager.subset_hook_caller`), so a failure is this module's alone."""
+    others = [p for p in pm.get_plugins() if p is not impl.plugin]
     try:
-        result = impl.function()
+        results = pm.subset_hook_caller(_HOOKS[kind], remove_plugins=others)()
+        result = results[0] if results else None  # pluggy leaves out a None result
     except Exception as exc:
         raise PluginError(
             f"plugin {impl.plugin_name!r} from {origin} raised in hook {_HOOKS[kind]}: "
@@ -262,7 +286,7 @@ def _collect(pm: FoundationPluginManager, kind: PluginKind) -> tuple[dict[str, P
             continue
         origin = pm.origin_of(impl.plugin_name)
         try:
-            entries = _hook_entries(impl, kind, origin)
+            entries = _hook_entries(pm, impl, kind, origin)
         except PluginError as exc:
             problems.append(BrokenPlugin(impl.plugin_name, origin, str(exc), exc.__cause__ or exc, kind))
             log.info("%s", exc)

@@ -2,7 +2,8 @@
 
 A recipe is a YAML file that maps one-to-one onto :class:`foundation.core.config.Recipe`.  Plain data
 (what :func:`yaml.safe_load` returns) becomes those typed dataclasses through
-:func:`foundation.core.convert.from_dict` (and back through :func:`~foundation.core.convert.to_dict`):
+:func:`foundation.core.convert.from_dict`, which validates it with pydantic (and back through
+:func:`~foundation.core.convert.to_dict`):
 
 * :func:`parse_override` / :func:`apply_overrides` implement command-line overrides such as
   ``train.lr=3e-4`` or ``datasets.0.subjects=[sub-01,sub-02]``.

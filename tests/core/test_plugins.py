@@ -247,7 +247,8 @@ def test_an_installed_broken_package_breaks_only_what_needs_it(tmp_path: Path) -
                               env=env, timeout=300)
 
     proc = run("plugins")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # listed, and the exit status says something is broken
+    assert "cannot be used: toybold" in proc.stderr
     rows = {line.split()[1]: line for line in proc.stdout.splitlines()[1:]}
     assert rows["toybold"].startswith("broken") and "broken-plugin 0.1.0" in rows["toybold"]
     assert "ModuleNotFoundError" in rows["toybold"] and "no_such_dependency_xyz" in rows["toybold"]
@@ -330,3 +331,35 @@ def test_check_fails_naming_the_sample_or_the_plugin(monkeypatch: pytest.MonkeyP
     _only_entry_points(monkeypatch, checked="fake_checked", synth="fake_synth")
     with pytest.raises(PluginError, match="'moody' is not deterministic"):
         check_plugin("moody", samples=2)
+
+
+def test_hooks_are_called_through_pluggy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each package's hook goes through pluggy's hook caller (so pluggy's tracing and call monitoring see
+    it), one package at a time (so a failure is that package's alone)."""
+    _fake_module(monkeypatch, "fake_ok", foundation_dataset_plugins=lambda: [_Dataset])
+    _fake_module(monkeypatch, "fake_other", foundation_guidance_plugins=lambda: [_Guidance])
+    _only_entry_points(monkeypatch, ok="fake_ok", other="fake_other")
+    pm = plugins.get_plugin_manager()
+    calls: list[tuple[str, list[str]]] = []
+    undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append((name, [i.plugin_name for i in impls])),
+                                      lambda outcome, name, impls, kwargs: None)
+    try:
+        assert plugins.get_dataset_plugin("fake-dataset") is _Dataset
+        assert plugins.get_guidance_plugin("fake-guidance") is _Guidance
+    finally:
+        undo()
+    assert calls == [("foundation_dataset_plugins", ["ok"]), ("foundation_guidance_plugins", ["other"])]
+
+
+def test_cli_plugins_exits_1_when_a_package_is_broken(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from foundation.cli import main
+
+    _fake_module(monkeypatch, "fake_ok", foundation_dataset_plugins=lambda: [_Dataset])
+    _only_entry_points(monkeypatch, ok="fake_ok")
+    assert main(["plugins"]) == 0
+    monkeypatch.setattr(plugins, "_manager", None)
+    _only_entry_points(monkeypatch, ok="fake_ok", broken="no_such_module_xyz")
+    assert main(["plugins"]) == 1
+    out, err = capsys.readouterr()
+    assert "fake-dataset" in out and out.splitlines()[-1].startswith("broken")
+    assert "cannot be used: broken" in err
