@@ -9,6 +9,9 @@ split by seed), so no rank waits for another and uneven shard counts cannot stal
 
 Evaluation reads each sample exactly once: the split's shards are dealt round-robin to ranks and
 read in order.
+
+Length (~470 lines, over the ~400 guide): decoding, the value checks of ``collate``, tar verification and
+the two streams share the sample format and its error messages; split, they would import each other.
 """
 
 from __future__ import annotations

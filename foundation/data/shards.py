@@ -17,7 +17,7 @@ Every file is written atomically; a rerun skips subjects whose manifest exists, 
 build resumes where it stopped and a finished one is reused as is.  Tars are byte-reproducible
 (fixed mtime, fixed member order).
 
-Length (~470 lines, over the ~400 guide): planning, the crash-safe per-subject build and the index are
+Length (~620 lines, over the ~400 guide): planning, the crash-safe per-subject build and the index are
 one pipeline whose invariants (write order, resume, fingerprint) are easier to check in one file.
 """
 

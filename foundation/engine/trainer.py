@@ -3,7 +3,7 @@ validation and atomic checkpoints, resume from the latest checkpoint when rerun,
 step with the best mean over subjects of each subject's mAP and write ``metrics.json``.  Runs unchanged on one CPU, one GPU, or many processes.
 The workflows that drive it are :mod:`foundation.workflows.train` and :mod:`foundation.workflows.finetune`.
 
-Length (~460 lines, over the ~400 guide): one class, the loop, with the resume and run-directory checks
+Length (~640 lines, over the ~400 guide): one class, the loop, with the resume and run-directory checks
 it relies on; splitting it would separate the state that exact resumption depends on.
 """
 

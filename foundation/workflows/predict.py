@@ -19,7 +19,7 @@ Each prediction is a record ``{"key", "subject", "probabilities": {label: p}, "p
 JSON (a list of records) or CSV (``key, subject, <one column per label>, predicted``; ``predicted``
 joins the labels with ``p > threshold`` by ``;``).
 
-Length (~490 lines, over the ~400 guide): the three input kinds (shards, arrays, NIfTI) share the subject
+Length (~580 lines, over the ~400 guide): the three input kinds (shards, arrays, NIfTI) share the subject
 resolution and chunked inference above; one module keeps their checks identical.
 """
 
