@@ -32,9 +32,10 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    recipe = _recipe(args)  # a bad recipe is reported before torch and accelerate are imported
     from foundation.workflows.train import train
 
-    path = train(_recipe(args), progress=not args.no_progress, rebuild=args.rebuild)
+    path = train(recipe, progress=not args.no_progress, rebuild=args.rebuild)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -43,10 +44,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    recipe = _recipe(args)  # a bad recipe is reported before torch and accelerate are imported
     from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
-    path = finetune(args.run_dir, _recipe(args), unfreeze=unfreeze, token_init=args.token_init,
+    path = finetune(args.run_dir, recipe, unfreeze=unfreeze, token_init=args.token_init,
                     progress=not args.no_progress)
     from accelerate import PartialState
 
