@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from token_capacity import LAMBDAS, average_precision, ridge
+from token_capacity import LAMBDAS, average_precision, load_world, ridge
 
 
 def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -68,23 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alignment-dim", type=int, default=32)
     args = p.parse_args(argv)
 
-    from foundation_synthetic.world import SyntheticOptions, World
-
-    from foundation.core.recipe import load_recipe
     from foundation.model.alignment import fit_guidance_encoding, fit_guidance_ridge, guidance_basis
 
-    recipe = load_recipe(args.recipe)
-    ds = next(d for d in recipe.datasets if d.plugin == "synthetic")
-    o = SyntheticOptions(**{k: tuple(v) if k in ("grid", "voxels_per_roi") else v for k, v in ds.options.items()})
-    world = World(o)
-    st, subjects = world.stimuli, list(world.subjects)
-    data = {}
-    for s in subjects:
-        d = world.subject(s)
-        split = np.array(d.splits)
-        data[s] = {k: (d.fmri[split == k].astype(np.float64), st.labels[d.stimulus_rows[split == k]].astype(float),
-                       st.low[d.stimulus_rows[split == k]], st.high[d.stimulus_rows[split == k]])
-                   for k in ("train", "val", "test")}
+    _, data = load_world(args.recipe)
+    subjects = list(data)
     n_rois, dim = data[subjects[0]]["train"][0].shape[1:]
 
     def flat(x: np.ndarray) -> np.ndarray:

@@ -46,6 +46,31 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> Callable[[np.ndarray], np
     return lambda z: (z - xm) @ w + ym
 
 
+def load_world(recipe_path: str) -> tuple[object, dict[str, dict[str, tuple[np.ndarray, ...]]]]:
+    """The ROI world of a recipe's synthetic dataset, generated in memory (no shards).
+
+    Returns ``(options, data)``: ``data[subject][split] = (fmri (n, R, D), labels (n, C), low, high)``
+    for the splits ``train``, ``val`` and ``test``, in the subject order of the world.
+    """
+    from foundation_synthetic.world import SyntheticOptions, World
+
+    from foundation.core.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    ds = next(d for d in recipe.datasets if d.plugin == "synthetic")
+    o = SyntheticOptions(**{k: tuple(v) if k in ("grid", "voxels_per_roi") else v for k, v in ds.options.items()})
+    world = World(o)
+    st = world.stimuli
+    data = {}
+    for s in world.subjects:
+        d = world.subject(s)
+        split = np.array(d.splits)
+        data[s] = {k: (d.fmri[split == k].astype(np.float64), st.labels[d.stimulus_rows[split == k]].astype(float),
+                       st.low[d.stimulus_rows[split == k]], st.high[d.stimulus_rows[split == k]])
+                   for k in ("train", "val", "test")}
+    return o, data
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="recipes/synthetic.yaml")
@@ -55,25 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     args = p.parse_args(argv)
 
-    from foundation_synthetic.world import SyntheticOptions, World, _rng
+    from foundation_synthetic.world import _rng
 
-    from foundation.core.recipe import load_recipe
     from foundation.model.alignment import fit_guidance_encoding, fit_guidance_ridge, guidance_basis
 
-    recipe = load_recipe(args.recipe)
-    ds = next(d for d in recipe.datasets if d.plugin == "synthetic")
-    options = {k: tuple(v) if k in ("grid", "voxels_per_roi") else v for k, v in ds.options.items()}
-    o = SyntheticOptions(**options)
-    world = World(o)
-    st = world.stimuli
-    subjects = world.subjects
-    data, signs = {}, {}
+    o, data = load_world(args.recipe)
+    subjects = tuple(data)
+    signs = {}
     for s in subjects:
-        d = world.subject(s)
-        split = np.array(d.splits)
-        data[s] = {k: (d.fmri[split == k].astype(np.float64), st.labels[d.stimulus_rows[split == k]].astype(float),
-                       st.low[d.stimulus_rows[split == k]], st.high[d.stimulus_rows[split == k]])
-                   for k in ("train", "val", "test")}
         # the generator's draws for this subject, in its order: level, gain, then the sign of each ROI
         r = _rng(o.world_seed, "subject", s)
         r.normal(0, 0.8, o.n_rois)
