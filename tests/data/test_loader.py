@@ -277,3 +277,34 @@ def test_stream_slots_read_different_batches(built) -> None:
     index, _ = built
     a, b = _take(index, 3, rank=0), _take(index, 3, rank=1)
     assert [x.keys for x in a] != [x.keys for x in b]
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.2])
+def test_background_loader_gives_the_same_batches_and_leaves_the_rng_alone(built, fraction: float) -> None:
+    """Issue 18: ``background=True`` runs the pipeline in one DataLoader worker process; that worker is
+    worker 0 of 1, exactly the main process' stream, and its base seed comes from a private generator,
+    so neither the batches nor the global torch RNG (which dropout draws from) change."""
+    index, _ = built
+
+    def take(background: bool) -> tuple[list, torch.Tensor]:
+        torch.manual_seed(123)
+        stream = DatasetStream(index, train_fraction=fraction)
+        it = iter(stream.train_batches(6, seed=0, segment=0, rank=0, shuffle_buffer=20, background=background))
+        batches = list(itertools.islice(it, 8))
+        del it
+        return batches, torch.rand(4)  # the global RNG after the loader was made and read
+
+    main, rng_main = take(False)
+    back, rng_back = take(True)
+    assert [b.keys for b in back] == [b.keys for b in main]
+    for a, b in zip(main, back):
+        for name in ("fmri", "labels", "low", "high"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(rng_main, rng_back)
+    # what the background process replaces: a DataLoader worker drawn the plain way consumes the global RNG
+    torch.manual_seed(123)
+    it = iter(torch.utils.data.DataLoader(DatasetStream(index).train_batches(6, seed=0, segment=0),
+                                          batch_size=None, num_workers=1))
+    next(it)
+    del it
+    assert not torch.equal(torch.rand(4), rng_main)
