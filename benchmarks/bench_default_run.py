@@ -10,7 +10,7 @@ the batches are made in the main process, ``train.background_loader=false``; ``b
 background process, the default), the wall time of ``fit()`` (training steps plus the one validation at the last step),
 steps/s, the CPU seconds of this process and of its reaped children (DataLoader workers) per wall
 second ("cores busy"), and a ``--gemm``² fp32 GEMM timed with every core just before the run: the
-"normalised" steps/s is steps/s × (median GEMM time ÷ this run's GEMM time), which removes most of
+"normalised" steps/s is steps/s × (this run's GEMM time ÷ the median GEMM time), which removes most of
 the minute-to-minute drift a shared machine adds.  It prints medians with IQR over rounds, the load
 average, and whether the runs of one thread count ended with bit-identical weights and validation
 metrics (the loader's process must not change the batches).  Like the ``foundation`` command, it sets
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for t, w in settings:
         rs = [r for r in runs if (r["threads"], r["loader"]) == (t, w)]
-        norm = [r["steps_per_s"] * gemm_ref / r["gemm_s"] for r in rs]
+        norm = [r["steps_per_s"] * r["gemm_s"] / gemm_ref for r in rs]  # a busier machine (slower GEMM) scales up
         print(f"| {t} | {w} | {_perf.med_iqr([r['steps_per_s'] for r in rs], '{:.2f}')} "
               f"| {_perf.med_iqr(norm, '{:.2f}')} | {statistics.median(r['cores_busy'] for r in rs):.2f} "
               f"| {statistics.median(r['wall_s'] for r in rs):.1f} | {', '.join(sorted({'%.6f' % r['val_mAP'] for r in rs}))} "
