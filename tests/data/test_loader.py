@@ -308,3 +308,31 @@ def test_background_loader_gives_the_same_batches_and_leaves_the_rng_alone(built
     next(it)
     del it
     assert not torch.equal(torch.rand(4), rng_main)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_loader_workers_do_not_keep_the_run_directory_lock(built, tmp_path: Path) -> None:
+    """A forked DataLoader worker (the background loader, or num_workers) holds no copy of the run
+    directory's lock file (filelock closes it in a forked child), so a killed trainer's lock is not kept
+    alive by its loader process; the trainer's own lock stays held.  A guard: issue 18 made such a worker
+    part of every default run."""
+    from foundation.core.locks import hold, lock_path
+
+    index, _ = built
+    lock = hold(tmp_path / "run", what="run directory")
+    try:
+        for background, workers in ((True, 0), (False, 1)):
+            loader = DatasetStream(index).train_batches(6, seed=0, segment=0, shuffle_buffer=20,
+                                                        num_workers=workers, background=background)
+            it = iter(loader)
+            next(it)
+            pids = [w.pid for w in it._workers]
+            assert pids
+            for pid in pids:
+                fds = Path(f"/proc/{pid}/fd")
+                targets = {str(p.resolve()) for p in fds.iterdir() if p.is_symlink()}
+                assert str(lock_path(tmp_path / "run").resolve()) not in targets
+            del it
+        assert lock.is_locked
+    finally:
+        lock.release()
