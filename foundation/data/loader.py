@@ -19,6 +19,7 @@ import io
 import json
 import math
 import random
+import sys
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
@@ -341,12 +342,13 @@ class DatasetStream:
 
     def _loader(self, pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool,
                 background: bool = False) -> Iterable[Batch]:
-        if num_workers == 0 and background:
+        if num_workers == 0 and background and sys.platform.startswith("linux"):
             # one worker process runs the pipeline: it is worker 0 of 1, exactly what the main process is
             # without workers, so the batches are the same; a private generator keeps the DataLoader from
-            # drawing its base seed from the global RNG (which the model's dropout draws from)
+            # drawing its base seed from the global RNG (which the model's dropout draws from).  Forked
+            # (Linux only): the pipeline is not pickled (a spawned worker would need it to be)
             return DataLoader(pipeline, batch_size=None, num_workers=1, pin_memory=pin_memory,
-                              generator=torch.Generator())
+                              generator=torch.Generator(), multiprocessing_context="fork")
         if num_workers == 0:
             return pipeline
         return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
@@ -387,9 +389,9 @@ class DatasetStream:
         """Endless shuffled training batches of this segment (deterministic given the arguments).
 
         ``rank`` is the stream's slot: the trainer gives every (process, micro-batch) its own.
-        ``background`` (with ``num_workers=0`` only): read, decode and collate in one background
-        process instead of the caller's, overlapping with its work; the batches are the same, and the
-        caller's RNGs are not touched.
+        ``background`` (with ``num_workers=0`` only, on Linux): read, decode and collate in one forked
+        background process instead of the caller's, overlapping with its work; the batches are the
+        same, and the caller's RNGs are not touched.  Elsewhere the batches are made in-process.
         """
         shards = self.index.shards("train", self.subjects)
         expected = {str(p): c for p, c, _ in shards}
