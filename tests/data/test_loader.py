@@ -336,3 +336,17 @@ def test_loader_workers_do_not_keep_the_run_directory_lock(built, tmp_path: Path
         assert lock.is_locked
     finally:
         lock.release()
+
+
+def test_background_loader_forks_on_linux_only(built, monkeypatch) -> None:
+    """Elsewhere a DataLoader worker is spawned and would have to pickle the pipeline: stay in-process."""
+    from torch.utils.data import DataLoader
+
+    index, _ = built
+    stream = DatasetStream(index)
+    on_linux = stream.train_batches(6, seed=0, segment=0, shuffle_buffer=20, background=True)
+    assert isinstance(on_linux, DataLoader) and on_linux.multiprocessing_context.get_start_method() == "fork"
+    monkeypatch.setattr("foundation.data.loader.sys.platform", "darwin")
+    elsewhere = stream.train_batches(6, seed=0, segment=0, shuffle_buffer=20, background=True)
+    assert not isinstance(elsewhere, DataLoader)
+    assert [b.keys for b in itertools.islice(iter(elsewhere), 2)] == [b.keys for b in _take(index, 2)]
