@@ -164,6 +164,11 @@ class TrainConfig:
     #: DataLoader worker processes; part of the run's identity (every worker draws and shuffles its own
     #: stream, so another value gives other batches and other results: a resume must keep it)
     num_workers: NonNegativeInt = 0
+    #: with ``num_workers: 0``: prepare the training batches (read, decode, collate) in one background
+    #: process (forked; Linux only), overlapped with the training step (the same batches, so the same
+    #: results; not part of the run's identity); ``false`` keeps everything in the main process (e.g. to
+    #: debug a plugin's data)
+    background_loader: bool = True
     shuffle_buffer: PositiveInt = 2000
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     eval_batch_size: PositiveInt = 256

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
@@ -381,7 +382,15 @@ class DatasetStream:
         return collate(samples, dataset=self.dataset, fmri_shape=self.fmri_shape,
                        pad_voxels=self.pad_voxels, num_labels=self.num_labels)
 
-    def _loader(self, pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool) -> Iterable[Batch]:
+    def _loader(self, pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool,
+                background: bool = False) -> Iterable[Batch]:
+        if num_workers == 0 and background and sys.platform.startswith("linux"):
+            # one worker process runs the pipeline: it is worker 0 of 1, exactly what the main process is
+            # without workers, so the batches are the same; a private generator keeps the DataLoader from
+            # drawing its base seed from the global RNG (which the model's dropout draws from).  Forked
+            # (Linux only): the pipeline is not pickled (a spawned worker would need it to be)
+            return DataLoader(pipeline, batch_size=None, num_workers=1, pin_memory=pin_memory,
+                              generator=torch.Generator(), multiprocessing_context="fork")
         if num_workers == 0:
             return pipeline
         return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
@@ -418,10 +427,14 @@ class DatasetStream:
         return sum(len(v) for v in self.train_keys().values())
 
     def train_batches(self, batch_size: int, *, seed: int, segment: int, rank: int = 0,
-                      shuffle_buffer: int = 2000, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+                      shuffle_buffer: int = 2000, num_workers: int = 0, pin_memory: bool = False,
+                      background: bool = False) -> Iterable[Batch]:
         """Endless shuffled training batches of this segment (deterministic given the arguments).
 
         ``rank`` is the stream's slot: the trainer gives every (process, micro-batch) its own.
+        ``background`` (with ``num_workers=0`` only, on Linux): read, decode and collate in one forked
+        background process instead of the caller's, overlapping with its work; the batches are the
+        same, and the caller's RNGs are not touched.  Elsewhere the batches are made in-process.
         """
         shards = self.index.shards("train", self.subjects)
         expected = {str(p): c for p, c, _ in shards}
@@ -452,7 +465,7 @@ class DatasetStream:
             wds.map(decode),
             wds.batched(batch_size, collation_fn=self._collate, partial=False),
         )
-        return self._loader(pipeline, num_workers, pin_memory)
+        return self._loader(pipeline, num_workers, pin_memory, background)
 
     def eval_batches(self, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                      num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:

@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CPU_MATH_ATTENTION_MAX_TOKENS", "Attention", "Block", "Dropout", "Encoder", "Mlp"]
+__all__ = ["CPU_FAST_PATHS", "CPU_MATH_ATTENTION_MAX_TOKENS", "Attention", "Block", "Dropout", "Encoder", "Mlp"]
 
 #: On CPU, sequences of at most this many tokens use the explicit attention path (see the module doc;
 #: the crossover measured on 2 AMD EPYC cores is between 64 and 128 tokens).
 CPU_MATH_ATTENTION_MAX_TOKENS = 32
+
+#: ``False`` turns the CPU fast paths off (the plain PyTorch formulation they replace): for the
+#: benchmarks' A/B comparisons (``benchmarks/bench_step_ab.py fast=off``) and the tests
+CPU_FAST_PATHS = True
 
 
 class Dropout(nn.Dropout):
@@ -37,7 +41,7 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         if (not self.training or self.p == 0.0 or self.p == 1.0 or self.inplace or x.device.type != "cpu"
-                or x.dtype not in (torch.float32, torch.float64)):
+                or x.dtype not in (torch.float32, torch.float64) or not CPU_FAST_PATHS):
             return super().forward(x)
         noise = torch.rand_like(x, memory_format=torch.preserve_format).ge_(self.p).div_(1.0 - self.p)
         return x * noise
@@ -72,7 +76,7 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
         p = self.attn_dropout if self.training else 0.0
         weights: Tensor | None = None
-        if return_attention or (x.device.type == "cpu" and t <= CPU_MATH_ATTENTION_MAX_TOKENS):
+        if return_attention or (x.device.type == "cpu" and t <= CPU_MATH_ATTENTION_MAX_TOKENS and CPU_FAST_PATHS):
             logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, T, T)
             probs = logits.float().softmax(dim=-1).to(q.dtype)
             if return_attention:

@@ -13,6 +13,10 @@ options and the synthetic shard directories are unchanged.
 Also updated on purpose by issue 15 (``recipes/nsd.yaml``, ``hcp.yaml``, ``hcp_nsd.yaml`` name CLIP ViT-B/16
 with ``clip_value: 1.5`` in ``guidance.options.clip``, HCP's ``movie_frames``, NSD's ``test_repeats``) and
 issue 13 (``model.alignment`` / ``alignment_dim`` / ``guidance_dims``: every whole-recipe hash).
+
+And by issue 18: ``train.background_loader`` is a new train field (every whole-recipe hash; it changes no
+result and is resumable, see ``RESUMABLE_CHANGES``).  Dataset options, guidance options and shard
+directories are unchanged.
 """
 
 from __future__ import annotations
@@ -29,17 +33,17 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "98e3579978b563c1", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "0a174610fe56dcb1", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "55ff6a90338778a6", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "a4f716718623a02c", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "875ea30e412e8f5b", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "8c0ab317d6602688", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "8338462e418c283b", "datasets.0.options": "ff41f93d54e46e07",
+    "synthetic": {"recipe": "02be182cbab9a0ca", "datasets.0.options": "ff41f93d54e46e07",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "413b07688855749e", "datasets.0.options": "ff41f93d54e46e07",
+    "synthetic_multi": {"recipe": "b431a9b643759cc3", "datasets.0.options": "ff41f93d54e46e07",
                         "datasets.1.options": "68d82004e67e2b88", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "964a4199fc417ddf", "datasets.0.options": "279185fd58df02a1",
+    "synthetic_volume": {"recipe": "e821d3f9c9844f69", "datasets.0.options": "279185fd58df02a1",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

@@ -305,3 +305,76 @@ def test_stream_slots_read_different_batches(built) -> None:
     index, _ = built
     a, b = _take(index, 3, rank=0), _take(index, 3, rank=1)
     assert [x.keys for x in a] != [x.keys for x in b]
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.2])
+def test_background_loader_gives_the_same_batches_and_leaves_the_rng_alone(built, fraction: float) -> None:
+    """Issue 18: ``background=True`` runs the pipeline in one DataLoader worker process; that worker is
+    worker 0 of 1, exactly the main process' stream, and its base seed comes from a private generator,
+    so neither the batches nor the global torch RNG (which dropout draws from) change."""
+    index, _ = built
+
+    def take(background: bool) -> tuple[list, torch.Tensor]:
+        torch.manual_seed(123)
+        stream = DatasetStream(index, train_fraction=fraction)
+        it = iter(stream.train_batches(6, seed=0, segment=0, rank=0, shuffle_buffer=20, background=background))
+        batches = list(itertools.islice(it, 8))
+        del it
+        return batches, torch.rand(4)  # the global RNG after the loader was made and read
+
+    main, rng_main = take(False)
+    back, rng_back = take(True)
+    assert [b.keys for b in back] == [b.keys for b in main]
+    for a, b in zip(main, back):
+        for name in ("fmri", "labels", "low", "high"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(rng_main, rng_back)
+    # what the background process replaces: a DataLoader worker drawn the plain way consumes the global RNG
+    torch.manual_seed(123)
+    it = iter(torch.utils.data.DataLoader(DatasetStream(index).train_batches(6, seed=0, segment=0),
+                                          batch_size=None, num_workers=1))
+    next(it)
+    del it
+    assert not torch.equal(torch.rand(4), rng_main)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_loader_workers_do_not_keep_the_run_directory_lock(built, tmp_path: Path) -> None:
+    """A forked DataLoader worker (the background loader, or num_workers) holds no copy of the run
+    directory's lock file (filelock closes it in a forked child), so a killed trainer's lock is not kept
+    alive by its loader process; the trainer's own lock stays held.  A guard: issue 18 made such a worker
+    part of every default run."""
+    from foundation.core.locks import hold, lock_path
+
+    index, _ = built
+    lock = hold(tmp_path / "run", what="run directory")
+    try:
+        for background, workers in ((True, 0), (False, 1)):
+            loader = DatasetStream(index).train_batches(6, seed=0, segment=0, shuffle_buffer=20,
+                                                        num_workers=workers, background=background)
+            it = iter(loader)
+            next(it)
+            pids = [w.pid for w in it._workers]
+            assert pids
+            for pid in pids:
+                fds = Path(f"/proc/{pid}/fd")
+                targets = {str(p.resolve()) for p in fds.iterdir() if p.is_symlink()}
+                assert str(lock_path(tmp_path / "run").resolve()) not in targets
+            del it
+        assert lock.is_locked
+    finally:
+        lock.release()
+
+
+def test_background_loader_forks_on_linux_only(built, monkeypatch) -> None:
+    """Elsewhere a DataLoader worker is spawned and would have to pickle the pipeline: stay in-process."""
+    from torch.utils.data import DataLoader
+
+    index, _ = built
+    stream = DatasetStream(index)
+    on_linux = stream.train_batches(6, seed=0, segment=0, shuffle_buffer=20, background=True)
+    assert isinstance(on_linux, DataLoader) and on_linux.multiprocessing_context.get_start_method() == "fork"
+    monkeypatch.setattr("foundation.data.loader.sys.platform", "darwin")
+    elsewhere = stream.train_batches(6, seed=0, segment=0, shuffle_buffer=20, background=True)
+    assert not isinstance(elsewhere, DataLoader)
+    assert [b.keys for b in itertools.islice(iter(elsewhere), 2)] == [b.keys for b in _take(index, 2)]

@@ -179,3 +179,23 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_recipe, tmp_path):
     trainer = Trainer(tiny_recipe(), progress=False)
     with pytest.raises(CheckpointError, match="other subjects"):
         trainer.resume()
+
+
+def test_background_loader_changes_no_result(tiny_recipe, tmp_path):
+    """Issue 18: the training batches made in a background process (the default) or in the main process
+    give bit-identical metrics and weights, so the setting is not part of a run's identity."""
+    from safetensors.torch import load_file
+
+    from foundation.engine.trainer import RESUMABLE_CHANGES
+    from foundation.workflows.train import train
+
+    runs = {}
+    for background in (False, True):
+        run = tmp_path / f"run-{background}"
+        path = train(tiny_recipe(**{"train.background_loader": background, "run.dir": str(run)}), progress=False)
+        runs[background] = (_metric_values(json.loads(Path(path).read_text())),
+                            load_file(run / "best" / "model.safetensors"))
+    (m0, w0), (m1, w1) = runs[False], runs[True]
+    assert m0 == m1
+    assert w0.keys() == w1.keys() and all(w0[k].equal(w1[k]) for k in w0)
+    assert "train.background_loader" in RESUMABLE_CHANGES

@@ -143,6 +143,26 @@ def test_dropout_falls_back_to_f_dropout_below_float32():
     assert torch.equal(out, F.dropout(x, 0.2, training=True))
 
 
+def test_cpu_fast_paths_switch_gives_the_plain_formulation(monkeypatch):
+    """``CPU_FAST_PATHS = False`` (benchmarks' ``fast=off``): F.dropout's stream and the fused SDPA kernel."""
+    monkeypatch.setattr(encoder_mod, "CPU_FAST_PATHS", False)
+    x = torch.randn(8, 16)
+    torch.manual_seed(1)
+    out = Dropout(0.2).train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(out, F.dropout(x, 0.2, training=True))
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **kw):
+        calls.append(a[0].shape[-2])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(encoder_mod.F, "scaled_dot_product_attention", spy)
+    Attention(32, 4).eval()(torch.randn(2, 12, 32))
+    assert calls == [12]
+
+
 def test_encoder_uses_the_fast_dropout():
     blk = Block(16, 2, 2.0, 0.1, 0.0)
     assert isinstance(blk.attn.proj_drop, Dropout) and isinstance(blk.mlp.drop, Dropout)
