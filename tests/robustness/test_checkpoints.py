@@ -7,9 +7,14 @@ the checkpoint or file.  Nothing is deleted or rewritten by a refused resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +24,21 @@ from foundation.engine.checkpoint import STATE_NAME, checkpoint_dirs, latest_che
 from foundation.core.errors import CheckpointError, RecipeError
 
 from .conftest import assert_nothing_half_written, expect, reseal, tiny_run_recipe, tree_bytes
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds ``run_dir``'s lock for the duration of the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
+         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture
@@ -253,27 +273,17 @@ def test_directory_not_made_by_foundation_is_left_untouched(trained, tmp_path, r
 def test_second_process_on_the_same_run_directory(trained, tmp_path, request):
     """Issue 16.3: while a process holds a run directory, another ``train`` into it stops at once, naming
     the holder, and writes nothing there."""
-    import subprocess
-    import sys
 
     from foundation.core.errors import BusyError
     from foundation.core.locks import lock_path
     from foundation.workflows.train import train
 
     run_dir = tmp_path / "busy"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
-         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_dir) as holder:
         expect("second process on a busy run directory", BusyError,
                lambda: train(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
                f"process {holder.pid}", lock_path(run_dir), request=request)
         assert not run_dir.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     train(tiny_run_recipe(trained, run=run_dir), progress=False)  # the holder is gone: the lock is free
     assert (run_dir / "metrics.json").is_file()
 
@@ -404,9 +414,6 @@ def test_rerun_of_a_finished_run_adds_no_tensorboard_files(run, trained):
 def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, request):
     """The ridge/logistic and SRM baselines (closed_form.prepare_run) used to write config.yaml and
     metrics.json into any run.dir: now the marker check and the run lock of `train` apply to them too."""
-    import subprocess
-    import sys
-
     from foundation.core.errors import BusyError
     from foundation.core.locks import lock_path
     from foundation.engine.trainer import RUN_MARKER
@@ -423,19 +430,11 @@ def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, requ
     assert tree_bytes(folder) == before
 
     run_dir = tmp_path / "busy"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from foundation.core.locks import hold; "
-         "lock = hold(sys.argv[1], what='run directory'); print('held', flush=True); time.sleep(120)", str(run_dir)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_dir) as holder:
         expect("closed-form baseline (ridge) on a busy run directory", BusyError,
                lambda: run_linear(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
                f"process {holder.pid}", lock_path(run_dir), request=request)
         assert not run_dir.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     metrics = run_linear(tiny_run_recipe(trained, run=run_dir), progress=False)  # free again: it runs
     assert metrics.is_file() and (run_dir / RUN_MARKER).is_file()
     # another recipe into the same directory is refused like a training run's
