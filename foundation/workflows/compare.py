@@ -87,6 +87,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
            description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
                        "(model.alignment=guidance-ridge)"),
+    Method("aligned-enc-clip-mused", "CLIP-MUSED + encoding alignment",
+           ("model.tokens=subject", "model.alignment=guidance-encoding"),
+           description="CLIP-MUSED on per-subject inputs aligned by an inverted encoding model "
+                       "(model.alignment=guidance-encoding)"),
     Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
            ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
            description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),
