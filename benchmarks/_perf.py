@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -246,6 +247,16 @@ def replay_kernels(calls: Sequence[tuple[Any, tuple, dict]], *, device: Any, rep
             total += time.perf_counter() - t
         passes.append(total)
     return statistics.median(passes)
+
+
+def write_results(path: str | Path | None, *, command: str, **fields: Any) -> None:
+    """Write a benchmark's results to ``path`` as JSON (``command``, ``fields`` and the load average at the
+    end), creating its folder; nothing when ``path`` is ``None``."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": command, **fields, "loadavg_end": list(os.getloadavg())}, indent=1))
 
 
 def rerun(script: str, argv: Sequence[str]) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import resource
 import statistics
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         digests = {r["weights"] for r in runs if r["threads"] == t}
         print(f"threads {t}: {'identical' if len(digests) == 1 else 'DIFFERENT'} weights and metrics across "
               f"loaders {args.loader} and rounds ({len(digests)} distinct)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": cmd, "runs": runs, "loadavg_end": list(os.getloadavg())},
-                                             indent=1))
+    _perf.write_results(args.out, command=cmd, runs=runs)
     return 0
 
 

@@ -23,7 +23,6 @@ the ``foundation`` command does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -143,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          [r for r in runs if r["kind"] == "full"])]
     print(f"\nfinetune step ÷ full step, same round: {_perf.med_iqr(paired, '{:.2f}')}; "
           f"total onboarding ÷ full training: {summary['finetune']['total'] / summary['full']['total']:.2f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": cmd, "runs": runs, "summary": summary,
-                                              "loadavg_end": list(os.getloadavg())}, indent=1))
+    _perf.write_results(args.out, command=cmd, runs=runs, summary=summary)
     return 0
 
 

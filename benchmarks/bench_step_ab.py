@@ -27,7 +27,6 @@ environment chose a policy).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -144,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {gemm.flops / statistics.median(v['gemm_s']) / 1e9:.1f} | {_perf.med_iqr(eff)} % "
               f"| {_perf.med_iqr(paired[v['name']], '{:.3f}')} | {v['warmup_s']:.1f} "
               f"| {statistics.median(v['load']):.2f} |")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": cmd, "flops": flops, "rows": rows,
-                                              "loadavg_end": list(os.getloadavg())}, indent=1))
+    _perf.write_results(args.out, command=cmd, flops=flops, rows=rows)
     return 0
 
 
