@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 
-def run_foundation(args: list[str], run_dir: Path, threads: int) -> tuple[dict, float]:
-    """``python -m foundation ARGS run.dir=RUN_DIR`` unless RUN_DIR has metrics.json (then it is reused).
+def run_foundation(args: list[str], run_dir: Path, threads: int, *, module: str = "foundation",
+                   options: tuple[str, ...] = ()) -> tuple[dict, float]:
+    """``python -m MODULE ARGS run.dir=RUN_DIR --no-progress OPTIONS`` unless RUN_DIR has metrics.json (then
+    it is reused).  ``module`` may name a closed-form baseline (``foundation.workflows.linear``); its own
+    options go in ``options`` (after the dotted overrides, which argparse needs together).
 
     Returns ``(metrics, wall seconds)``; the seconds are NaN for a reused run.
     """
@@ -20,7 +23,7 @@ def run_foundation(args: list[str], run_dir: Path, threads: int) -> tuple[dict, 
     if metrics.is_file():
         return json.loads(metrics.read_text()), float("nan")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "foundation", *args, f"run.dir={run_dir}", "--no-progress"]
+    cmd = [sys.executable, "-m", module, *args, f"run.dir={run_dir}", "--no-progress", *options]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -49,20 +49,6 @@ def subjects_of(recipe: str, overrides: list[str]) -> list[str]:
     return list(index.data["subjects"])
 
 
-def run_linear(recipe: str, overrides: list[str], run_dir: Path) -> dict:
-    """The per-subject ridge baseline (``python -m foundation.workflows.linear``), reused when finished."""
-    import subprocess
-
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        cmd = [sys.executable, "-m", "foundation.workflows.linear", recipe, *overrides, f"run.dir={run_dir}",
-               "--solver", "ridge", "--no-progress"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(metrics.read_text())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
@@ -135,8 +121,9 @@ def main() -> None:
     for job, res in zip(stage2, pool_map(run, stage2)):
         results[job[:4]] = res
         print(f"done {job[0]} {job[2]:g} seed {job[1]}{' ' + job[3] if job[3] else ''} ({res[1]:.0f} s)", flush=True)
-    linear = {f: run_linear(args.recipe, [f"datasets.0.subjects=[{','.join(holdout)}]",
-                                          f"datasets.0.train_fraction={f}"], out / f"linear-{f:g}")
+    linear = {f: run_foundation([args.recipe, f"datasets.0.subjects=[{','.join(holdout)}]",
+                                 f"datasets.0.train_fraction={f}"], out / f"linear-{f:g}", threads,
+                                module="foundation.workflows.linear", options=("--solver", "ridge"))[0]
               for f in args.fractions}
 
     def test_map(metrics: dict, h: str) -> float:
