@@ -48,8 +48,9 @@ def test_short_sequence_attention_equals_sdpa(monkeypatch, t):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_attention_path_choice(monkeypatch):
-    calls = []
+def _spy_on_sdpa(monkeypatch) -> list[int]:
+    """Record the token count of every ``scaled_dot_product_attention`` call the encoder makes."""
+    calls: list[int] = []
     real = F.scaled_dot_product_attention
 
     def spy(*a, **kw):
@@ -57,6 +58,11 @@ def test_attention_path_choice(monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(encoder_mod.F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_attention_path_choice(monkeypatch):
+    calls = _spy_on_sdpa(monkeypatch)
     attn = Attention(32, 4).eval()
     attn(torch.randn(2, encoder_mod.CPU_MATH_ATTENTION_MAX_TOKENS, 32))
     assert calls == []  # short: explicit path on CPU
@@ -151,14 +157,7 @@ def test_cpu_fast_paths_switch_gives_the_plain_formulation(monkeypatch):
     out = Dropout(0.2).train()(x)
     torch.manual_seed(1)
     assert torch.equal(out, F.dropout(x, 0.2, training=True))
-    calls = []
-    real = F.scaled_dot_product_attention
-
-    def spy(*a, **kw):
-        calls.append(a[0].shape[-2])
-        return real(*a, **kw)
-
-    monkeypatch.setattr(encoder_mod.F, "scaled_dot_product_attention", spy)
+    calls = _spy_on_sdpa(monkeypatch)
     Attention(32, 4).eval()(torch.randn(2, 12, 32))
     assert calls == [12]
 
