@@ -37,6 +37,16 @@ __all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_gui
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
+def _standardised(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(standardised x (n, F), mean (F,), std (F,))`` of one subject's training inputs, in float64; every
+    fitter folds ``mean`` and ``std`` back into its map."""
+    if len(x) < 3:
+        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
+    x = x.astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    return (x - mean) / std, mean, std
+
+
 def fit_guidance_ridge(x: np.ndarray, targets: np.ndarray, *,
                        alphas: Sequence[float] = RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Ridge from one subject's training inputs to its stimuli's guidance targets.
@@ -51,11 +61,8 @@ def fit_guidance_ridge(x: np.ndarray, targets: np.ndarray, *,
     """
     from sklearn.linear_model import RidgeCV
 
-    if len(x) < 3:
-        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
-    x = x.astype(np.float64)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit((x - mean) / std, targets.astype(np.float64))
+    xs, mean, std = _standardised(x)
+    model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit(xs, targets.astype(np.float64))
     weight = model.coef_.T / std[:, None]  # (F, T)
     # RidgeCV's intercept is the targets' training mean (centred inputs); the shared space is centred too
     return mean.astype(np.float32), weight.astype(np.float32), {"alpha": float(model.alpha_)}
@@ -83,12 +90,8 @@ def fit_guidance_encoding(x: np.ndarray, targets: np.ndarray, *,
     """
     from sklearn.linear_model import RidgeCV
 
-    if len(x) < 3:
-        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
-    x = x.astype(np.float64)
+    xs, mean, std = _standardised(x)
     t = targets.astype(np.float64)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xs = (x - mean) / std
     tc = t - t.mean(0)
     model = RidgeCV(alphas=list(alphas), fit_intercept=False).fit(tc, xs)
     enc = model.coef_.T  # (T, F)
