@@ -143,6 +143,10 @@ class DatasetPlugin(ABC):
     #: whether the samples depend on the recipe ``seed`` (e.g. a seeded validation split); if so the
     #: seed is part of the shard fingerprint
     seed_dependent: ClassVar[bool] = False
+    #: options added after shards had been built without them: left out of the shard fingerprint while
+    #: they hold their default (which must reproduce the samples from before the option existed), so
+    #: existing shard directories keep their names and are not rebuilt
+    fingerprint_omits_defaults: ClassVar[tuple[str, ...]] = ()
     #: plugins whose validation set is drawn over all their subjects together (NSD's 1000 samples)
     #: name the option (a list of subject ids, ``None`` = all) that limits the subjects they read.  A
     #: recipe that narrows such a dataset to one subject (``datasets[].subjects: [s]``, a single-subject

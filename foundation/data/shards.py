@@ -148,6 +148,17 @@ def make_guidance_plugins(recipe: Recipe) -> dict[str, GuidancePlugin]:
     return {"low": instances[g.low], "high": instances[g.high]}
 
 
+def _fingerprint_options(plugin: DatasetPlugin) -> dict[str, Any]:
+    """The plugin's options as the shard fingerprint holds them (``fingerprint_omits_defaults`` at default left out)."""
+    options = to_dict(plugin.options)
+    fields = {f.name: f for f in dataclasses.fields(plugin.options)} if dataclasses.is_dataclass(plugin.options) else {}
+    for name in plugin.fingerprint_omits_defaults:
+        f = fields.get(name)
+        if f is not None and f.default is not dataclasses.MISSING and options.get(name) == f.default:
+            del options[name]
+    return options
+
+
 def plan(recipe: Recipe) -> list[DatasetBuild]:
     """Resolve plugins, options and the shard directory of every dataset of the recipe."""
     root = Path(recipe.shards.root)
@@ -164,7 +175,7 @@ def plan(recipe: Recipe) -> list[DatasetBuild]:
             "plugin_version": plugin.version,
             "seed": recipe.seed if plugin.seed_dependent else None,
             "root": str(plugin.root) if plugin.root else None,
-            "options": to_dict(plugin.options),
+            "options": _fingerprint_options(plugin),
             "guidance": {
                 level: {"plugin": guidance[level].name, "version": guidance[level].version,
                         "options": to_dict(guidance[level].options),

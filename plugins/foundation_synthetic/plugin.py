@@ -31,6 +31,8 @@ class SyntheticDataset(DatasetPlugin):
     name = "synthetic"
     version = "5"  # 2: per-subject stimulus streams; 3: ROI tokens in canonical ROI coordinates
     Options = SyntheticOptions
+    # semantics / label_offset (issue 13, item 5) at their defaults draw the world of version 5 exactly
+    fingerprint_omits_defaults = ("semantics", "label_offset")
     description = "seeded multi-subject synthetic fMRI (ROI tokens or small volumes), planted codes"
 
     def __init__(self, options: SyntheticOptions, *, root: Path | None = None, seed: int = 0) -> None:

@@ -45,6 +45,12 @@ class SyntheticOptions:
     world_seed: int = 0
     n_subjects: int = 10
     n_categories: int = 12
+    # "dataset": the dataset's own semantic space over its ``n_categories`` labels (every world before
+    # issue 13's item 5). "population": one semantic space over all 20 categories, shared by every
+    # dataset of the same ``world_seed`` (two acquisitions of one population); the dataset labels
+    # categories ``label_offset`` .. ``label_offset + n_categories - 1`` of it.
+    semantics: Literal["dataset", "population"] = "dataset"
+    label_offset: int = 0
     low_dim: int = 16
     high_dim: int = 16
     noise: float = 1.5
@@ -68,6 +74,12 @@ class SyntheticOptions:
     def __post_init__(self) -> None:
         if self.n_categories > len(CATEGORY_NAMES) or self.n_categories < 2:
             raise ValueError(f"n_categories must be in [2, {len(CATEGORY_NAMES)}], got {self.n_categories}")
+        if self.semantics == "dataset" and self.label_offset:
+            raise ValueError(f"label_offset needs semantics: population (got label_offset={self.label_offset} "
+                             "with semantics: dataset)")
+        if self.label_offset < 0 or self.label_offset + self.n_categories > len(CATEGORY_NAMES):
+            raise ValueError(f"label_offset + n_categories must be within the {len(CATEGORY_NAMES)} categories, "
+                             f"got {self.label_offset} + {self.n_categories}")
         if self.n_subjects < 1:
             raise ValueError(f"n_subjects must be >= 1, got {self.n_subjects}")
         if len(self.grid) != 3 or min(self.grid) < 4:
@@ -112,14 +124,20 @@ class World:
     def __init__(self, options: SyntheticOptions) -> None:
         self.o = options
         self.subjects = tuple(f"sub-{i + 1:02d}" for i in range(options.n_subjects))
-        self.label_names = CATEGORY_NAMES[: options.n_categories]
+        self.label_names = CATEGORY_NAMES[options.label_offset: options.label_offset + options.n_categories]
+        population = options.semantics == "population"
+        # the categories stimuli are drawn over, and the columns of them this dataset labels
+        self._n_content = len(CATEGORY_NAMES) if population else options.n_categories
+        self._label_columns = slice(options.label_offset, options.label_offset + options.n_categories)
+        # subjects of two datasets of one population are different people: their streams carry the mode
+        self._subject_key: tuple[str, ...] = ("subject", options.mode) if population else ("subject",)
 
     # ----------------------------------------------------------------- semantics
     @cached_property
     def _semantics(self) -> dict[str, np.ndarray]:
         o = self.o
-        r = _rng(o.world_seed, "semantics")
-        c = o.n_categories
+        r = _rng(o.world_seed, "population-semantics" if o.semantics == "population" else "semantics")
+        c = self._n_content
         return {
             # category prevalence: a few common, many rare (as in COCO / WordNet labels)
             "prior": 0.5 / (1.0 + np.arange(c)) ** 0.6 * r.uniform(0.7, 1.3, c),
@@ -158,7 +176,7 @@ class World:
             lab = self._draw_labels(r, n)
             lo, hi = self._codes(r, lab)
             ids += names
-            labels.append(lab)
+            labels.append(lab[:, self._label_columns])
             low.append(lo)
             high.append(hi)
         return StimulusSet(ids, np.concatenate(labels), np.concatenate(low).astype(np.float32),
@@ -167,7 +185,7 @@ class World:
     def _movie_stimuli(self) -> StimulusSet:
         o = self.o
         r = _rng(o.world_seed, "movie")
-        labels = np.zeros((o.seconds, o.n_categories), np.uint8)
+        labels = np.zeros((o.seconds, self._n_content), np.uint8)
         low = np.zeros((o.seconds, o.low_dim))
         high = np.zeros((o.seconds, o.high_dim))
         t = 0
@@ -185,7 +203,7 @@ class World:
                 low[i] = state
             t = sl.stop
         ids = [f"t{i:05d}" for i in range(o.seconds)]
-        return StimulusSet(ids, labels, low.astype(np.float32), high.astype(np.float32))
+        return StimulusSet(ids, labels[:, self._label_columns], low.astype(np.float32), high.astype(np.float32))
 
     def splits_for(self, subject: str) -> tuple[np.ndarray, list[str]]:
         """Stimulus rows a subject saw and the split of each."""
@@ -234,7 +252,7 @@ class World:
         """
         o = self.o
         v = o.subject_variability
-        r = _rng(o.world_seed, "subject", subject)
+        r = _rng(o.world_seed, *self._subject_key, subject)
         st = self.stimuli
         low, high = st.low[rows].astype(np.float64), st.high[rows].astype(np.float64)
         level = np.clip(np.linspace(0.0, 1.0, o.n_rois) + v * r.normal(0, 0.8, o.n_rois), 0, 1)
@@ -265,7 +283,7 @@ class World:
         level = np.clip(centres[:, 1] / grid[1], 0, 1)
         w_low = canon.normal(size=(o.n_areas, o.low_dim)) / np.sqrt(o.low_dim)
         w_high = canon.normal(size=(o.n_areas, o.high_dim)) / np.sqrt(o.high_dim)
-        r = _rng(o.world_seed, "subject", subject)
+        r = _rng(o.world_seed, *self._subject_key, subject)
         centres = centres + v * r.normal(0, 1.0, centres.shape)
         widths = 1.6 * np.exp(v * r.normal(0, 0.2, o.n_areas))
         gains = np.exp(v * r.normal(0, 0.3, o.n_areas))

@@ -198,3 +198,53 @@ def test_caption_names_the_present_categories() -> None:
     single[4] = 1
     assert caption(low, single, names).endswith("picture of a tree")
     assert caption(low, np.zeros(12, np.uint8), names).endswith("nothing in particular")
+
+
+# ----------------------------------------------------------------------------- one population, two datasets
+
+
+def _high_code_per_label(w: World) -> dict[str, np.ndarray]:
+    """Least-squares map from a dataset's labels to the high-level codes: one row per label name."""
+    st = w.stimuli
+    x = np.c_[st.labels.astype(np.float64), np.ones(len(st.labels))]
+    coef = np.linalg.lstsq(x, st.high.astype(np.float64), rcond=None)[0][:-1]
+    return dict(zip(w.label_names, coef))
+
+
+def test_population_semantics_are_shared_by_an_roi_and_a_volume_dataset() -> None:
+    roi = world(ROI, semantics="population", stimuli_per_subject=200)
+    vol = world({**VOLUME, "seconds": 600}, semantics="population", label_offset=4)
+    assert roi.label_names == CATEGORY_NAMES[:12] and vol.label_names == CATEGORY_NAMES[4:16]
+    assert roi.stimuli.labels.shape[1] == vol.stimuli.labels.shape[1] == 12
+    np.testing.assert_array_equal(roi._semantics["embed"], vol._semantics["embed"])
+    # one semantic space: a category's typical high-level code is the same in both datasets ...
+    a, b = _high_code_per_label(roi), _high_code_per_label(vol)
+    common = sorted(set(a) & set(b))
+    assert len(common) == 8, common
+    same = [np.corrcoef(a[n], b[n])[0, 1] for n in common]
+    assert np.mean(same) > 0.7, dict(zip(common, same))
+    # ... while two datasets with their own semantics (the default) share none: recipes/synthetic_multi.yaml's
+    # 12 and 8 categories (the default draws a dataset's semantics from (world_seed, n_categories))
+    own_roi, own_vol = world(ROI, stimuli_per_subject=200), world({**VOLUME, "seconds": 600}, n_categories=8)
+    a, b = _high_code_per_label(own_roi), _high_code_per_label(own_vol)
+    other = [np.corrcoef(a[n], b[n])[0, 1] for n in sorted(set(a) & set(b))]
+    assert np.mean(other) < 0.3 and np.mean(same) - np.mean(other) > 0.5, (same, other)
+
+
+def test_population_datasets_have_different_people_and_the_default_world_is_unchanged() -> None:
+    roi = world(ROI, semantics="population")
+    again = world(ROI, semantics="population")
+    assert _same_subject(roi.subject("sub-01"), again.subject("sub-01"))
+    # the subject streams carry the mode in a population: sub-01 of the ROI dataset is not sub-01 of the
+    # volume dataset (in the default world they share one stream)
+    assert roi._subject_key == ("subject", "roi") and world(ROI)._subject_key == ("subject",)
+    # the default (semantics: dataset) is the world every earlier result ran on: labels drawn over its own categories
+    assert world(ROI)._semantics["embed"].shape == (12, 16)
+    assert roi._semantics["embed"].shape == (len(CATEGORY_NAMES), 16)
+
+
+@pytest.mark.parametrize("bad", [dict(label_offset=4), dict(semantics="population", label_offset=10),
+                                 dict(semantics="population", label_offset=-1)])
+def test_label_offset_is_checked(bad: dict) -> None:
+    with pytest.raises(ValueError, match="label_offset"):
+        SyntheticOptions(**{**ROI, **bad})
