@@ -117,6 +117,10 @@ class ModelConfig:
     #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
     mapping_dims: Optional[list[int]] = None
     head_hidden: PositiveInt = 256
+    #: ``dataset``: one label head per dataset (the paper; datasets share nothing after the Transformer);
+    #: ``shared``: one head over the union of the datasets' label names, each dataset scored on its own
+    #: labels, so datasets whose label sets overlap (the same name = the same category) train one read-out
+    label_head: Literal["dataset", "shared"] = "dataset"
     #: per-subject input alignment fitted in closed form (``foundation.model.alignment``): ``none`` (the
     #: paper: one shared linear embedding of every subject's ROI tokens), ``guidance-ridge`` (each
     #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of

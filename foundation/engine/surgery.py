@@ -163,13 +163,14 @@ def prepare(spec: FinetuneSpec, infos: Mapping[str, DatasetInfo], vocab: Sequenc
     trainable = {"subject_tokens.weight": "new rows"}
     extra: list[nn.Parameter] = []
     for part in spec.unfreeze:
-        modules = model.heads if part == "head" else model.adapters
-        prefix = "heads" if part == "head" else "adapters"
         for ds in infos:
-            for name, p in modules[ds].named_parameters():
-                p.requires_grad_(True)
-                extra.append(p)
-                trainable[f"{prefix}.{ds}.{name}"] = "all"
+            # label_head=shared: every dataset's head is the one shared module (unfrozen once)
+            prefix, module = model.head_for(ds) if part == "head" else (f"adapters.{ds}", model.adapters[ds])
+            for name, p in module.named_parameters():
+                if not p.requires_grad:
+                    p.requires_grad_(True)
+                    extra.append(p)
+                    trainable[f"{prefix}.{name}"] = "all"
     # no weight decay on the token table: decay would move the frozen rows
     groups = [{"params": [tokens], "weight_decay": 0.0}]
     if extra:

@@ -2,7 +2,8 @@
 
 Shared by everything: the encoder, the final LayerNorm and the subject token table.
 Per dataset (``nn.ModuleDict`` / ``nn.ParameterDict`` keyed by dataset id): the input adapter
-(ROI or volume), the positional embedding and the classification head.
+(ROI or volume), the positional embedding and the classification head (``model.label_head: shared``:
+one head over the union of the datasets' label names, each dataset reading its own columns).
 
 Sequence layout for a batch of one dataset (``R`` readout tokens, ``M`` patches)::
 
@@ -180,12 +181,15 @@ class CLIPMUSED(nn.Module):
                     nn.Linear(n_in, self.n_readout * d), nn.GELU(), nn.Dropout(cfg.dropout))
             else:
                 self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
-            self.heads[ds] = nn.Sequential(
-                nn.Linear(self.n_readout * d, cfg.head_hidden),
-                nn.GELU(),
-                nn.Dropout(cfg.dropout),
-                nn.Linear(cfg.head_hidden, info.num_labels),
-            )
+            if cfg.label_head == "dataset":
+                self.heads[ds] = self._make_head(info.num_labels)
+        # label_head=shared: one head over the union of label names (first-seen order over the datasets)
+        self.label_names: list[str] = []
+        self._label_columns: dict[str, list[int]] = {}
+        for ds, info in self.infos.items():
+            self.label_names += [n for n in info.label_names if n not in self.label_names]
+            self._label_columns[ds] = [self.label_names.index(n) for n in info.label_names]
+        self.label_head = self._make_head(len(self.label_names)) if cfg.label_head == "shared" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
         self.encoder = None if self.mlp else Encoder(
             cfg.depth, dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
@@ -205,6 +209,21 @@ class CLIPMUSED(nn.Module):
             _trunc_normal_(p.data)
 
     # ------------------------------------------------------------------ construction helpers
+    def _make_head(self, num_labels: int) -> nn.Sequential:
+        """The label MLP: ``(B, n_readout · D)`` -> ``(B, num_labels)`` (Eq. 12-13)."""
+        return nn.Sequential(
+            nn.Linear(self.n_readout * self.cfg.dim, self.cfg.head_hidden),
+            nn.GELU(),
+            nn.Dropout(self.cfg.dropout),
+            nn.Linear(self.cfg.head_hidden, num_labels),
+        )
+
+    def head_for(self, dataset: str) -> tuple[str, nn.Module]:
+        """The label head that scores ``dataset`` and its parameter-name prefix (``heads.<id>`` or ``label_head``)."""
+        if self.label_head is not None:
+            return "label_head", self.label_head
+        return f"heads.{dataset}", self.heads[dataset]
+
     def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeGrid:
         if info.kind == "roi":
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
@@ -337,7 +356,11 @@ class CLIPMUSED(nn.Module):
             h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
             z = self.norm(h[:, : self.n_readout])  # (B, R, D)
         z_low, z_high = z[:, 0], z[:, -1]
-        logits = self.heads[dataset](z.flatten(1))  # (B, C)
+        if self.label_head is None:
+            logits = self.heads[dataset](z.flatten(1))  # (B, C)
+        else:  # the dataset's own columns of the shared head, in its label order
+            columns = torch.as_tensor(self._label_columns[dataset], device=z.device)
+            logits = self.label_head(z.flatten(1)).index_select(1, columns)  # (B, C)
         mapped = {}
         if self.mappers:
             mapped = {"mapped_low": self.mappers["low"](z_low), "mapped_high": self.mappers["high"](z_high)}

@@ -238,3 +238,35 @@ def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
     assert model("vol", vox, model.subject_index(["vol/s1"] * 2), voxel_index=index).logits.shape == (2, 2)
     with pytest.raises(ValueError, match="tokens=shared"):
         CLIPMUSED(ModelConfig(dim=16, heads=2, backbone="mlp", tokens="subject"), infos, ["roi/s1"])
+
+
+def test_shared_label_head_scores_each_dataset_on_its_own_columns_of_one_head():
+    """``label_head: shared``: one head over the union of label names; a name shared by two datasets is one output."""
+    torch.manual_seed(0)
+    roi = DatasetInfo(kind="roi", label_names=("a", "b", "c"), subjects=("s1", "s2"), token_shape=(5, 7))
+    other = DatasetInfo(kind="roi", label_names=("c", "d", "a"), subjects=("s1",), token_shape=(4, 7))
+    m = CLIPMUSED(cfg("subject", label_head="shared"), {"nsd": roi, "more": other},
+                  ["nsd/s1", "nsd/s2", "more/s1"]).eval()
+    assert m.label_names == ["a", "b", "c", "d"] and len(m.heads) == 0
+    assert m.head_for("nsd") == m.head_for("more") == ("label_head", m.label_head)
+    x, y = torch.randn(3, 5, 7), torch.randn(3, 4, 7)
+    out_a = m("nsd", x, m.subject_index(["nsd/s1"] * 3))
+    out_b = m("more", y, m.subject_index(["more/s1"] * 3))
+    assert out_a.logits.shape == (3, 3) and out_b.logits.shape == (3, 3)
+    full = m.label_head(torch.cat([out_b.z_low, out_b.z_high], 1))
+    assert torch.allclose(out_b.logits, full[:, [2, 3, 0]])
+    # training "more" on label "a" moves "nsd"'s "a" output: the two datasets share that read-out
+    before = m("nsd", x, m.subject_index(["nsd/s1"] * 3)).logits.detach()
+    opt = torch.optim.SGD(m.label_head.parameters(), lr=0.5)
+    loss = -out_b.logits[:, 2].mean()
+    loss.backward()
+    opt.step()
+    after = m("nsd", x, m.subject_index(["nsd/s1"] * 3)).logits.detach()
+    assert (after[:, 0] - before[:, 0]).abs().min() > 0  # "a": shared with "more"
+    # round trip keeps the shared head
+    m2 = CLIPMUSED.from_config_dict(json.loads(json.dumps(m.config_dict()))).eval()
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2("more", y, m2.subject_index(["more/s1"] * 3)).logits,
+                       m("more", y, m.subject_index(["more/s1"] * 3)).logits)
+    # the per-dataset default: no shared head, one head per dataset
+    assert CLIPMUSED(cfg("subject"), DATASETS, SUBJECTS).label_head is None

@@ -77,6 +77,26 @@ def test_unfreeze_head_trains_the_head_and_nothing_else(pretrained, tiny_recipe,
     assert metrics["finetune"]["trainable_parameters"] == 2 * 16 + head_params
 
 
+def test_unfreeze_head_with_a_shared_label_head_trains_that_one_head(tiny_recipe, tmp_path):
+    """``model.label_head: shared``: ``--unfreeze head`` trains the shared head (named ``label_head``)."""
+    from foundation.workflows.finetune import finetune
+    from foundation.workflows.train import train
+
+    pre = tiny_recipe(**{"run.dir": str(tmp_path / "pre"), "model.label_head": "shared"})
+    pre.datasets[0].subjects = ["sub-01", "sub-02"]
+    train(pre, progress=False)
+    path = finetune(tmp_path / "pre", _ft_recipe(tiny_recipe, tmp_path, **{"model.label_head": "shared"}),
+                    unfreeze=["head"], progress=False)
+    metrics = json.loads(Path(path).read_text())
+    before = load_file(str(tmp_path / "pre" / "best" / "model.safetensors"))
+    after = load_file(str(tmp_path / "ft" / "best" / "model.safetensors"))
+    head = [k for k in before if k.startswith("label_head.")]
+    assert head and not [k for k in before if k.startswith("heads.")]
+    assert any(not torch.equal(after[k], before[k]) for k in head)
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in head and k != "subject_tokens.weight")
+    assert metrics["finetune"]["trainable_parameters"] == 2 * 16 + sum(before[k].numel() for k in head)
+
+
 def test_finetune_run_evaluates_and_resumes(pretrained, tiny_recipe, tmp_path):
     from foundation.workflows.evaluate import evaluate_run
     from foundation.workflows.finetune import finetune
