@@ -1,27 +1,32 @@
 """Does training one model on several datasets help or hurt each of them?
 
     python benchmarks/joint_vs_alone.py recipes/synthetic_multi.yaml --seeds 0 1 2 --jobs 2
+    python benchmarks/joint_vs_alone.py recipes/synthetic_population.yaml --seeds 0 1 2 \\
+        --variant shared-head=model.label_head=shared
 
-For a recipe with several datasets, trains (a) the joint model of the recipe and (b) for each
-dataset, the same model on that dataset alone, for ``round(steps × weight / Σ weights)`` steps
-(the number of steps the dataset gets in expectation inside the joint run, so both see the same
-amount of that dataset's data).  Reports each dataset's test mAP / AUC (mean over its subjects and
-pooled) as mean ± std over seeds, the paired difference joint − alone, and the wall time.  Finished
-runs (a metrics.json in their directory) are reused.
+For a recipe with several datasets, trains (a) the joint model of the recipe (and of each
+``--variant NAME=OVERRIDE[,OVERRIDE…]``) and (b) for each dataset, the same model on that dataset alone,
+for ``round(steps × weight / Σ weights)`` steps (the number of steps the dataset gets in expectation
+inside the joint run, so both see the same amount of that dataset's data), plus the per-subject
+baselines of ``--baselines`` (``foundation bench`` methods, default the linear read-out ``ridge`` and
+``ss-mlp``, one model per subject) on each dataset alone.  Per dataset it prints the table of
+``foundation bench``: each row's test mAP / AUC / Hamming (mean over the dataset's subjects; mean ± std
+over seeds) and its difference from CLIP-MUSED trained alone over (seed, subject) pairs, two-sided paired
+t-test, Holm-corrected over the table's rows.  Finished runs (a ``metrics.json`` in their directory) are
+reused; writes ``summary.json`` and ``results.md`` under ``--out``/<recipe>/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
-import statistics
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from _runs import fmt, run_foundation
 
 
 def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
@@ -44,59 +49,73 @@ def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
     return paths
 
 
-def subject_mean(metrics: dict, dataset: str, key: str) -> float:
-    rows = [v[key] for s, v in metrics["test"]["per_subject"].items() if s.startswith(dataset + "/")]
-    return statistics.fmean(rows)
+def _renamed(jobs: list, name: str, label: str) -> list:
+    """The same jobs under another row name (``summarise`` keys its rows by method name)."""
+    return [dataclasses.replace(j, method=dataclasses.replace(j.method, name=name, label=label)) for j in jobs]
 
 
-def main() -> None:
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=key=value[,key=value…]`` -> (NAME, overrides)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or "=" not in rest:
+        raise SystemExit(f"--variant {text!r}: expected NAME=key=value[,key=value…]")
+    return name, rest.split(",")
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/joint_vs_alone")
-    args = p.parse_args()
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                   help="another joint row: the recipe with these overrides (comma-separated)")
+    p.add_argument("--baselines", nargs="*", default=["ridge", "ss-mlp"],
+                   help="per-subject foundation bench methods run on each dataset alone (default: ridge ss-mlp)")
+    args = p.parse_args(argv)
+
+    from foundation.core.atomic import write_json
+    from foundation.workflows.compare import markdown, plan_jobs, run_job, summarise
+
     out = Path(args.out) / Path(args.recipe).stem
     alone = alone_recipes(args.recipe, out / "recipes")
-    jobs = [("joint", args.recipe, seed) for seed in args.seeds]
-    jobs += [(ds, path, seed) for ds, path in alone.items() for seed in args.seeds]
+    jobs = _renamed(plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / "joint"),
+                    "joint", "CLIP-MUSED, joint")
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        planned = plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / f"joint-{name}",
+                            overrides=overrides)
+        jobs += _renamed(planned, f"joint-{name}", f"CLIP-MUSED, joint, {name} ({', '.join(overrides)})")
+    for ds, path in alone.items():
+        jobs += _renamed(plan_jobs(path, methods=["clip-mused"], seeds=args.seeds, out=out / f"{ds}-alone"),
+                         "alone", "CLIP-MUSED, alone (reference)")
+        if args.baselines:
+            jobs += plan_jobs(path, methods=args.baselines, seeds=args.seeds, out=out / f"{ds}-alone")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    todo = sum(not (j.run_dir / "metrics.json").is_file() for j in jobs)
+    print(f"# {' '.join(sys.argv)}\n{len(jobs)} runs ({todo} to train), {args.jobs} at a time × {threads} threads",
+          flush=True)
+    t0 = time.perf_counter()
 
     def work(job):
-        what, recipe, seed = job
-        return job, run_foundation(["train", str(recipe), f"seed={seed}"], out / f"{what}-seed{seed}", threads)
+        metrics = run_job(job, threads=threads)
+        print(f"done {job.method.name} seed {job.seed}" + (f" {job.subject}" if job.subject else ""), flush=True)
+        return metrics
 
-    print(f"# {' '.join(sys.argv)}", flush=True)
-    results: dict[tuple[str, int], tuple[dict, float]] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        for (what, _, seed), result in pool.map(work, jobs):
-            results[(what, seed)] = result
-            print(f"done {what} seed {seed} ({result[1]:.0f} s)", flush=True)
-
-    from foundation.objectives.scoring import pooled as pooled_figure
-
-    lines = ["| dataset | training | subject-mean test mAP | pooled test mAP | pooled test AUC | wall s (mean) |",
-             "|---|---|---|---|---|---|"]
-    summary: dict[str, dict] = {}
-    for ds in alone:
-        summary[ds] = {}
-        for what in ("joint", ds):
-            rows = [results[(what, s)] for s in args.seeds]
-            subj = [subject_mean(m, ds, "mAP") for m, _ in rows]
-            # all of the dataset's test samples scored together (metrics.json of any age)
-            pooled = [pooled_figure(m["test"]["per_dataset"][ds], "mAP") for m, _ in rows]
-            auc = [pooled_figure(m["test"]["per_dataset"][ds], "AUC") for m, _ in rows]
-            secs = [t for _, t in rows if t == t]
-            label = "joint" if what == "joint" else "alone"
-            summary[ds][label] = {"subject_mAP": subj, "pooled_mAP": pooled, "AUC": auc, "seconds": secs}
-            wall = f"{statistics.fmean(secs):.0f}" if secs else "reused"
-            lines.append(f"| {ds} | {label} | {fmt(subj)} | {fmt(pooled)} | {fmt(auc)} | {wall} |")
-        diff = [a - b for a, b in zip(summary[ds]["joint"]["subject_mAP"], summary[ds]["alone"]["subject_mAP"])]
-        summary[ds]["joint_minus_alone"] = diff
-        lines.append(f"| {ds} | joint − alone (paired) | {fmt(diff)} | | | |")
-    print("\n".join(lines))
-    (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "datasets": summary}, indent=2))
-    print(f"summary: {out / 'summary.json'}")
+        results = list(pool.map(work, jobs))
+    summary = summarise(jobs, results, reference="alone")
+    command = f"python benchmarks/joint_vs_alone.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    run_s = sum(r.get("train_seconds") or 0.0 for r in results)
+    steps = ", ".join(f"{ds}: {yaml.safe_load(path.read_text())['train']['steps']}" for ds, path in alone.items())
+    header = (f"`{command}`\n\n{len(jobs)} runs; their training took {run_s / 3600:.2f} h in all (sum over runs); "
+              f"this invocation {(time.perf_counter() - t0) / 60:.1f} min wall ({args.jobs} jobs × {threads} threads, "
+              f"reused runs not retrained). Alone: each dataset for round(steps × weight / Σ weights) steps of the "
+              f"joint recipe ({steps}).")
+    text = markdown(summary, header=header)
+    (out / "results.md").write_text(text + "\n")
+    write_json(out / "summary.json", {"command": command, "seeds": args.seeds, "summary": summary})
+    print(text)
 
 
 if __name__ == "__main__":

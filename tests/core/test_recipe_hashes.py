@@ -17,6 +17,11 @@ issue 13 (``model.alignment`` / ``alignment_dim`` / ``guidance_dims``: every who
 And by issue 18: ``train.background_loader`` is a new train field (every whole-recipe hash; it changes no
 result and is resumable, see ``RESUMABLE_CHANGES``).  Dataset options, guidance options and shard
 directories are unchanged.
+
+And by issue 13, item 5: ``model.label_head`` is a new model field (every whole-recipe hash); the synthetic
+plugin's options gained ``semantics`` / ``label_offset`` (new synthetic options hashes), which at their
+defaults are left out of the shard fingerprint (``fingerprint_omits_defaults``), so the synthetic shard
+directories keep their names; ``recipes/synthetic_population.yaml`` is new.
 """
 
 from __future__ import annotations
@@ -33,17 +38,19 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "0a174610fe56dcb1", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "cb7d908a3531aba8", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "a4f716718623a02c", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "84c4dda0a44ff280", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "8c0ab317d6602688", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "ea49771e85a88a50", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "02be182cbab9a0ca", "datasets.0.options": "ff41f93d54e46e07",
+    "synthetic": {"recipe": "b193b7079cc2d90e", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "b431a9b643759cc3", "datasets.0.options": "ff41f93d54e46e07",
-                        "datasets.1.options": "68d82004e67e2b88", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "e821d3f9c9844f69", "datasets.0.options": "279185fd58df02a1",
+    "synthetic_multi": {"recipe": "295846a1b6541f87", "datasets.0.options": "f7f8f3e608412373",
+                        "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
+    "synthetic_population": {"recipe": "67a31c5f692712a6", "datasets.0.options": "b27278c849fe7fd5",
+                             "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
+    "synthetic_volume": {"recipe": "c44cc9c1d8396052", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 
@@ -51,6 +58,7 @@ PINNED = {
 PINNED_SHARD_DIRS = {
     "synthetic": ["synthetic-b4bad43539b93fb1"],
     "synthetic_multi": ["synthetic-b4bad43539b93fb1", "synthetic_volume-db01ac490cabf5cc"],
+    "synthetic_population": ["roi-049d8f4f3006a6b9", "volume-d45d4216b8d1be7c"],
     "synthetic_volume": ["synthetic_volume-c24415dfe0f569b8"],
 }
 
