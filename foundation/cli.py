@@ -66,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"to run only seed 0 write --seeds 1, for other seeds list several", file=sys.stderr)
         return 2
     path = bench(args.recipe, methods=args.methods, seeds=seeds, out=args.out, overrides=args.overrides,
-                 subjects=args.subjects, jobs=args.jobs, reference=args.reference)
+                 subjects=args.subjects, jobs=args.jobs, threads=args.threads, reference=args.reference)
     print(f"results: {path}")
     return 0
 
@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one number N: seeds 0..N-1; several: those seeds (default: 3)")
     p.add_argument("--subjects", nargs="+", help="per-subject methods: only these 'dataset/subject' ids")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
+    p.add_argument("--threads", type=int, help="threads per run (default: OMP_NUM_THREADS if set, else cores ÷ jobs)")
     p.add_argument("--out", default="runs/bench", help="where runs and results go (default: %(default)s)")
     p.add_argument("--reference", default="clip-mused",
                    help="the row the paired tests compare every other row with (default: %(default)s)")

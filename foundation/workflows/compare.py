@@ -186,6 +186,18 @@ def plan_jobs(recipe_path: str | Path, *, methods: Sequence[str], seeds: Sequenc
     return jobs
 
 
+def threads_per_run(jobs: int, threads: int | None = None) -> int:
+    """Threads of each run: ``threads`` if given, else the caller's ``OMP_NUM_THREADS`` if set, else cores ÷ jobs."""
+    if threads is not None:
+        if threads < 1:
+            raise RecipeError(f"--threads must be ≥ 1, got {threads}")
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+
 def run_job(job: Job, *, threads: int) -> dict[str, Any]:
     """Train one job in a subprocess unless its metrics.json exists; returns the metrics."""
     metrics = job.run_dir / "metrics.json"
@@ -278,10 +290,12 @@ def markdown(summary: dict[str, Any], *, header: str) -> str:
 
 def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: int | Sequence[int] = 3,
           out: str | Path = "runs/bench", overrides: Sequence[str] = (), subjects: Sequence[str] | None = None,
-          jobs: int = 1, reference: str = REFERENCE, log: Callable[[str], None] = print) -> Path:
+          jobs: int = 1, threads: int | None = None, reference: str = REFERENCE,
+          log: Callable[[str], None] = print) -> Path:
     """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path.
 
-    ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``)."""
+    ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``).
+    ``threads``: per run (:func:`threads_per_run`: default the caller's ``OMP_NUM_THREADS``, else cores ÷ jobs)."""
     from foundation.core.atomic import write_json
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -292,7 +306,7 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
     out = Path(out) / Path(recipe_path).stem
     planned = plan_jobs(recipe_path, methods=methods, seeds=seed_list, out=out, overrides=overrides,
                         subjects=subjects)
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    threads = threads_per_run(jobs, threads)
     log(f"{len(planned)} runs ({sum(not (j.run_dir / 'metrics.json').is_file() for j in planned)} to train), "
         f"{jobs} at a time × {threads} threads")
     t0 = time.perf_counter()

@@ -133,3 +133,17 @@ def test_cli_refuses_zero_seeds(recipe_file, capsys):
 
     assert main(["bench", str(recipe_file), "--seeds", "0"]) == 2  # a count of 0 seeds would run nothing
     assert "--seeds 1" in capsys.readouterr().err
+
+
+def test_threads_per_run_honours_the_flag_then_the_callers_omp_num_threads(monkeypatch):
+    from foundation.core.errors import RecipeError
+    from foundation.workflows.compare import threads_per_run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert threads_per_run(2) == 4 and threads_per_run(16) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the caller's choice is kept (it used to be overridden)
+    assert threads_per_run(2) == 1
+    assert threads_per_run(2, 3) == 3
+    with pytest.raises(RecipeError, match="--threads"):
+        threads_per_run(2, 0)
