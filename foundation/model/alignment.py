@@ -136,16 +136,21 @@ class SubjectAlignment(nn.Module):
     stay unfitted.  Buffers: ``weight`` ``(S, F, 2·dim)``, ``mean`` ``(S, F)``, ``fitted`` ``(S,)``;
     the shared guidance basis ``centre_low`` ``(D_low,)``, ``proj_low`` ``(D_low, dim)`` and the
     same for ``high``.
+
+    ``ragged=True`` (volume datasets): a sample is the subject's ``V_s`` in-mask voxels, zero-padded to
+    the batch's width ``V_max ≤ F`` (``F`` = the grid's size, an upper bound); a subject's map covers its
+    first ``V_s`` rows and is zero beyond, so the padding contributes nothing.
     """
 
     levels = 2
 
-    def __init__(self, n_subjects: int, in_features: int, *, guidance_dims: Sequence[int], dim: int) -> None:
+    def __init__(self, n_subjects: int, in_features: int, *, guidance_dims: Sequence[int], dim: int,
+                 ragged: bool = False) -> None:
         super().__init__()
         if in_features <= 0 or dim <= 0 or len(guidance_dims) != 2 or min(guidance_dims) <= 0:
             raise ValueError(f"bad alignment sizes: in_features={in_features}, dim={dim}, "
                              f"guidance_dims={list(guidance_dims)}")
-        self.in_features, self.dim = in_features, dim
+        self.in_features, self.dim, self.ragged = in_features, dim, ragged
         self.register_buffer("weight", torch.zeros(n_subjects, in_features, self.levels * dim))
         self.register_buffer("mean", torch.zeros(n_subjects, in_features))
         self.register_buffer("fitted", torch.zeros(n_subjects, dtype=torch.bool))
@@ -187,12 +192,17 @@ class SubjectAlignment(nn.Module):
 
     @torch.no_grad()
     def set_subject(self, row: int, mean: np.ndarray, weight: np.ndarray) -> None:
-        """Install one subject's fitted map (``mean`` ``(F,)``, ``weight`` ``(F, 2·dim)``)."""
-        if weight.shape != tuple(self.weight.shape[1:]) or mean.shape != (self.in_features,):
+        """Install one subject's fitted map (``mean`` ``(F,)``, ``weight`` ``(F, 2·dim)``; ragged: ``(V_s,)``,
+        ``(V_s, 2·dim)`` with ``V_s ≤ F``, zero-padded)."""
+        n = weight.shape[0] if self.ragged and weight.ndim == 2 else self.in_features
+        if (weight.shape != (n, self.weight.shape[2]) or mean.shape != (n,) or n > self.in_features):
+            expected = "(V ≤ " if self.ragged else "("
             raise ValueError(f"alignment of row {row}: weight {weight.shape} / mean {mean.shape}, expected "
-                             f"{tuple(self.weight.shape[1:])} / ({self.in_features},)")
-        self.weight[row] = torch.from_numpy(weight).to(self.weight)
-        self.mean[row] = torch.from_numpy(mean).to(self.mean)
+                             f"{expected}{self.in_features}, {self.weight.shape[2]}) / {expected}{self.in_features},)")
+        self.weight[row] = 0.0
+        self.mean[row] = 0.0
+        self.weight[row, :n] = torch.from_numpy(weight).to(self.weight)
+        self.mean[row, :n] = torch.from_numpy(mean).to(self.mean)
         self.fitted[row] = True
 
     def unfitted(self, subject_idx: Tensor) -> list[int]:
@@ -203,8 +213,11 @@ class SubjectAlignment(nn.Module):
     def forward(self, x: Tensor, subject_idx: Tensor) -> Tensor:
         """``x`` ``(B, *input)`` of the subjects ``subject_idx`` ``(B,)`` -> ``(B, 2, dim)``."""
         idx = subject_idx.to(self.weight.device)
-        flat = x.reshape(x.shape[0], -1).to(self.weight.dtype)  # (B, F)
-        if flat.shape[1] != self.in_features:
-            raise ValueError(f"alignment expects {self.in_features} input values per sample, got {flat.shape[1]}")
-        out = torch.bmm((flat - self.mean[idx]).unsqueeze(1), self.weight[idx]).squeeze(1)  # (B, 2·dim)
+        flat = x.reshape(x.shape[0], -1).to(self.weight.dtype)  # (B, F) or, ragged, (B, V_max)
+        width = flat.shape[1]
+        if width != self.in_features and not (self.ragged and width <= self.in_features):
+            raise ValueError(f"alignment expects {'at most ' if self.ragged else ''}{self.in_features} input values "
+                             f"per sample, got {width}")
+        weight, mean = self.weight[idx, :width], self.mean[idx, :width]  # (B, W, 2·dim), (B, W)
+        out = torch.bmm((flat - mean).unsqueeze(1), weight).squeeze(1)  # (B, 2·dim)
         return out.view(x.shape[0], self.levels, self.dim)

@@ -46,6 +46,16 @@ TOKEN_MODES = ("subject", "shared", "identity")
 _INFO_TUPLE_FIELDS = ("label_names", "subjects", "token_shape", "token_names", "grid")
 
 
+#: the largest per-dataset alignment buffer (``S × F × 2k`` float32) a model may allocate
+ALIGNMENT_BUDGET_BYTES = 4 * 2**30
+
+
+def _alignment_features(info: DatasetInfo) -> int:
+    """Input values per sample an alignment maps: ROI ``tokens × dim``; volume, the grid's size (an upper
+    bound on a subject's in-mask voxels)."""
+    return math.prod(info.token_shape if info.kind == "roi" else info.grid)  # type: ignore[arg-type]
+
+
 @dataclasses.dataclass
 class ModelOutput:
     """What :meth:`CLIPMUSED.forward` returns.
@@ -137,10 +147,14 @@ class CLIPMUSED(nn.Module):
                                  f"(the trainer sets it from the shards), got {cfg.guidance_dims}")
             if cfg.alignment_dim <= 0:
                 raise ValueError(f"model.alignment_dim must be positive, got {cfg.alignment_dim}")
-            volumes = [ds for ds, info in datasets.items() if info.kind != "roi"]
-            if volumes:
-                raise ValueError(f"model.alignment={cfg.alignment!r} is implemented for ROI datasets only; "
-                                 f"{volumes} are volume datasets (use model.alignment=none)")
+            k = min(cfg.alignment_dim, *cfg.guidance_dims)
+            for ds, info in datasets.items():
+                size = len(subjects) * _alignment_features(info) * 2 * k * 4
+                if size > ALIGNMENT_BUDGET_BYTES:
+                    raise ValueError(f"model.alignment={cfg.alignment!r}: dataset {ds!r}'s per-subject maps would take "
+                                     f"{size / 2**30:.1f} GiB ({len(subjects)} subjects × {_alignment_features(info)} "
+                                     f"inputs × {2 * k}); more than {ALIGNMENT_BUDGET_BYTES / 2**30:.0f} GiB. Use "
+                                     f"model.alignment=none for full-resolution volumes, or a smaller alignment_dim")
         self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),
                                        mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims),
                                        guidance_dims=None if cfg.guidance_dims is None else list(cfg.guidance_dims))
@@ -163,8 +177,9 @@ class CLIPMUSED(nn.Module):
         if cfg.alignment != "none":
             k = min(cfg.alignment_dim, *cfg.guidance_dims)
             for ds, info in self.infos.items():
-                self.alignments[ds] = SubjectAlignment(len(subjects), math.prod(info.token_shape),
-                                                       guidance_dims=cfg.guidance_dims, dim=k)
+                self.alignments[ds] = SubjectAlignment(len(subjects), _alignment_features(info),
+                                                       guidance_dims=cfg.guidance_dims, dim=k,
+                                                       ragged=info.kind == "volume")
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
@@ -225,10 +240,11 @@ class CLIPMUSED(nn.Module):
         return f"heads.{dataset}", self.heads[dataset]
 
     def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeGrid:
+        if self.cfg.alignment != "none":  # the aligned tokens (ROI or volume inputs): one per guidance level
+            k = min(self.cfg.alignment_dim, *self.cfg.guidance_dims)  # type: ignore[misc]
+            return ROIAdapter(SubjectAlignment.levels, k, self.cfg.dim)
         if info.kind == "roi":
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
-            if self.cfg.alignment != "none":  # the aligned tokens: one per guidance level
-                n_tokens, token_dim = SubjectAlignment.levels, min(self.cfg.alignment_dim, *self.cfg.guidance_dims)
             return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
         if info.kind == "volume":
             if self.cfg.patchifier == "cnn":

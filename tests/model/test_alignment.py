@@ -113,15 +113,51 @@ def test_unfitted_subjects_are_refused_by_name_and_growing_keeps_rows():
     assert not any(n.startswith("alignments.") for n, _ in model.named_parameters())
 
 
-def test_alignment_refuses_volume_datasets_and_missing_sizes():
+def test_alignment_refuses_missing_sizes_and_oversized_volume_maps(monkeypatch):
     from foundation.core.api import DatasetInfo
     from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
+    from foundation.model import clip_mused
 
     roi = DatasetInfo(kind="roi", label_names=("a",), subjects=("s",), token_shape=(2, 2))
     with pytest.raises(ValueError, match="guidance_dims"):
         CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge"), {"d": roi}, ["d/s"])
     vol = DatasetInfo(kind="volume", label_names=("a",), subjects=("s",), grid=(8, 8, 8))
-    with pytest.raises(ValueError, match="ROI datasets only"):
+    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 1000)  # a full-resolution volume, in miniature
+    with pytest.raises(ValueError, match="alignment=none for full-resolution volumes"):
         CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge", guidance_dims=[3, 3]),
                   {"v": vol}, ["v/s"])
+
+
+def test_volume_alignment_maps_each_subjects_own_in_mask_voxels_whatever_the_padding():
+    """Volume datasets: a subject's map covers its own V_s in-mask voxels; the batch pads to V_max ≤ grid size."""
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
+    from foundation.model import CLIPMUSED
+
+    vol = DatasetInfo(kind="volume", label_names=("a", "b"), subjects=("s1", "s2"), grid=(4, 4, 4))
+    torch.manual_seed(0)
+    model = CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge",
+                                  alignment_dim=3, guidance_dims=[3, 3]), {"v": vol}, ["v/s1", "v/s2"]).eval()
+    al = model.alignments["v"]
+    assert al.ragged and al.in_features == 64
+    rng = np.random.default_rng(0)
+    maps = {1: (rng.normal(size=20), rng.normal(size=(20, 6))), 0: (rng.normal(size=30), rng.normal(size=(30, 6)))}
+    for row, (mean, weight) in maps.items():
+        al.set_subject(row, mean.astype(np.float32), weight.astype(np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        al.set_subject(0, np.zeros(65, np.float32), np.zeros((65, 6), np.float32))  # more voxels than the grid
+    # a batch of both subjects, padded to V_max = 30 (subject 1 has 20 voxels, then zeros)
+    x = torch.zeros(2, 30)
+    x[0] = torch.from_numpy(rng.normal(size=30))
+    x[1, :20] = torch.from_numpy(rng.normal(size=20))
+    out = al(x, torch.tensor([0, 1]))
+    for b, row, n in ((0, 0, 30), (1, 1, 20)):
+        mean, weight = maps[row]
+        want = (x[b, :n].double().numpy() - mean) @ weight
+        np.testing.assert_allclose(out[b].reshape(-1).numpy(), want, rtol=1e-5, atol=1e-5)
+    # the model runs on the aligned tokens (no patchifier) and keeps working when V_max changes
+    idx = torch.full((2, 30), 64, dtype=torch.long)
+    logits = model("v", x, torch.tensor([0, 1]), voxel_index=idx).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    assert model("v", x[:, :25] * (x[:, :25] != 0), torch.tensor([0, 1]), voxel_index=idx[:, :25]).logits.shape == (2, 2)

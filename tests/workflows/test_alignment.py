@@ -115,3 +115,46 @@ def test_finetune_fits_only_the_new_subject_on_its_kept_training_samples(aligned
     assert json.loads((tmp_path / "ft" / "alignment" / "fit.json").read_text()) == {f"{DS}/sub-03": {**info, "n": n}}
     assert n == len(keep) < 36  # half of sub-03's training samples
     np.testing.assert_allclose(after[f"alignments.{DS}.weight"][2].numpy(), weight, rtol=1e-5, atol=1e-6)
+
+
+def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applies_it(tmp_path):
+    """Volume datasets take the same alignment: each subject's map over its own in-mask voxels (rows beyond
+    them zero), fitted on its training split, and predict on the shards scores what the model's forward does."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    from foundation.engine.checkpoint import load_model
+    from foundation.model.alignment import fit_guidance_ridge
+    from foundation.workflows.predict import predict_run
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 4,
+                                      "model.alignment": "guidance-ridge", "model.alignment_dim": 6})
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol",
+                      "options": {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80,
+                                  "n_categories": 4}}]
+    train(from_dict(Recipe, d), progress=False)
+    model, _ = load_model(tmp_path / "run" / "best")
+    model.eval()
+    al = model.alignments["vol"]
+    assert al.ragged and al.in_features == 6 * 7 * 6 and al.fitted.tolist() == [True, True]
+    shards = next((tmp_path / "shards").glob("vol-*"))
+    index = read_index(shards)
+    for row, subject in enumerate(("sub-01", "sub-02")):
+        part = read_split(index, subject, "train")
+        n_vox = part.x.shape[1]
+        assert n_vox == index.data["voxels"][subject] < al.in_features
+        mean, weight, _ = fit_guidance_ridge(part.x, al.targets(part.low, part.high))
+        np.testing.assert_allclose(al.weight[row, :n_vox].numpy(), weight, rtol=1e-5, atol=1e-6)
+        assert not al.weight[row, n_vox:].any() and not al.mean[row, n_vox:].any()
+    test = read_split(index, "sub-02", "test")
+    records = predict_run(tmp_path / "run", shards, subject="vol/sub-02", progress=False)
+    got = np.stack([list(r["probabilities"].values()) for r in records])
+    with torch.no_grad():
+        idx = model.subject_index(["vol/sub-02"] * len(test))
+        direct = torch.sigmoid(model("vol", torch.from_numpy(test.x), idx,
+                                     voxel_index=torch.zeros(len(test), test.x.shape[1], dtype=torch.long)).logits)
+    by_key = {r["key"]: p for r, p in zip(records, got)}
+    np.testing.assert_allclose(np.stack([by_key[k] for k in test.keys]), direct.numpy(), atol=1e-5)
