@@ -2,7 +2,9 @@
 
     python benchmarks/joint_vs_alone.py recipes/synthetic_multi.yaml --seeds 0 1 2 --jobs 2
     python benchmarks/joint_vs_alone.py recipes/synthetic_population.yaml --seeds 0 1 2 \\
-        --variant shared-head=model.label_head=shared
+        --variant shared-head=model.label_head=shared --baselines ridge
+    python benchmarks/joint_vs_alone.py recipes/synthetic_population.yaml --override model.alignment=guidance-ridge \\
+        --tag aligned --variant shared-head=model.label_head=shared --baselines
 
 For a recipe with several datasets, trains (a) the joint model of the recipe (and of each
 ``--variant NAME=OVERRIDE[,OVERRIDE…]``) and (b) for each dataset, the same model on that dataset alone,
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +30,12 @@ from pathlib import Path
 import yaml
 
 
-def alone_recipes(recipe_path: str, out: Path) -> dict[str, Path]:
-    """Write one single-dataset recipe per dataset of ``recipe_path`` under ``out``; returns id -> path."""
+def alone_recipes(recipe_path: str, out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
+    """Write one single-dataset recipe per dataset of ``recipe_path`` (with ``overrides``) under ``out``;
+    returns id -> path."""
     from foundation.core.recipe import load_recipe, to_dict
 
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, list(overrides or []))
     total = sum(ds.weight for ds in recipe.datasets)
     paths = {}
     for ds in recipe.datasets:
@@ -67,31 +69,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("recipe")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, help="threads per run (default: OMP_NUM_THREADS if set, else cores ÷ jobs)")
     p.add_argument("--out", default="runs/joint_vs_alone")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                    help="another joint row: the recipe with these overrides (comma-separated)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="applied to every run, joint and alone (e.g. model.alignment=guidance-ridge)")
+    p.add_argument("--tag", default="", help="a name for this set of runs (their directory: OUT/RECIPE[-TAG])")
     p.add_argument("--baselines", nargs="*", default=["ridge", "ss-mlp"],
                    help="per-subject foundation bench methods run on each dataset alone (default: ridge ss-mlp)")
     args = p.parse_args(argv)
 
     from foundation.core.atomic import write_json
-    from foundation.workflows.compare import markdown, plan_jobs, run_job, summarise
+    from foundation.workflows.compare import markdown, plan_jobs, run_job, summarise, threads_per_run
 
-    out = Path(args.out) / Path(args.recipe).stem
-    alone = alone_recipes(args.recipe, out / "recipes")
-    jobs = _renamed(plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / "joint"),
-                    "joint", "CLIP-MUSED, joint")
-    for text in args.variant:
-        name, overrides = parse_variant(text)
-        planned = plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / f"joint-{name}",
-                            overrides=overrides)
-        jobs += _renamed(planned, f"joint-{name}", f"CLIP-MUSED, joint, {name} ({', '.join(overrides)})")
+    out = Path(args.out) / (Path(args.recipe).stem + (f"-{args.tag}" if args.tag else ""))
+    alone = alone_recipes(args.recipe, out / "recipes", args.override)
+    # the reference rows first (alone, then the per-subject baselines), the joint rows after them
+    jobs = []
     for ds, path in alone.items():
         jobs += _renamed(plan_jobs(path, methods=["clip-mused"], seeds=args.seeds, out=out / f"{ds}-alone"),
                          "alone", "CLIP-MUSED, alone (reference)")
         if args.baselines:
             jobs += plan_jobs(path, methods=args.baselines, seeds=args.seeds, out=out / f"{ds}-alone")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs += _renamed(plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / "joint",
+                               overrides=args.override), "joint", "CLIP-MUSED, joint")
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        planned = plan_jobs(args.recipe, methods=["clip-mused"], seeds=args.seeds, out=out / f"joint-{name}",
+                            overrides=[*args.override, *overrides])
+        jobs += _renamed(planned, f"joint-{name}", f"CLIP-MUSED, joint, {name} ({', '.join(overrides)})")
+    threads = threads_per_run(args.jobs, args.threads)
     todo = sum(not (j.run_dir / "metrics.json").is_file() for j in jobs)
     print(f"# {' '.join(sys.argv)}\n{len(jobs)} runs ({todo} to train), {args.jobs} at a time × {threads} threads",
           flush=True)
