@@ -48,7 +48,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
-    path = finetune(args.run_dir, recipe, unfreeze=unfreeze, token_init=args.token_init,
+    token_init = args.token_init or ("mean" if args.zero_shot else "random")
+    path = finetune(args.run_dir, recipe, unfreeze=unfreeze, token_init=token_init, zero_shot=args.zero_shot,
                     progress=not args.no_progress)
     from accelerate import PartialState
 
@@ -193,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 run.dir=runs/ft")
     p.add_argument("--unfreeze", action="append", default=[], metavar="PART",
                    help="also train this part for the recipe's datasets: head, adapter (repeat or comma-separate)")
-    p.add_argument("--token-init", choices=["random", "mean"], default="random",
+    p.add_argument("--token-init", choices=["random", "mean"], default=None,
                    help="new subjects' tokens start random (default) or at the mean of the pre-trained subjects' tokens")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="train nothing: score the new subjects with the mean token (and, with model.alignment, "
+                        "their closed-form maps); saves the model as best/")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_finetune)
 

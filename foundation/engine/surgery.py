@@ -38,6 +38,9 @@ class FinetuneSpec:
     source: Path
     unfreeze: tuple[str, ...] = ()
     token_init: str = "random"
+    #: no training step: the new tokens stay at the pre-trained subjects' mean (``token_init: mean``);
+    #: with ``model.alignment`` the new subjects' maps are still fitted in closed form from their data
+    zero_shot: bool = False
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.unfreeze) - set(UNFREEZABLE))
@@ -45,15 +48,20 @@ class FinetuneSpec:
             raise RecipeError(f"--unfreeze: unknown part(s) {bad}; choose from {list(UNFREEZABLE)}")
         if self.token_init not in TOKEN_INITS:
             raise RecipeError(f"--token-init must be one of {list(TOKEN_INITS)}, got {self.token_init!r}")
+        if self.zero_shot and (self.token_init != "mean" or self.unfreeze):
+            raise RecipeError("--zero-shot trains nothing: it takes --token-init mean (the pre-trained subjects' "
+                              f"mean token) and no --unfreeze (got --token-init {self.token_init}"
+                              f"{', --unfreeze ' + ','.join(self.unfreeze) if self.unfreeze else ''})")
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": str(self.source), "unfreeze": list(self.unfreeze), "token_init": self.token_init}
+        return {"source": str(self.source), "unfreeze": list(self.unfreeze), "token_init": self.token_init,
+                "zero_shot": self.zero_shot}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FinetuneSpec:
-        # runs fine-tuned before token_init existed started from random rows
+        # runs fine-tuned before token_init / zero_shot existed started from random rows and trained
         return cls(source=Path(d["source"]), unfreeze=tuple(d.get("unfreeze", ())),
-                   token_init=d.get("token_init", "random"))
+                   token_init=d.get("token_init", "random"), zero_shot=bool(d.get("zero_shot", False)))
 
 
 def read_spec(run_dir: Path) -> FinetuneSpec | None:

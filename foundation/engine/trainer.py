@@ -597,6 +597,20 @@ class Trainer:
         preds = self.predict(split)
         return None if preds is None else metrics_from_predictions(preds, self.infos)
 
+    def save_untrained_as_best(self) -> None:
+        """Zero-shot fine-tuning (no step): save the model as built — the pre-trained weights, the new subjects'
+        starting tokens and fitted maps — as ``best/`` (step 0, scored on validation), so :meth:`test`,
+        ``predict`` and ``evaluate`` read it as any run's best."""
+        from foundation.engine.checkpoint import save_model
+
+        metrics = self.evaluate("val")
+        if self.accelerator.is_main_process:
+            self.state.best_score, self.state.best_step = selection_score(metrics), 0
+            save_model(self.core, self.run_dir / "best", meta={"step": 0, "val": metrics, "zero_shot": True})
+        self.train_seconds = 0.0
+        self._sync_state()
+        self.accelerator.wait_for_everyone()
+
     def test(self) -> Path:
         """Load the best weights, evaluate val and test, write ``metrics.json``; returns its path."""
         from foundation.engine.checkpoint import load_weights
@@ -621,7 +635,7 @@ class Trainer:
                 **results,
                 "best_step": self.state.best_step,
                 "selected_on": "val mAP, mean over subjects of each subject's mAP (foundation.objectives.scoring)",
-                "steps": self.recipe.train.steps,
+                "steps": 0 if self.finetune_spec is not None and self.finetune_spec.zero_shot else self.recipe.train.steps,
                 "recipe": self.recipe.name,
                 "seed": self.recipe.seed,
                 "model_tokens": self.recipe.model.tokens,
@@ -633,7 +647,8 @@ class Trainer:
                 "shards": {name: str(idx.root) for name, idx in self.indices.items()},
                 **({"finetune": {**self.finetune.info(), "source": str(self.finetune_spec.source),
                                  "unfreeze": list(self.finetune_spec.unfreeze),
-                                 "token_init": self.finetune_spec.token_init}} if self.finetune else {}),
+                                 "token_init": self.finetune_spec.token_init,
+                                 "zero_shot": self.finetune_spec.zero_shot}} if self.finetune else {}),
             })
         acc.wait_for_everyone()
         return path

@@ -13,19 +13,29 @@ from foundation.engine.trainer import Trainer, run_dir_for
 
 
 def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), token_init: str = "random",
-             progress: bool = True) -> Path:
-    """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json."""
+             zero_shot: bool = False, progress: bool = True) -> Path:
+    """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json.
+
+    ``zero_shot``: train nothing — the new tokens at the pre-trained subjects' mean (``token_init="mean"``,
+    the default then), the new subjects' alignment maps (``model.alignment``) fitted in closed form as
+    always; the model is saved as ``best/`` and scored, so ``predict`` and ``evaluate`` work on the run."""
+    if zero_shot and token_init == "random":
+        token_init = "mean"
     source = Path(source)
     if not (source / "best" / "model.safetensors").is_file():
         raise CheckpointError(f"{source / 'best' / 'model.safetensors'} not found: {source} is not a finished "
                               f"training run (train it with `foundation train RECIPE` first)")
     if run_dir_for(recipe).resolve() == source.resolve():
         raise RecipeError(f"the fine-tuning run would write into its source {source}; pass run.dir=<new directory>")
-    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze), token_init=token_init)
+    spec = FinetuneSpec(source=source.resolve(), unfreeze=tuple(unfreeze), token_init=token_init,
+                        zero_shot=zero_shot)
     check_before_sharding(spec.source, recipe)
     trainer = Trainer(recipe, progress=progress, finetune=spec)
     try:
-        trainer.fit()
+        if zero_shot:
+            trainer.save_untrained_as_best()
+        else:
+            trainer.fit()
         path = trainer.test()
         trainer.accelerator.end_training()
     finally:

@@ -180,3 +180,24 @@ def test_cli_finetune(pretrained, tmp_path, capsys):
     assert main(["finetune", str(pretrained), str(tmp_path / "ft.yaml"), "--no-progress", "--unfreeze", "head"]) == 0
     assert f"metrics: {tmp_path / 'cli-ft' / 'metrics.json'}" in capsys.readouterr().out
     assert (tmp_path / "cli-ft" / "finetune.json").is_file()
+
+
+def test_zero_shot_scores_the_mean_token_without_training(pretrained, tiny_recipe, tmp_path):
+    """``--zero-shot``: no step; the new row is the pre-trained subjects' mean token; best/ holds that model."""
+    from foundation.workflows.finetune import finetune
+
+    path = finetune(pretrained, _ft_recipe(tiny_recipe, tmp_path), zero_shot=True, progress=False)
+    metrics = json.loads(Path(path).read_text())
+    assert metrics["steps"] == 0 and metrics["best_step"] == 0 and metrics["train_seconds"] == 0.0
+    assert metrics["finetune"]["zero_shot"] is True and metrics["finetune"]["token_init"] == "mean"
+    assert set(metrics["test"]["per_subject"]) == {f"{DS}/sub-03"}
+    before = load_file(str(pretrained / "best" / "model.safetensors"))
+    after = load_file(str(tmp_path / "ft" / "best" / "model.safetensors"))
+    tokens = after["subject_tokens.weight"]
+    assert torch.equal(tokens[:2], before["subject_tokens.weight"])
+    assert torch.allclose(tokens[2], before["subject_tokens.weight"].mean(0))
+    assert all(torch.equal(after[k], before[k]) for k in before if k != "subject_tokens.weight")
+    assert not (tmp_path / "ft" / "checkpoints").exists() or not any((tmp_path / "ft" / "checkpoints").iterdir())
+    with pytest.raises(RecipeError, match="--zero-shot"):
+        finetune(pretrained, _ft_recipe(tiny_recipe, tmp_path, name="bad"), zero_shot=True, token_init="random",
+                 unfreeze=["head"], progress=False)
