@@ -13,6 +13,8 @@ samples for every method, ``datasets[].train_fraction``):
 * **scratch**: a single-subject model trained from scratch on the same samples, one per held-out
   subject (the ``ss`` baseline of `foundation bench`: the same network with shared tokens, BCE only;
   seeds ``--scratch-seeds``, default ``--seeds``);
+* **zero-shot**: ``foundation finetune --zero-shot`` — no training step: the new tokens at the mean of
+  the pre-trained subjects' (with ``model.alignment``, their maps still fitted on the same samples);
 * **linear**: the per-subject ridge read-out of `foundation bench` (method ``ridge``) on the same samples
   (closed form, deterministic: one value per subject);
 
@@ -91,12 +93,14 @@ def main() -> None:
     jobs += [("joint", s, None, None, ["train", args.recipe, f"seed={s}", *args.set]) for s in args.seeds]
     names = {"pretrain": lambda s, f, h: f"{tag}pretrain-seed{s}", "joint": lambda s, f, h: f"{tag}joint-seed{s}",
              "finetune": lambda s, f, h: f"{tag}finetune-{f:g}-seed{s}",
+             "zeroshot": lambda s, f, h: f"{tag}zeroshot-{f:g}-seed{s}",
              "scratch": lambda s, f, h: f"scratch-{h}-{f:g}-seed{s}"}
     results: dict[tuple, tuple[dict, float]] = {}
 
     def run(job):
         kind, s, f, h, cmd = job
-        return run_foundation(cmd, out / names[kind](s, f, h), threads)
+        return run_foundation(cmd, out / names[kind](s, f, h), threads,
+                              options=("--zero-shot",) if kind == "zeroshot" else ())
 
     for job, res in zip(jobs, pool_map(run, jobs)):
         results[job[:4]] = res
@@ -105,11 +109,13 @@ def main() -> None:
     stage2 = []
     for f in args.fractions:
         for s in args.seeds:
-            stage2.append(("finetune", s, f, None, [
-                "finetune", str(out / names["pretrain"](s, f, None)), args.recipe, f"seed={s}", *args.set,
-                f"datasets.0.subjects=[{','.join(holdout)}]", f"datasets.0.train_fraction={f}",
-                f"train.steps={args.finetune_steps}", f"train.lr={args.finetune_lr}", "train.eval_every=50",
-                "train.checkpoint_every=100", "train.warmup_steps=10"]))
+            cmd = ["finetune", str(out / names["pretrain"](s, f, None)), args.recipe, f"seed={s}", *args.set,
+                   f"datasets.0.subjects=[{','.join(holdout)}]", f"datasets.0.train_fraction={f}",
+                   f"train.steps={args.finetune_steps}", f"train.lr={args.finetune_lr}", "train.eval_every=50",
+                   "train.checkpoint_every=100", "train.warmup_steps=10"]
+            stage2.append(("finetune", s, f, None, cmd))
+            # no step: the mean token (and, with an alignment, the map fitted on the same samples)
+            stage2.append(("zeroshot", s, f, None, cmd))
     # at 100 % the single-subject models are issue 13's SS rows, not onboarding
     scratch_fractions = [f for f in (args.fractions if args.scratch_fractions is None else args.scratch_fractions)
                          if f < 1.0]
@@ -135,11 +141,13 @@ def main() -> None:
     pvals, summary_rows = [], []
     for f in args.fractions:
         ft = {(h, s): test_map(results[("finetune", s, f, None)][0], h) for h in holdout for s in args.seeds}
+        zs = {(h, s): test_map(results[("zeroshot", s, f, None)][0], h) for h in holdout for s in args.seeds}
         lin = {(h, s): test_map(linear[f], h) for h in holdout for s in args.seeds}
         sc = ({(h, s): test_map(results[("scratch", s, f, h)][0], h) for h in holdout for s in scratch_seeds}
               if f in scratch_fractions else {})
         ratio = [ft[k] / joint[k] for k in ft]
-        row = {"fraction": f, "finetune": ft, "linear": lin, "scratch": sc, "finetune_over_joint": ratio}
+        row = {"fraction": f, "finetune": ft, "zero_shot": zs, "linear": lin, "scratch": sc,
+               "finetune_over_joint": ratio}
         for name, other in (("scratch", sc), ("linear", lin)):
             pairs = [k for k in other if k in ft]
             if len(pairs) >= 2:
@@ -168,13 +176,14 @@ def main() -> None:
         stars = "***" if pa < 0.001 else "**" if pa < 0.01 else "*" if pa < 0.05 else "n.s."
         return f"{c['diff']:+.3f} {stars} (p_holm = {pa:.2g}, n = {c['n']})"
 
-    lines = ["| new subject's training data | fine-tune tokens | finetune / joint | single-subject scratch | "
-             "linear (ridge) | fine-tune − scratch | fine-tune − linear | fine-tune s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| new subject's training data | fine-tune tokens | finetune / joint | zero-shot (mean token, no step) | "
+             "single-subject scratch | linear (ridge) | fine-tune − scratch | fine-tune − linear | fine-tune s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in summary_rows:
         r = row["finetune_over_joint"]
         lines.append(f"| {row['fraction']:.0%} | {cell(row['finetune'])} | {statistics.fmean(r):.0%} "
-                     f"(min {min(r):.0%}) | {cell(row['scratch'])} | {cell(row['linear'])} | {vs(row, 'scratch')} | "
+                     f"(min {min(r):.0%}) | {cell(row['zero_shot'])} "
+                     f"| {cell(row['scratch'])} | {cell(row['linear'])} | {vs(row, 'scratch')} | "
                      f"{vs(row, 'linear')} | {row['train_seconds_finetune']:.0f} |")
     pre_s = [results[("pretrain", s, None, None)][0].get("train_seconds") for s in args.seeds]
     from foundation.objectives.scoring import pooled
@@ -189,7 +198,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}efficiency.md").write_text(f"`{' '.join(sys.argv)}`\n\n{text}\n")
     keyed = [{k: ({f"{h}/seed{s}": v for (h, s), v in val.items()} if isinstance(val, dict) and k in
-                  ("finetune", "linear", "scratch") else val) for k, val in row.items()} for row in summary_rows]
+                  ("finetune", "zero_shot", "linear", "scratch") else val) for k, val in row.items()}
+             for row in summary_rows]
     (out / f"{tag}summary.json").write_text(json.dumps(
         {"held_out": holdout, "seeds": args.seeds, "scratch_seeds": scratch_seeds, "rows": keyed,
          "scratch_fractions": scratch_fractions,
@@ -218,9 +228,10 @@ def plot(rows: list[dict], joint: list[float], chance: float | None, path: Path,
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
     for label, key, style in (("fine-tune tokens (backbone frozen)", "finetune", "o-"),
+                              ("zero-shot (mean token, no step)", "zero_shot", "d-."),
                               ("single-subject from scratch", "scratch", "s--"),
                               ("linear read-out (ridge, per subject)", "linear", "^:")):
-        pts = [(100 * r["fraction"], list(r[key].values())) for r in rows if r[key]]
+        pts = [(100 * r["fraction"], list(r[key].values())) for r in rows if r.get(key)]
         if not pts:
             continue
         ax.errorbar([x for x, _ in pts], [statistics.fmean(v) for _, v in pts],

@@ -11,8 +11,8 @@ interrupted call resumes by rerunning it) and the figures of ``foundation plot``
    ablations (Table 3), 3 seeds; CLIP-SS-ViT (Table D5) beside CLIP-MUSED and SS-ViT on
    seed 0 only (another 30 single-subject runs per seed);
 2. ``recipes/synthetic_volume.yaml`` (volume world, HCP-like: 6 subjects, one shared movie, 3-D CNN
-   patchifier): CLIP-MUSED, SRM (needs the shared stimuli) and the pooled / identity-token baselines,
-   3 seeds;
+   patchifier): CLIP-MUSED, SRM (needs the shared stimuli), the pooled / identity-token baselines,
+   SS-CNN, the per-subject linear read-outs and the aligned rows (issues 13/14), 3 seeds;
 3. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
    on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
    seed 0's SS-ViT models (Fig. C5/C6).
@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = (
     ("synthetic", "recipes/synthetic.yaml",
      ("clip-mused", "ms-smodel-vit", "ms-smodel-mlp", "ms-emb", "no-orth", "no-low", "no-high", "no-rsa", "mapping",
-      "ss-vit", "ss-mlp", "ridge", "logistic", "aligned-clip-mused", "aligned-mlp"), 3),
+      "ss-vit", "ss-mlp", "ridge", "logistic", "aligned-clip-mused", "aligned-enc-clip-mused", "aligned-mlp"), 3),
     ("synthetic_clip_ss_vit", "recipes/synthetic.yaml", ("clip-mused", "ss-vit", "clip-ss-vit"), 1),
     ("synthetic_volume", "recipes/synthetic_volume.yaml", ("clip-mused", "srm", "ms-smodel-vit", "ms-smodel-mlp",
-                                                          "ms-emb", "ridge", "logistic"), 3),
+                                                          "ms-emb", "ss-mlp", "ridge", "logistic", "aligned-clip-mused",
+                                                          "aligned-enc-clip-mused", "aligned-mlp"), 3),
 )
 
 
