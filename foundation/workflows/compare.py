@@ -33,7 +33,8 @@ NO_GUIDANCE = ("loss.lambda_orth=0", "loss.lambda_low=0", "loss.lambda_high=0")
 #: Table D5: "the optimal parameters [of CLIP-SS-ViT] are λ⊥ = 0.0001, λhlv = 0.0001, and λllv = 0.0001"
 CLIP_SS_VIT_LAMBDAS = ("loss.lambda_orth=0.0001", "loss.lambda_low=0.0001", "loss.lambda_high=0.0001")
 #: Table B4: "The coefficient (λ = 0.0001) of the mapping-based loss item has been optimized": both
-#: mapping terms; the paper names no λ⊥ for this row, so the recipe's λ⊥ is kept
+#: mapping terms; the paper names no λ⊥ for this row and its public code (CLIP-MUSED/CLIP-MUSED: the HCP
+#: model, RSA and orthogonality losses only) has no mapping-based model, so the recipe's λ⊥ is kept
 MAPPING_LAMBDAS = ("loss.lambda_low=0.0001", "loss.lambda_high=0.0001")
 
 
