@@ -128,6 +128,10 @@ class ModelConfig:
     #: inverting a per-subject encoding model: more sample-efficient for new subjects)
     alignment: Literal["none", "guidance-ridge", "guidance-encoding"] = "none"
     alignment_dim: PositiveInt = 32
+    #: the guidance basis the aligned tokens are expressed in: ``dataset`` (each dataset's own, fitted on its
+    #: training stimuli) or ``shared`` (one basis fitted on every dataset's training stimuli, so datasets whose
+    #: guidance lives in one space — the same vision model, one visual world — get tokens in one coordinate system)
+    alignment_basis: Literal["dataset", "shared"] = "dataset"
     #: ``[D_low, D_high]`` of the guidance features (set by the trainer from the shards when
     #: ``alignment`` is not ``none``; leave unset in recipes)
     guidance_dims: Optional[list[int]] = None

@@ -41,34 +41,45 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
 
     fitter = FITTERS[model.cfg.alignment]
     report: dict[str, dict[str, float]] = {}
+    data: dict[str, dict[str, tuple[Any, np.ndarray]]] = {}  # dataset -> subject -> (training split, kept rows)
     for ds, names in subjects.items():
         if ds not in model.alignments or not names:
             continue
-        alignment, stream = model.alignments[ds], streams[ds]
+        stream = streams[ds]
         keep = {k for keys in stream.train_keys().values() for k in keys}
-        data = {}
+        data[ds] = {}
         for s in names:
             part = read_split(stream.index, s, "train")
             rows = [i for i, k in enumerate(part.keys) if k in keep]
             if len(rows) < 3:
                 raise DataError(f"{ds}/{s}: {len(rows)} training samples kept (train_fraction "
                                 f"{stream.train_fraction}); an input alignment needs at least 3")
-            data[s] = (part, np.asarray(rows))
-        if fit_basis:
-            seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            for part, rows in data.values():
-                for i in rows:
-                    seen.setdefault(part.stimuli[i], (part.low[i], part.high[i]))
+            data[ds][s] = (part, np.asarray(rows))
+    if fit_basis:
+        # alignment_basis=shared: one basis from every dataset's training stimuli, else one per dataset
+        groups = [list(data)] if model.cfg.alignment_basis == "shared" else [[ds] for ds in data]
+        for group in groups:
+            seen: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+            for ds in group:
+                for part, rows in data[ds].values():
+                    for i in rows:
+                        seen.setdefault((ds, part.stimuli[i]), (part.low[i], part.high[i]))
             low = np.stack([v[0] for v in seen.values()])
             high = np.stack([v[1] for v in seen.values()])
-            alignment.set_basis(guidance_basis(low, alignment.dim), guidance_basis(high, alignment.dim))
-        for s, (part, rows) in data.items():
+            dim = model.alignments[group[0]].dim
+            basis = guidance_basis(low, dim), guidance_basis(high, dim)
+            for ds in group:
+                model.alignments[ds].set_basis(*basis)
+    for ds, per_subject in data.items():
+        alignment = model.alignments[ds]
+        for s, (part, rows) in per_subject.items():
             gid = f"{ds}/{s}"
             mean, weight, info = fitter(part.x[rows], alignment.targets(part.low[rows], part.high[rows]))
             alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
             report[gid] = {**info, "n": len(rows)}
             if log is not None:
-                log(f"{gid}: {model.cfg.alignment} alignment on {len(rows)} training samples, alpha {info['alpha']:.3g}")
+                log(f"{gid}: {model.cfg.alignment} alignment on {len(rows)} training samples, "
+                    f"alpha {info['alpha']:.3g}")
     return report
 
 

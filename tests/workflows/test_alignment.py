@@ -158,3 +158,44 @@ def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applie
                                      voxel_index=torch.zeros(len(test), test.x.shape[1], dtype=torch.long)).logits)
     by_key = {r["key"]: p for r, p in zip(records, got)}
     np.testing.assert_allclose(np.stack([by_key[k] for k in test.keys]), direct.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("basis", ["dataset", "shared"])
+def test_alignment_basis_is_per_dataset_or_one_for_all_datasets(tmp_path, basis):
+    """``model.alignment_basis: shared`` fits one guidance basis on every dataset's training stimuli, so two
+    datasets' aligned tokens share coordinates; ``dataset`` (default) fits one per dataset."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    from foundation.engine.checkpoint import load_model
+    from foundation.model.alignment import guidance_basis
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                                      "model.alignment": "guidance-ridge", "model.alignment_dim": 4,
+                                      "model.alignment_basis": basis})
+    roi = d["datasets"][0]
+    d["datasets"] = [{**roi, "name": "a", "options": {**roi["options"], "semantics": "population"}},
+                     {**roi, "name": "b", "options": {**roi["options"], "semantics": "population", "world_seed": 0,
+                                                      "label_offset": 2, "n_subjects": 2}}]
+    train(from_dict(Recipe, d), progress=False)
+    model, _ = load_model(tmp_path / "run" / "best")
+    a, b = model.alignments["a"], model.alignments["b"]
+    same = torch.equal(a.proj_high, b.proj_high) and torch.equal(a.centre_low, b.centre_low)
+    assert same == (basis == "shared")
+    # the basis is the one fitted on the training stimuli of the datasets it covers
+    lows, highs = [], []
+    for ds in (["a", "b"] if basis == "shared" else ["a"]):
+        index = read_index(next((tmp_path / "shards").glob(f"{ds}-*")))
+        seen = {}
+        for s in index.data["subjects"]:
+            part = read_split(index, s, "train")
+            for i, stim in enumerate(part.stimuli):
+                seen.setdefault(stim, (part.low[i], part.high[i]))
+        lows += [v[0] for v in seen.values()]
+        highs += [v[1] for v in seen.values()]
+    centre, proj = guidance_basis(np.stack(highs), 4)
+    np.testing.assert_allclose(a.centre_high.numpy(), centre, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.abs(a.proj_high.numpy()[:, : proj.shape[1]]), np.abs(proj), rtol=1e-4, atol=1e-5)
