@@ -50,6 +50,11 @@ _INFO_TUPLE_FIELDS = ("label_names", "subjects", "token_shape", "token_names", "
 ALIGNMENT_BUDGET_BYTES = 4 * 2**30
 
 
+def _aligned_dim(cfg: ModelConfig) -> int:
+    """Components per aligned token: ``alignment_dim``, at most the guidance features' width."""
+    return min(cfg.alignment_dim, *cfg.guidance_dims)  # type: ignore[misc]
+
+
 def _alignment_features(info: DatasetInfo) -> int:
     """Input values per sample an alignment maps: ROI ``tokens × dim``; volume, the grid's size (an upper
     bound on a subject's in-mask voxels)."""
@@ -147,7 +152,7 @@ class CLIPMUSED(nn.Module):
                                  f"(the trainer sets it from the shards), got {cfg.guidance_dims}")
             if cfg.alignment_dim <= 0:
                 raise ValueError(f"model.alignment_dim must be positive, got {cfg.alignment_dim}")
-            k = min(cfg.alignment_dim, *cfg.guidance_dims)
+            k = _aligned_dim(cfg)
             for ds, info in datasets.items():
                 size = len(subjects) * _alignment_features(info) * 2 * k * 4
                 if size > ALIGNMENT_BUDGET_BYTES:
@@ -175,7 +180,7 @@ class CLIPMUSED(nn.Module):
         # per-subject closed-form input alignments (buffers, never trained): model/alignment.py
         self.alignments = nn.ModuleDict()
         if cfg.alignment != "none":
-            k = min(cfg.alignment_dim, *cfg.guidance_dims)
+            k = _aligned_dim(cfg)
             for ds, info in self.infos.items():
                 self.alignments[ds] = SubjectAlignment(len(subjects), _alignment_features(info),
                                                        guidance_dims=cfg.guidance_dims, dim=k,
@@ -199,11 +204,14 @@ class CLIPMUSED(nn.Module):
             if cfg.label_head == "dataset":
                 self.heads[ds] = self._make_head(info.num_labels)
         # label_head=shared: one head over the union of label names (first-seen order over the datasets)
+        # (each dataset's columns: a non-persistent buffer, built once and moved with the model)
         self.label_names: list[str] = []
-        self._label_columns: dict[str, list[int]] = {}
-        for ds, info in self.infos.items():
+        for info in self.infos.values():
             self.label_names += [n for n in info.label_names if n not in self.label_names]
-            self._label_columns[ds] = [self.label_names.index(n) for n in info.label_names]
+        if cfg.label_head == "shared":
+            for ds, info in self.infos.items():
+                columns = torch.tensor([self.label_names.index(n) for n in info.label_names], dtype=torch.long)
+                self.register_buffer(f"label_columns_{ds}", columns, persistent=False)
         self.label_head = self._make_head(len(self.label_names)) if cfg.label_head == "shared" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
         self.encoder = None if self.mlp else Encoder(
@@ -241,8 +249,7 @@ class CLIPMUSED(nn.Module):
 
     def _make_adapter(self, info: DatasetInfo) -> ROIAdapter | VolumeGrid:
         if self.cfg.alignment != "none":  # the aligned tokens (ROI or volume inputs): one per guidance level
-            k = min(self.cfg.alignment_dim, *self.cfg.guidance_dims)  # type: ignore[misc]
-            return ROIAdapter(SubjectAlignment.levels, k, self.cfg.dim)
+            return ROIAdapter(SubjectAlignment.levels, _aligned_dim(self.cfg), self.cfg.dim)
         if info.kind == "roi":
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
             return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
@@ -375,8 +382,7 @@ class CLIPMUSED(nn.Module):
         if self.label_head is None:
             logits = self.heads[dataset](z.flatten(1))  # (B, C)
         else:  # the dataset's own columns of the shared head, in its label order
-            columns = torch.as_tensor(self._label_columns[dataset], device=z.device)
-            logits = self.label_head(z.flatten(1)).index_select(1, columns)  # (B, C)
+            logits = self.label_head(z.flatten(1)).index_select(1, getattr(self, f"label_columns_{dataset}"))  # (B, C)
         mapped = {}
         if self.mappers:
             mapped = {"mapped_low": self.mappers["low"](z_low), "mapped_high": self.mappers["high"](z_high)}
