@@ -124,11 +124,11 @@ class World:
     def __init__(self, options: SyntheticOptions) -> None:
         self.o = options
         self.subjects = tuple(f"sub-{i + 1:02d}" for i in range(options.n_subjects))
-        self.label_names = CATEGORY_NAMES[options.label_offset: options.label_offset + options.n_categories]
         population = options.semantics == "population"
         # the categories stimuli are drawn over, and the columns of them this dataset labels
         self._n_content = len(CATEGORY_NAMES) if population else options.n_categories
         self._label_columns = slice(options.label_offset, options.label_offset + options.n_categories)
+        self.label_names = CATEGORY_NAMES[self._label_columns]
         # subjects of two datasets of one population are different people: their streams carry the mode
         self._subject_key: tuple[str, ...] = ("subject", options.mode) if population else ("subject",)
 
