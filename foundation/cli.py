@@ -48,8 +48,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from foundation.workflows.finetune import finetune
 
     unfreeze = [part for item in args.unfreeze for part in item.split(",") if part]
-    token_init = args.token_init or ("mean" if args.zero_shot else "random")
-    path = finetune(args.run_dir, recipe, unfreeze=unfreeze, token_init=token_init, zero_shot=args.zero_shot,
+    path = finetune(args.run_dir, recipe, unfreeze=unfreeze, token_init=args.token_init, zero_shot=args.zero_shot,
                     progress=not args.no_progress)
     from accelerate import PartialState
 
@@ -195,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfreeze", action="append", default=[], metavar="PART",
                    help="also train this part for the recipe's datasets: head, adapter (repeat or comma-separate)")
     p.add_argument("--token-init", choices=["random", "mean"], default=None,
-                   help="new subjects' tokens start random (default) or at the mean of the pre-trained subjects' tokens")
+                   help="new subjects' tokens start random (default; mean with --zero-shot) or at the mean of the "
+                        "pre-trained subjects' tokens")
     p.add_argument("--zero-shot", action="store_true",
                    help="train nothing: score the new subjects with the mean token (and, with model.alignment, "
                         "their closed-form maps); saves the model as best/")

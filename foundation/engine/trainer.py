@@ -627,6 +627,7 @@ class Trainer:
             self.core.load_state_dict(state)  # CPU tensors, copied onto the device
         results = {split: self.evaluate(split) for split in ("val", "test")}
         path = self.run_dir / "metrics.json"
+        zero_shot = self.finetune_spec is not None and self.finetune_spec.zero_shot
         if acc.is_main_process:
             provenance = {name: idx.data["guidance"] for name, idx in self.indices.items()}
             random_weights = any(
@@ -635,7 +636,7 @@ class Trainer:
                 **results,
                 "best_step": self.state.best_step,
                 "selected_on": "val mAP, mean over subjects of each subject's mAP (foundation.objectives.scoring)",
-                "steps": 0 if self.finetune_spec is not None and self.finetune_spec.zero_shot else self.recipe.train.steps,
+                "steps": 0 if zero_shot else self.recipe.train.steps,
                 "recipe": self.recipe.name,
                 "seed": self.recipe.seed,
                 "model_tokens": self.recipe.model.tokens,

@@ -12,15 +12,16 @@ from foundation.engine.surgery import FinetuneSpec, check_before_sharding
 from foundation.engine.trainer import Trainer, run_dir_for
 
 
-def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), token_init: str = "random",
+def finetune(source: str | Path, recipe, *, unfreeze: Sequence[str] = (), token_init: str | None = None,
              zero_shot: bool = False, progress: bool = True) -> Path:
     """Fine-tune the new subjects of ``recipe`` on the model of run ``source``; returns metrics.json.
 
-    ``zero_shot``: train nothing — the new tokens at the pre-trained subjects' mean (``token_init="mean"``,
-    the default then), the new subjects' alignment maps (``model.alignment``) fitted in closed form as
-    always; the model is saved as ``best/`` and scored, so ``predict`` and ``evaluate`` work on the run."""
-    if zero_shot and token_init == "random":
-        token_init = "mean"
+    ``token_init``: ``"random"`` or ``"mean"``; ``None`` (default) is ``"mean"`` with ``zero_shot``, else ``"random"``.
+    ``zero_shot``: train nothing — the new tokens at the pre-trained subjects' mean, the new subjects'
+    alignment maps (``model.alignment``) fitted in closed form as always; the model is saved as ``best/``
+    and scored, so ``predict`` and ``evaluate`` work on the run."""
+    if token_init is None:
+        token_init = "mean" if zero_shot else "random"
     source = Path(source)
     if not (source / "best" / "model.safetensors").is_file():
         raise CheckpointError(f"{source / 'best' / 'model.safetensors'} not found: {source} is not a finished "
