@@ -41,6 +41,17 @@ def lock_held_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:
         holder.wait()
 
 
+def assert_refused_while_busy(what: str, start, run_dir: Path, request) -> None:
+    """While another process holds ``run_dir``'s lock, ``start()`` raises BusyError naming the holder and the
+    lock file, and creates nothing at ``run_dir``."""
+    from foundation.core.errors import BusyError
+    from foundation.core.locks import lock_path
+
+    with lock_held_elsewhere(run_dir) as holder:
+        expect(what, BusyError, start, run_dir, f"process {holder.pid}", lock_path(run_dir), request=request)
+        assert not run_dir.exists()
+
+
 @pytest.fixture
 def run(trained, tmp_path):
     """``(copy of the trained run, trainer factory)``; the shards are shared read-only."""
@@ -274,16 +285,11 @@ def test_second_process_on_the_same_run_directory(trained, tmp_path, request):
     """Issue 16.3: while a process holds a run directory, another ``train`` into it stops at once, naming
     the holder, and writes nothing there."""
 
-    from foundation.core.errors import BusyError
-    from foundation.core.locks import lock_path
     from foundation.workflows.train import train
 
     run_dir = tmp_path / "busy"
-    with lock_held_elsewhere(run_dir) as holder:
-        expect("second process on a busy run directory", BusyError,
-               lambda: train(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
-               f"process {holder.pid}", lock_path(run_dir), request=request)
-        assert not run_dir.exists()
+    assert_refused_while_busy("second process on a busy run directory",
+                              lambda: train(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir, request)
     train(tiny_run_recipe(trained, run=run_dir), progress=False)  # the holder is gone: the lock is free
     assert (run_dir / "metrics.json").is_file()
 
@@ -414,8 +420,6 @@ def test_rerun_of_a_finished_run_adds_no_tensorboard_files(run, trained):
 def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, request):
     """The ridge/logistic and SRM baselines (closed_form.prepare_run) used to write config.yaml and
     metrics.json into any run.dir: now the marker check and the run lock of `train` apply to them too."""
-    from foundation.core.errors import BusyError
-    from foundation.core.locks import lock_path
     from foundation.engine.trainer import RUN_MARKER
     from foundation.workflows.linear import run_linear
 
@@ -430,11 +434,9 @@ def test_closed_form_baselines_guard_their_run_directory(trained, tmp_path, requ
     assert tree_bytes(folder) == before
 
     run_dir = tmp_path / "busy"
-    with lock_held_elsewhere(run_dir) as holder:
-        expect("closed-form baseline (ridge) on a busy run directory", BusyError,
-               lambda: run_linear(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
-               f"process {holder.pid}", lock_path(run_dir), request=request)
-        assert not run_dir.exists()
+    assert_refused_while_busy("closed-form baseline (ridge) on a busy run directory",
+                              lambda: run_linear(tiny_run_recipe(trained, run=run_dir), progress=False), run_dir,
+                              request)
     metrics = run_linear(tiny_run_recipe(trained, run=run_dir), progress=False)  # free again: it runs
     assert metrics.is_file() and (run_dir / RUN_MARKER).is_file()
     # another recipe into the same directory is refused like a training run's
