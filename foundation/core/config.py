@@ -116,6 +116,10 @@ class ModelConfig:
     #: ``[D_low, D_high]``: linear maps from the tokens to the guidance features (set by the trainer
     #: from the shards when ``loss.guidance_loss: mapping``; leave unset in recipes)
     mapping_dims: Optional[list[int]] = None
+    #: the label read-out over the readout tokens: ``mlp`` (the paper, Eq. 12-13: one hidden layer of
+    #: ``head_hidden`` units) or ``linear`` (one linear map to the logits: cannot model label
+    #: co-occurrences, so it cannot memorise the label sets of a few training scenes; RESULTS.md §4d)
+    head: Literal["mlp", "linear"] = "mlp"
     head_hidden: PositiveInt = 256
     #: ``dataset``: one label head per dataset (the paper; datasets share nothing after the Transformer);
     #: ``shared``: one head over the union of the datasets' label names, each dataset scored on its own

@@ -134,6 +134,8 @@ class CLIPMUSED(nn.Module):
             raise ValueError(f"model.dim={cfg.dim} must be divisible by model.heads={cfg.heads}")
         if cfg.backbone not in ("transformer", "mlp"):
             raise ValueError(f"model.backbone must be 'transformer' or 'mlp', got {cfg.backbone!r}")
+        if cfg.head not in ("mlp", "linear"):
+            raise ValueError(f"model.head must be 'mlp' or 'linear', got {cfg.head!r}")
         if cfg.patchifier not in ("resnet", "cnn"):
             raise ValueError(f"model.patchifier must be 'resnet' or 'cnn', got {cfg.patchifier!r}")
         if cfg.backbone == "mlp" and cfg.tokens != "shared":
@@ -233,7 +235,10 @@ class CLIPMUSED(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     def _make_head(self, num_labels: int) -> nn.Sequential:
-        """The label MLP: ``(B, n_readout · D)`` -> ``(B, num_labels)`` (Eq. 12-13)."""
+        """The label read-out ``(B, n_readout · D)`` -> ``(B, num_labels)``: the paper's MLP (Eq. 12-13) or,
+        with ``model.head: linear``, one linear map."""
+        if self.cfg.head == "linear":
+            return nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(self.n_readout * self.cfg.dim, num_labels))
         return nn.Sequential(
             nn.Linear(self.n_readout * self.cfg.dim, self.cfg.head_hidden),
             nn.GELU(),

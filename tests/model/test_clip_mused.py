@@ -216,6 +216,26 @@ def test_config_is_not_mutated_and_checked():
         CLIPMUSED(dataclasses.replace(c, tokens="nope"), DATASETS, SUBJECTS)
 
 
+def test_linear_head_is_one_map_from_the_readout_tokens_and_survives_a_round_trip():
+    torch.manual_seed(0)
+    m = CLIPMUSED(cfg("subject", head="linear"), DATASETS, SUBJECTS).eval()
+    linears = [mod for mod in m.heads["nsd"].modules() if isinstance(mod, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(2 * DIM, 3)]
+    x, idx = torch.randn(2, 5, 7), m.subject_index(["nsd/s1", "nsd/s2"])
+    out = m("nsd", x, idx)
+    # the logits are an affine function of the normed readout tokens, nothing in between
+    assert torch.allclose(out.logits, linears[0](torch.cat([out.z_low, out.z_high], 1)), atol=1e-6)
+    m2 = CLIPMUSED.from_config_dict(json.loads(json.dumps(m.config_dict()))).eval()
+    m2.load_state_dict(m.state_dict())
+    assert m2.cfg.head == "linear" and torch.equal(m2("nsd", x, idx).logits, out.logits)
+    # checkpoints written before model.head existed have the paper's MLP head
+    old = m.config_dict()
+    del old["model"]["head"]
+    assert CLIPMUSED.from_config_dict(old).cfg.head == "mlp"
+    with pytest.raises(ValueError, match="model.head"):
+        CLIPMUSED(cfg("subject", head="deep"), DATASETS, SUBJECTS)
+
+
 def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
     import torch
 
