@@ -37,7 +37,7 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
         ``"dataset/subject" -> {"alpha": …, "n": training samples used}``.
     """
     from foundation.data.splits import read_split
-    from foundation.model.alignment import FITTERS, guidance_basis
+    from foundation.model.alignment import FITTERS, guidance_bases
 
     fitter = FITTERS[model.cfg.alignment]
     report: dict[str, dict[str, float]] = {}
@@ -64,10 +64,7 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
                 for part, rows in data[ds].values():
                     for i in rows:
                         seen.setdefault((ds, part.stimuli[i]), (part.low[i], part.high[i]))
-            low = np.stack([v[0] for v in seen.values()])
-            high = np.stack([v[1] for v in seen.values()])
-            dim = model.alignments[group[0]].dim
-            basis = guidance_basis(low, dim), guidance_basis(high, dim)
+            basis = guidance_bases(seen, model.alignments[group[0]].dim)
             for ds in group:
                 model.alignments[ds].set_basis(*basis)
     for ds, per_subject in data.items():

@@ -24,14 +24,14 @@ table's ``2 · dim``.  New alignment methods register a fitter in :data:`FITTERS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 __all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_ridge",
-           "guidance_basis"]
+           "guidance_basis", "guidance_bases", "guidance_targets"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -129,6 +129,28 @@ def guidance_basis(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return centre.astype(np.float32), (vt[:k].T / np.sqrt(var + 1e-12)).astype(np.float32)
 
 
+def guidance_bases(stimuli: Mapping[Hashable, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                                       tuple[np.ndarray, np.ndarray]]:
+    """The low- and the high-level :func:`guidance_basis` over distinct training stimuli.
+
+    Args:
+        stimuli: one entry per distinct stimulus (any key: a stimulus id, ``(dataset, id)``) -> its
+            ``(low (D_low,), high (D_high,))`` guidance features.
+        k: components per level.
+    """
+    low = np.stack([v[0] for v in stimuli.values()])
+    high = np.stack([v[1] for v in stimuli.values()])
+    return guidance_basis(low, k), guidance_basis(high, k)
+
+
+def guidance_targets(low: np.ndarray, high: np.ndarray,
+                     bases: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Guidance features ``(n, D_low)``, ``(n, D_high)`` -> shared-space targets ``(n, k_low + k_high)``
+    in the ``(centre, projection)`` bases of the two levels."""
+    parts = [(f - centre) @ proj for f, (centre, proj) in zip((low, high), bases)]
+    return np.concatenate(parts, 1).astype(np.float32)
+
+
 class SubjectAlignment(nn.Module):
     """One dataset's per-subject alignments: ``(B, *input) -> (B, 2, dim)`` tokens in the guidance space.
 
@@ -186,9 +208,8 @@ class SubjectAlignment(nn.Module):
         """Guidance features ``(n, D_low)``, ``(n, D_high)`` -> shared-space targets ``(n, 2·dim)``."""
         if not bool(self.basis_fitted):
             raise ValueError("the alignment's guidance basis is not fitted yet")
-        parts = [(f - getattr(self, f"centre_{lv}").numpy()) @ getattr(self, f"proj_{lv}").numpy()
-                 for lv, f in (("low", low), ("high", high))]
-        return np.concatenate(parts, 1).astype(np.float32)
+        bases = [(getattr(self, f"centre_{lv}").numpy(), getattr(self, f"proj_{lv}").numpy()) for lv in ("low", "high")]
+        return guidance_targets(low, high, bases)
 
     @torch.no_grad()
     def set_subject(self, row: int, mean: np.ndarray, weight: np.ndarray) -> None:

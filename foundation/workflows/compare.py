@@ -49,11 +49,13 @@ class Method:
     description: str = ""
     kind: str = "train"  # "train": foundation train; "srm" / "linear": a closed-form module (CLOSED_FORM)
     args: tuple[str, ...] = ()  # extra command-line arguments of a closed-form module
+    #: ``False``: the run fits one model per subject inside one process (the per-subject linear read-outs)
+    shared_model: bool = True
 
     @property
     def one_model(self) -> bool:
         """Whether a run is one model over all its subjects (has a pooled mAP)."""
-        return not self.per_subject and self.kind != "linear"
+        return not self.per_subject and self.shared_model
 
 
 #: closed-form methods: kind -> module run as ``python -m MODULE RECIPE --no-progress [args]``; each
@@ -81,10 +83,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                        "the paper's λ_low = λ_high = 1e-4"),
     Method("srm", "SRM", (), kind="srm",
            description="BrainIAK's shared response model + logistic regression (needs shared stimuli)"),
-    Method("ridge", "Ridge (per subject)", (), kind="linear", args=("--solver", "ridge"),
+    Method("ridge", "Ridge (per subject)", (), kind="linear", args=("--solver", "ridge"), shared_model=False,
            description="one ridge regression per subject from the flattened inputs to the labels, alpha on val"),
-    Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"),
+    Method("logistic", "Logistic (per subject)", (), kind="linear", args=("--solver", "logistic"), shared_model=False,
            description="one L2 logistic regression per subject and label on the flattened inputs, C on val"),
+    Method("aligned-ridge", "Ridge pooled + alignment", (), kind="linear",
+           args=("--solver", "ridge", "--alignment", "guidance-ridge"),
+           description="each subject's inputs aligned as model.alignment=guidance-ridge, then one ridge read-out "
+                       "pooled over all subjects (alpha on the subject-mean val mAP); no per-subject learned "
+                       "parameters: the linear counterpart of aligned-mlp"),
     Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
            description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
                        "(model.alignment=guidance-ridge)"),

@@ -14,11 +14,20 @@ subject's training statistics:
 
 The regularisation (``alpha`` for ridge, ``C`` for logistic) is chosen per subject on that
 subject's **validation** mAP from a fixed grid; the test split is scored once, with the chosen value.
+
+``--alignment guidance-ridge|guidance-encoding`` (bench method ``aligned-ridge``) makes it *one* read-out
+pooled over every subject of a dataset instead: each subject's inputs first go through its closed-form
+alignment onto the guidance space (the same fitters, basis and ``model.alignment_dim`` as
+``model.alignment``, fitted on the subject's training samples only), then a single ridge / logistic
+read-out is fitted on all subjects' aligned training samples together, its regularisation chosen on
+the mean over subjects of each subject's validation mAP.  No learned per-subject parameters: the linear
+counterpart of ``aligned-mlp``, which tells whether a shared model's gain comes from pooling or from
+its network.
 Writes ``metrics.json`` in the schema of a training run (per-subject test metrics, the chosen
 values), so ``foundation bench`` reports it beside every other method.  ``datasets[].train_fraction``
 < 1 fits on the same fixed subset of each subject's training samples as the trained methods.
 
-    python -m foundation.workflows.linear RECIPE [key=value ...] [--solver ridge|logistic]
+    python -m foundation.workflows.linear RECIPE [key=value ...] [--solver ridge|logistic] [--alignment NAME]
 """
 
 from __future__ import annotations
@@ -101,16 +110,96 @@ def fit_subject(train, val, *, solver: Solver, seed: int = 0,
     return strength, score, lambda z: fit((z - mean) / std)
 
 
-def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Path:
-    """Fit the per-subject read-outs of every dataset of ``recipe``; writes and returns ``RUN_DIR/metrics.json``."""
-    from foundation.core.atomic import write_json
+def _subject_splits(index, cfg, subject: str, *, what: str) -> dict[str, Any]:
+    """One subject's train (``train_fraction`` applied, as the trained methods see it), val and test splits."""
     from foundation.data.loader import DatasetStream
     from foundation.data.splits import read_split
+
+    data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
+    if cfg.train_fraction < 1.0:  # the same fixed subset the trained methods see
+        stream = DatasetStream(index, subjects=[subject], train_fraction=cfg.train_fraction)
+        data["train"] = data["train"].subset({k for keys in stream.train_keys().values() for k in keys})
+    for split, part in data.items():
+        if len(part) == 0 and split != "test":
+            raise DataError(f"{cfg.id}/{subject}: the {split} split is empty; the {what} baseline fits on train "
+                            f"and chooses its regularisation on val (shards {index.root})")
+    return data
+
+
+def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solver: Solver, dim: int, seed: int = 0,
+                       grid: Sequence[float] | None = None) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
+                                                                   dict[str, Any]]:
+    """One read-out for all subjects of a dataset on their aligned inputs (``--alignment``).
+
+    Args:
+        data: subject -> ``{"train", "val", "test"}`` :class:`~foundation.data.splits.Split`
+            (``x`` ``(n, F_s)``: each subject its own input width).
+        alignment: a fitter of :data:`foundation.model.alignment.FITTERS`.
+        dim: components per guidance level (``model.alignment_dim``; at most the features' widths).
+
+    Returns:
+        ``(subject -> predict, report)``: ``predict`` maps the subject's raw inputs ``(n, F_s)`` to
+        probabilities ``(n, C)``; ``report`` holds the chosen value, its validation mAP (mean over
+        subjects) and each subject's alignment ``alpha``.
+    """
+    from foundation.model.alignment import FITTERS, guidance_bases, guidance_targets
+    from foundation.objectives.metrics import multilabel_metrics
+
+    import torch
+
+    if alignment not in FITTERS:
+        raise ValueError(f"alignment must be one of {tuple(FITTERS)}, got {alignment!r}")
+    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for parts in data.values():
+        train = parts["train"]
+        for i, stimulus in enumerate(train.stimuli):
+            seen.setdefault(stimulus, (train.low[i], train.high[i]))
+    first = next(iter(data.values()))["train"]
+    bases = guidance_bases(seen, min(dim, first.low.shape[1], first.high.shape[1]))
+    maps, report = {}, {"alignment": alignment, "alpha": {}}
+    for subject, parts in data.items():
+        train = parts["train"]
+        mean, weight, info = FITTERS[alignment](train.x, guidance_targets(train.low, train.high, bases))
+        maps[subject] = (mean, weight)
+        report["alpha"][subject] = info["alpha"]
+
+    def aligned(subject: str, x: np.ndarray) -> np.ndarray:
+        mean, weight = maps[subject]
+        return (x - mean) @ weight  # (n, 2k)
+
+    z = np.concatenate([aligned(s, parts["train"].x) for s, parts in data.items()])
+    y = np.concatenate([parts["train"].y for parts in data.values()])
+    # centred, not standardised: the guidance basis already has unit mean variance, and its principal
+    # components keep their relative scale, so the ridge shrinks the weak directions most
+    centre = z.mean(0)
+    zs = z - centre
+    best = None
+    for strength in tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS)):
+        fit = _fit_ridge(zs, y, strength) if solver == "ridge" else _fit_logistic(zs, y, strength, seed=seed)
+        scores = [multilabel_metrics(torch.from_numpy(fit(aligned(s, p["val"].x) - centre)).float(),
+                                     torch.from_numpy(p["val"].y).int())["mAP"] for s, p in data.items()]
+        score = float(np.nanmean(scores))
+        if best is None or (np.isfinite(score) and score > best[1]):
+            best = (strength, score, fit)
+    strength, score, fit = best
+    report.update(strength=strength, val_mAP=score, n_train=len(z))
+    predictors = {s: (lambda x, s=s: fit(aligned(s, x) - centre)) for s in data}
+    return predictors, report
+
+
+def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None, progress: bool = True) -> Path:
+    """Fit the linear read-outs of every dataset of ``recipe``: one per subject, or (``alignment``) one pooled
+    over each dataset's subjects on their aligned inputs; writes and returns ``RUN_DIR/metrics.json``."""
+    from foundation.core.atomic import write_json
+    from foundation.model.alignment import FITTERS
     from foundation.objectives.scoring import metrics_from_predictions
     from foundation.workflows.closed_form import prepare_run
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
+    if alignment is not None and alignment not in FITTERS:
+        raise FoundationError(f"--alignment must be one of {tuple(FITTERS)}, got {alignment!r}")
+    what = solver if alignment is None else f"aligned {solver}"
     t0 = time.perf_counter()
     with prepare_run(recipe, progress=progress) as (run_dir, indices):
         preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
@@ -118,31 +207,36 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
         for cfg in recipe.datasets:
             index = indices[cfg.id]
             infos[cfg.id] = index.info
+            subjects = list(cfg.subjects or index.data["subjects"])
+            data = {s: _subject_splits(index, cfg, s, what=what) for s in subjects}
+            if alignment is None:
+                predictors = {}
+                for subject, parts in data.items():
+                    gid = f"{cfg.id}/{subject}"
+                    strength, val_map, predictors[subject] = fit_subject(parts["train"], parts["val"], solver=solver,
+                                                                         seed=recipe.seed)
+                    chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(parts["train"])}
+                    if progress:
+                        print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
+                              f"val mAP {val_map:.4f}", file=sys.stderr)
+            else:
+                predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
+                                                                dim=recipe.model.alignment_dim, seed=recipe.seed)
+                if progress:
+                    c = chosen[cfg.id]
+                    print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="
+                          f"{c['strength']:.3g} val mAP {c['val_mAP']:.4f}", file=sys.stderr)
             out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
                                                for s in ("val", "test")}
-            for subject in cfg.subjects or index.data["subjects"]:
-                gid = f"{cfg.id}/{subject}"
-                data = {split: read_split(index, subject, split) for split in ("train", "val", "test")}
-                if cfg.train_fraction < 1.0:  # the same fixed subset the trained methods see
-                    stream = DatasetStream(index, subjects=[subject], train_fraction=cfg.train_fraction)
-                    data["train"] = data["train"].subset({k for keys in stream.train_keys().values() for k in keys})
-                for split, part in data.items():
-                    if len(part) == 0 and split != "test":
-                        raise DataError(f"{gid}: the {split} split is empty; the {solver} baseline fits on train "
-                                        f"and chooses its regularisation on val (shards {index.root})")
-                strength, val_map, predict = fit_subject(data["train"], data["val"], solver=solver, seed=recipe.seed)
-                chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(data["train"])}
-                if progress:
-                    print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
-                          f"val mAP {val_map:.4f}", file=sys.stderr)
+            for subject, parts in data.items():
                 for split in ("val", "test"):
-                    part = data[split]
+                    part = parts[split]
                     if len(part) == 0:
                         continue
                     o = out[split]
                     o["keys"] += part.keys
-                    o["subjects"] += [gid] * len(part)
-                    o["probs"].append(predict(part.x).astype(np.float32))
+                    o["subjects"] += [f"{cfg.id}/{subject}"] * len(part)
+                    o["probs"].append(predictors[subject](part.x).astype(np.float32))
                     o["labels"].append(part.y)
             for split in ("val", "test"):
                 o = out[split]
@@ -152,11 +246,19 @@ def run_linear(recipe, *, solver: Solver = "ridge", progress: bool = True) -> Pa
         results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
         grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
         path = run_dir / "metrics.json"
-        write_json(path, {**results, "method": solver,
+        write_json(path, {**results, "method": solver if alignment is None else f"aligned-{solver}",
                           "linear": {"solver": solver, "parameter": "alpha" if solver == "ridge" else "C",
-                                     "grid": list(grid), "chosen": chosen},
+                                     "alignment": alignment, "grid": list(grid), "chosen": chosen},
                           "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
         return path
+
+
+def _arguments(p) -> None:
+    from foundation.model.alignment import FITTERS
+
+    p.add_argument("--solver", choices=SOLVERS, default="ridge")
+    p.add_argument("--alignment", choices=tuple(FITTERS), default=None,
+                   help="one read-out pooled over each dataset's subjects on their inputs aligned this way")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,8 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return closed_form.main(
         argv, prog="python -m foundation.workflows.linear", description=__doc__.splitlines()[0],
-        add_arguments=lambda p: p.add_argument("--solver", choices=SOLVERS, default="ridge"),
-        run=lambda recipe, args, progress: run_linear(recipe, solver=args.solver, progress=progress))
+        add_arguments=_arguments,
+        run=lambda recipe, args, progress: run_linear(recipe, solver=args.solver, alignment=args.alignment,
+                                                      progress=progress))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -115,3 +115,82 @@ def test_bench_runs_linear_methods_beside_the_others(tmp_path):
     summary = summarise(jobs, results, reference="ridge")
     assert set(summary["roi"]["tests"]) == {"logistic"} and summary["roi"]["tests"]["logistic"]["n_pairs"] == 2
     assert "Δ mAP vs Ridge (per subject)" in markdown(summary, header="h")
+
+
+def _aligned_world(n_subjects: int, *, seed: int = 0):
+    """Subjects whose inputs are one noisy linear image of the stimuli's guidance codes, each in its own
+    coordinates (a permutation and sign flip of the input columns per subject)."""
+    rng = np.random.default_rng(seed)
+    n_stim, f, c = 160, 24, 3
+    low, high = rng.normal(size=(n_stim, 6)), rng.normal(size=(n_stim, 6))
+    labels = (high[:, :c] + 0.3 * rng.normal(size=(n_stim, c)) > 0.3).astype(np.float32)
+    mix = rng.normal(size=(12, f))
+    clean = np.concatenate([low, high], 1) @ mix
+    noise = 0.5 * rng.normal(size=clean.shape)
+    data, codes = {}, []
+    for s in range(n_subjects):
+        perm, sign = rng.permutation(f), rng.choice([-1.0, 1.0], size=f)
+        codes.append((perm, sign))
+        x = ((clean + noise)[:, perm] * sign).astype(np.float32)
+        parts = {}
+        for split, rows in (("train", slice(0, 100)), ("val", slice(100, 130)), ("test", slice(130, 160))):
+            idx = np.arange(n_stim)[rows]
+            parts[split] = Split([f"s{s}-{i}" for i in idx], [str(i) for i in idx], x[idx], labels[idx],
+                                 low[idx].astype(np.float32), high[idx].astype(np.float32))
+        data[f"sub-{s + 1:02d}"] = parts
+    return data, codes
+
+
+@pytest.mark.parametrize("alignment", ["guidance-ridge", "guidance-encoding"])
+def test_pooled_aligned_readout_undoes_each_subjects_coordinates(alignment):
+    """Subjects that differ only by their input coordinates get the same predictions from the pooled
+    read-out: the per-subject alignment maps both onto one space before the one shared read-out."""
+    from foundation.workflows.linear import fit_pooled_aligned
+
+    data, _ = _aligned_world(3)
+    predictors, report = fit_pooled_aligned(data, alignment=alignment, solver="ridge", dim=4)
+    assert report["alignment"] == alignment and set(report["alpha"]) == set(data)
+    assert report["n_train"] == 3 * 100
+    test = data["sub-01"]["test"]
+    p1 = predictors["sub-01"](test.x)
+    for s in ("sub-02", "sub-03"):  # the same responses in other coordinates: the same predictions
+        np.testing.assert_allclose(predictors[s](data[s]["test"].x), p1, atol=1e-4)
+    # a per-subject linear read-out cannot be told apart either, but one map on the raw inputs (no
+    # alignment) sees three different codes: its predictions differ between the subjects
+    from sklearn.linear_model import Ridge
+
+    raw = Ridge(alpha=1.0).fit(np.concatenate([p["train"].x for p in data.values()]),
+                               np.concatenate([p["train"].y for p in data.values()]))
+    assert np.abs(raw.predict(data["sub-02"]["test"].x) - raw.predict(test.x)).max() > 0.1
+
+
+def test_pooled_aligned_readout_runs_in_bench_as_one_model(tmp_path):
+    from foundation.workflows.compare import METHODS, plan_jobs, run_job, summarise
+
+    import yaml
+
+    from foundation.core.recipe import to_dict
+
+    path = tmp_path / "lin.yaml"
+    path.write_text(yaml.safe_dump(to_dict(_recipe(tmp_path))))
+    jobs = plan_jobs(path, methods=["aligned-ridge"], seeds=[0], out=tmp_path / "bench")
+    assert METHODS["aligned-ridge"].one_model and not METHODS["ridge"].one_model
+    result = run_job(jobs[0], threads=1)
+    metrics = json.loads((jobs[0].run_dir / "metrics.json").read_text())
+    assert metrics["method"] == "aligned-ridge" and metrics["linear"]["alignment"] == "guidance-ridge"
+    chosen = metrics["linear"]["chosen"]["roi"]
+    assert chosen["n_train"] == sum(c["n_train"] for c in _per_subject_counts(tmp_path))
+    for gid, m in metrics["test"]["per_subject"].items():
+        assert m["mAP"] > metrics["test"]["chance_mAP"] + 0.15, gid
+    block = summarise(jobs, [result])["roi"]["methods"]
+    assert len(block["aligned-ridge"]["pooled_mAP"]) == 1  # one read-out for all subjects: a pooled score
+
+
+def _per_subject_counts(tmp_path):
+    from foundation.workflows.linear import run_linear
+
+    recipe = _recipe(tmp_path)
+    import dataclasses
+
+    recipe = dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, dir=str(tmp_path / "per-subject")))
+    return json.loads(Path(run_linear(recipe, progress=False)).read_text())["linear"]["chosen"].values()
