@@ -36,10 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = (
     ("synthetic", "recipes/synthetic.yaml",
      ("clip-mused", "ms-smodel-vit", "ms-smodel-mlp", "ms-emb", "no-orth", "no-low", "no-high", "no-rsa", "mapping",
-      "ss-vit", "ss-mlp", "ridge", "logistic", "aligned-clip-mused", "aligned-enc-clip-mused", "aligned-mlp"), 3),
+      "ss-vit", "ss-mlp", "ridge", "logistic", "aligned-ridge", "aligned-clip-mused", "aligned-enc-clip-mused",
+      "aligned-mlp"), 3),
     ("synthetic_clip_ss_vit", "recipes/synthetic.yaml", ("clip-mused", "ss-vit", "clip-ss-vit"), 1),
     ("synthetic_volume", "recipes/synthetic_volume.yaml", ("clip-mused", "srm", "ms-smodel-vit", "ms-smodel-mlp",
-                                                          "ms-emb", "ss-mlp", "ridge", "logistic", "aligned-clip-mused",
+                                                          "ms-emb", "ss-mlp", "ridge", "logistic", "aligned-ridge",
+                                                          "aligned-clip-mused",
                                                           "aligned-enc-clip-mused", "aligned-mlp"), 3),
 )
 

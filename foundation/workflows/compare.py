@@ -99,6 +99,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            ("model.tokens=subject", "model.alignment=guidance-encoding"),
            description="CLIP-MUSED on per-subject inputs aligned by an inverted encoding model "
                        "(model.alignment=guidance-encoding)"),
+    Method("aligned-lin-clip-mused", "CLIP-MUSED + alignment, linear head",
+           ("model.tokens=subject", "model.alignment=guidance-ridge", "model.head=linear"),
+           description="aligned-clip-mused with one linear map from the two readout tokens to the labels instead "
+                       "of the paper's MLP head (model.head=linear)"),
     Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
            ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
            description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),
