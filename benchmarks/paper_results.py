@@ -1,9 +1,9 @@
 """Regenerate ``docs/results/``: the paper's tables and figures on the synthetic worlds (a benchmark).
 
-    .venv/bin/python benchmarks/paper_results.py                 # ~2 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
+    .venv/bin/python benchmarks/paper_results.py                 # ~5 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
     .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
 
-Three ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
+Four ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
 interrupted call resumes by rerunning it) and the figures of ``foundation plot``:
 
 1. ``recipes/synthetic.yaml`` (ROI world, NSD-like: 10 subjects, mostly disjoint stimuli): CLIP-MUSED,
@@ -13,7 +13,10 @@ interrupted call resumes by rerunning it) and the figures of ``foundation plot``
 2. ``recipes/synthetic_volume.yaml`` (volume world, HCP-like: 6 subjects, one shared movie, 3-D CNN
    patchifier): CLIP-MUSED, SRM (needs the shared stimuli), the pooled / identity-token baselines,
    SS-CNN, the per-subject linear read-outs and the aligned rows (issues 13/14), 3 seeds;
-3. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
+3. ``recipes/synthetic_volume.yaml`` again with early stopping on a fine validation grid for every trained
+   row (RESULTS.md §4d): the aligned model with the paper's MLP head and with a linear head, SS-CNN,
+   the paper-exact model, the per-subject and the pooled aligned ridge read-outs, 3 seeds;
+4. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
    on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
    seed 0's SS-ViT models (Fig. C5/C6).
 
@@ -44,6 +47,13 @@ PLAN = (
                                                           "aligned-clip-mused",
                                                           "aligned-enc-clip-mused", "aligned-mlp"), 3),
 )
+#: RESULTS.md §4d: the volume world with a fine validation grid (early stopping) for every trained row, and
+#: the aligned model with a linear head beside the paper's; (table, recipe, methods, seeds, overrides,
+#: reference row, suffix of --runs) — its own run directories, as the overrides change every trained run
+EARLY = ("synthetic_volume_early", "recipes/synthetic_volume.yaml",
+         ("aligned-lin-clip-mused", "aligned-clip-mused", "ridge", "aligned-ridge", "ss-mlp", "clip-mused"), 3,
+         ("train.lr=3e-4", "train.steps=800", "train.eval_every=50", "train.checkpoint_every=50"), "ridge",
+         "-volume-early")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(figures, ignore_errors=True)
         for path in plot_run(runs / "clip-mused-seed0", out=figures, compare=singles or None):
             print(path)
+    name, recipe, methods, seeds, overrides, reference, suffix = EARLY
+    table = bench(recipe, methods=methods, seeds=min(seeds, args.seeds), out=args.runs + suffix, jobs=args.jobs,
+                  overrides=overrides, reference=reference)
+    shutil.copyfile(table, out / f"{name}.md")
     print(f"paper_results: {(time.perf_counter() - t0) / 60:.1f} min wall")
     return 0
 
