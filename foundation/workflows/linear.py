@@ -23,6 +23,7 @@ read-out is fitted on all subjects' aligned training samples together, its regul
 the mean over subjects of each subject's validation mAP.  No learned per-subject parameters: the linear
 counterpart of ``aligned-mlp``, which tells whether a shared model's gain comes from pooling or from
 its network.
+
 Writes ``metrics.json`` in the schema of a training run (per-subject test metrics, the chosen
 values), so ``foundation bench`` reports it beside every other method.  ``datasets[].train_fraction``
 < 1 fits on the same fixed subset of each subject's training samples as the trained methods.
@@ -172,10 +173,10 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     # centred, not standardised: the guidance basis already has unit mean variance, and its principal
     # components keep their relative scale, so the ridge shrinks the weak directions most
     centre = z.mean(0)
-    zs = z - centre
+    zc = z - centre
     best = None
     for strength in tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS)):
-        fit = _fit_ridge(zs, y, strength) if solver == "ridge" else _fit_logistic(zs, y, strength, seed=seed)
+        fit = _fit_ridge(zc, y, strength) if solver == "ridge" else _fit_logistic(zc, y, strength, seed=seed)
         scores = [multilabel_metrics(torch.from_numpy(fit(aligned(s, p["val"].x) - centre)).float(),
                                      torch.from_numpy(p["val"].y).int())["mAP"] for s, p in data.items()]
         score = float(np.nanmean(scores))
