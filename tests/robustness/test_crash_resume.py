@@ -171,15 +171,26 @@ def test_sigkill_shard_at_random_moments_then_rerun_gives_identical_shards(tmp_p
 
     rng = random.Random(SEED)
     killed_shards = tmp_path / "killed" / "shards"
+
+    def parts_done() -> int:  # the build writes one part per subject (4), then index.json
+        directory = _dataset_dir(killed_shards)
+        return len(list(directory.glob("_parts/*.json"))) if directory else 0
+
     kills = 0
     for _ in range(3):
-        directory = _dataset_dir(killed_shards)
-        done = len(list(directory.glob("_parts/*.json"))) if directory else 0
+        done = parts_done()
+        if done >= 3:
+            break
+        # a random moment of the work still to do, placed by progress (not by the clean build's seconds, which a
+        # change of machine load would make too long): after a random number of new parts, then up to half a
+        # part's time into the next one
+        target = rng.randint(done, 2)
+        delay = rng.uniform(0.0, 0.5) * build_seconds / 4
         launched = time.time()
         proc = _launch(["shard", str(recipes["killed"])], tmp_path)
-        # a random moment of the work still to do, counted from when this process starts writing
-        delay = rng.uniform(0.05, 0.7) * build_seconds * (1 - done / 4)
-        if _kill_when(proc, lambda t=launched: _written_since(killed_shards, t), delay):
+        ready = (lambda t=launched: _written_since(killed_shards, t)) if target == done else \
+            (lambda n=target: parts_done() >= n)
+        if _kill_when(proc, ready, delay):
             kills += 1
             directory = _dataset_dir(killed_shards)
             if (directory / "index.json").exists():  # written last: if it is there, the shards are complete
