@@ -174,11 +174,12 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     # components keep their relative scale, so the ridge shrinks the weak directions most
     centre = z.mean(0)
     zc = z - centre
+    # each subject's validation inputs aligned once, scored under every value of the grid
+    val = [(aligned(s, p["val"].x) - centre, torch.from_numpy(p["val"].y).int()) for s, p in data.items()]
     best = None
     for strength in tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS)):
         fit = _fit_ridge(zc, y, strength) if solver == "ridge" else _fit_logistic(zc, y, strength, seed=seed)
-        scores = [multilabel_metrics(torch.from_numpy(fit(aligned(s, p["val"].x) - centre)).float(),
-                                     torch.from_numpy(p["val"].y).int())["mAP"] for s, p in data.items()]
+        scores = [multilabel_metrics(torch.from_numpy(fit(zv)).float(), yv)["mAP"] for zv, yv in val]
         score = float(np.nanmean(scores))
         if best is None or (np.isfinite(score) and score > best[1]):
             best = (strength, score, fit)
