@@ -20,6 +20,11 @@ interrupted call resumes by rerunning it) and the figures of ``foundation plot``
    on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
    seed 0's SS-ViT models (Fig. C5/C6).
 
+Every finished run's ``metrics.json`` and recipe also go to ``docs/results/archive`` (committed, a few KB per
+run): on a machine with a clean ``runs/``, unchanged runs are restored from it instead of retrained, so a
+regeneration can span sessions (``foundation bench --archive``). Figures need the full run of seed 0's
+CLIP-MUSED and are kept as they are when that run was restored.
+
 Writes ``docs/results/<table>.md`` (the tables as ``foundation bench`` prints them) and
 ``docs/results/figures/<recipe>/*.png``; ``docs/RESULTS.md`` quotes and discusses them.
 """
@@ -62,12 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/results", help="where tables and figures go (default docs/results)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--seeds", type=int, default=3, help="at most this many seeds per table (default 3)")
+    p.add_argument("--archive", default="docs/results/archive",
+                   help="bench archive: each finished run's metrics.json + recipe, restored into a clean --runs when "
+                        "the recipe is unchanged, so a regeneration resumes on another machine (default "
+                        "docs/results/archive; committed)")
     args = p.parse_args(argv)
     os.chdir(REPO)  # recipes and the default --runs / --out are relative to the repository
 
     import matplotlib
 
     matplotlib.use("Agg")
+    from foundation.workflows.bench_archive import is_restored
     from foundation.workflows.compare import bench
     from foundation.workflows.figures import plot_run
 
@@ -76,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, recipe, methods, seeds in PLAN:
         seeds = min(seeds, args.seeds)
-        table = bench(recipe, methods=methods, seeds=seeds, out=args.runs, jobs=args.jobs)
+        table = bench(recipe, methods=methods, seeds=seeds, out=args.runs, jobs=args.jobs, archive=args.archive)
         shutil.copyfile(table, out / f"{name}.md")
         stem = Path(recipe).stem
         if name != stem:
             continue  # the same runs as the main table of this recipe: no new figures
         runs = Path(args.runs) / stem
+        if is_restored(runs / "clip-mused-seed0"):
+            print(f"{out / 'figures' / stem}: kept (clip-mused-seed0 was restored from {args.archive}: metrics only; "
+                  f"delete {runs / 'clip-mused-seed0'} and rerun to redraw)")
+            continue
         singles = sorted(runs.glob("ss-vit-seed0-*")) if "ss-vit" in methods else None
         figures = out / "figures" / stem
         shutil.rmtree(figures, ignore_errors=True)
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
     name, recipe, methods, seeds, overrides, reference, suffix = EARLY
     table = bench(recipe, methods=methods, seeds=min(seeds, args.seeds), out=args.runs + suffix, jobs=args.jobs,
-                  overrides=overrides, reference=reference)
+                  overrides=overrides, reference=reference, archive=f"{args.archive}/{suffix.lstrip('-')}")
     shutil.copyfile(table, out / f"{name}.md")
     print(f"paper_results: {(time.perf_counter() - t0) / 60:.1f} min wall")
     return 0

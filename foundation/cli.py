@@ -66,7 +66,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"to run only seed 0 write --seeds 1, for other seeds list several", file=sys.stderr)
         return 2
     path = bench(args.recipe, methods=args.methods, seeds=seeds, out=args.out, overrides=args.overrides,
-                 subjects=args.subjects, jobs=args.jobs, threads=args.threads, reference=args.reference)
+                 subjects=args.subjects, jobs=args.jobs, threads=args.threads, reference=args.reference,
+                 archive=args.archive)
     print(f"results: {path}")
     return 0
 
@@ -218,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench", help="where runs and results go (default: %(default)s)")
     p.add_argument("--reference", default="clip-mused",
                    help="the row the paired tests compare every other row with (default: %(default)s)")
+    p.add_argument("--archive", metavar="DIR",
+                   help="copy each finished run's metrics.json and recipe to DIR, and restore a missing run from DIR "
+                        "when its recipe is unchanged (tables survive a clean runs/ folder; default: no archive)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best weights")

@@ -303,12 +303,15 @@ def markdown(summary: dict[str, Any], *, header: str) -> str:
 def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: int | Sequence[int] = 3,
           out: str | Path = "runs/bench", overrides: Sequence[str] = (), subjects: Sequence[str] | None = None,
           jobs: int = 1, threads: int | None = None, reference: str = REFERENCE,
-          log: Callable[[str], None] = print) -> Path:
+          archive: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Run (or reuse) every job and write ``results.md`` / ``results.json``; returns the markdown path.
 
     ``reference``: the row every other row is tested against (default CLIP-MUSED; must be among ``methods``).
-    ``threads``: per run (:func:`threads_per_run`: default the caller's ``OMP_NUM_THREADS``, else cores ÷ jobs)."""
+    ``threads``: per run (:func:`threads_per_run`: default the caller's ``OMP_NUM_THREADS``, else cores ÷ jobs).
+    ``archive``: a folder (:mod:`foundation.workflows.bench_archive`) that receives every finished run's
+    ``metrics.json`` and recipe, and from which a missing run whose recipe is unchanged is restored."""
     from foundation.core.atomic import write_json
+    from foundation.workflows import bench_archive
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     for name in methods:
@@ -319,14 +322,25 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
     planned = plan_jobs(recipe_path, methods=methods, seeds=seed_list, out=out, overrides=overrides,
                         subjects=subjects)
     threads = threads_per_run(jobs, threads)
-    log(f"{len(planned)} runs ({sum(not (j.run_dir / 'metrics.json').is_file() for j in planned)} to train), "
-        f"{jobs} at a time × {threads} threads")
+    restored = 0
+    if archive is not None:
+        clash = [c for j in planned if (c := bench_archive.conflict(Path(archive), run_dir=j.run_dir,
+                                                                     recipe_file=j.recipe_file))]
+        if clash:
+            raise RecipeError(f"--archive {archive}: {clash[0]} (and {len(clash) - 1} more) holds a run of another "
+                              f"recipe under the same name; give each --out and set of overrides its own archive")
+        restored = sum(bench_archive.restore(Path(archive), run_dir=j.run_dir, recipe_file=j.recipe_file)
+                       for j in planned)
+    log(f"{len(planned)} runs ({sum(not (j.run_dir / 'metrics.json').is_file() for j in planned)} to train"
+        + (f", {restored} restored from {archive}" if restored else "") + f"), {jobs} at a time × {threads} threads")
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = [None] * len(planned)  # type: ignore[list-item]
 
     def work(i: int) -> None:
         results[i] = run_job(planned[i], threads=threads)
         j = planned[i]
+        if archive is not None:
+            bench_archive.save(Path(archive), run_dir=j.run_dir, recipe_file=j.recipe_file)
         log(f"done {j.method.name} seed {j.seed}" + (f" {j.subject}" if j.subject else ""))
 
     with ThreadPoolExecutor(max(jobs, 1)) as pool:
@@ -343,6 +357,10 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
               f"not retrained).")
     from foundation.objectives.scoring import is_subject_mean
 
+    n_archived = sum(bench_archive.is_restored(j.run_dir) for j in planned)
+    if n_archived:
+        header += (f" {n_archived} of the {len(planned)} runs are metrics restored from a bench archive "
+                   f"(trained earlier with the same recipe; no checkpoint here).")
     old = [str(j.run_dir) for j, r in zip(planned, results) if not is_subject_mean(r["test"])]
     if old:  # reported, not retrained: delete those run directories to retrain them under today's rule
         header += (f"\n\n{len(old)} of the {len(planned)} runs were written before selection on the mean over "

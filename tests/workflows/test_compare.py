@@ -147,3 +147,43 @@ def test_threads_per_run_honours_the_flag_then_the_callers_omp_num_threads(monke
     assert threads_per_run(2, 3) == 3
     with pytest.raises(RecipeError, match="--threads"):
         threads_per_run(2, 0)
+
+
+def test_bench_archive_restores_unchanged_runs_and_retrains_changed_ones(recipe_file, tmp_path):
+    """``--archive``: every finished run's metrics and recipe are kept; a clean ``runs/`` gets them back
+    only for an identical recipe (an override makes it a different run, which is trained)."""
+    from foundation.workflows.bench_archive import is_restored
+    from foundation.workflows.compare import bench
+
+    archive = tmp_path / "archive"
+    kw = dict(methods=["ridge"], reference="ridge", seeds=2, archive=archive)
+    logs: list[str] = []
+    first = bench(recipe_file, out=tmp_path / "a", log=logs.append, **kw).read_text()
+    assert logs[0].startswith("2 runs (2 to train)")
+    saved = sorted(p.parent.name for p in archive.rglob("metrics.json"))
+    assert saved == ["ridge-seed0", "ridge-seed1"]
+    assert all((archive / "tiny" / name / "recipe.yaml").is_file() for name in saved)
+
+    logs.clear()  # a clean runs folder: everything restored, nothing trained, the same table
+    again = bench(recipe_file, out=tmp_path / "b", log=logs.append, **kw)
+    assert logs[0].startswith("2 runs (0 to train, 2 restored from")
+    assert again.read_text().split("### ", 1)[1] == first.split("### ", 1)[1]
+    assert "2 of the 2 runs are metrics restored from a bench archive" in again.read_text()
+    run = tmp_path / "b" / "tiny" / "ridge-seed0"
+    assert is_restored(run) and sorted(p.name for p in run.iterdir()) == [".restored-from-archive", "metrics.json"]
+
+    # a changed recipe is another run: not restored (bench then trains it); only run.dir may differ
+    from foundation.workflows.bench_archive import restore
+
+    planned = yaml.safe_load((tmp_path / "a" / "tiny" / "recipes" / "ridge-seed0.yaml").read_text())
+    for key, value in (("dir", str(tmp_path / "elsewhere" / "tiny" / "ridge-seed0")), ("lr", 0.5)):
+        d = json.loads(json.dumps(planned))
+        (d["run"] if key == "dir" else d["train"])[key] = value
+        changed = tmp_path / f"{key}.yaml"
+        changed.write_text(yaml.safe_dump(d))
+        fresh = tmp_path / key / "tiny" / "ridge-seed0"
+        assert restore(archive, run_dir=fresh, recipe_file=changed) is (key == "dir"), key
+        assert (fresh / "metrics.json").is_file() is (key == "dir")
+
+    with pytest.raises(RecipeError, match="holds a run of another recipe"):  # never overwrite another recipe's run
+        bench(recipe_file, out=tmp_path / "d", overrides=["train.lr=0.5"], **kw)
