@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/paper_results.py                 # ~5 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
     .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
 
-Four ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
+Six ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
 interrupted call resumes by rerunning it) and the figures of ``foundation plot``:
 
 1. ``recipes/synthetic.yaml`` (ROI world, NSD-like: 10 subjects, mostly disjoint stimuli): CLIP-MUSED,
    the single- and multi-subject baselines (Tables 1/2), the mapping loss (Table B4) and the loss
    ablations (Table 3), 3 seeds; CLIP-SS-ViT (Table D5) beside CLIP-MUSED and SS-ViT on
    seed 0 only (another 30 single-subject runs per seed);
+   the guidance networks (Table E6): CLIP-MUSED guided by MiniLM embeddings of the captions and by a
+   randomly initialised CLIP on the rendered images, 3 seeds;
 2. ``recipes/synthetic_volume.yaml`` (volume world, HCP-like: 6 subjects, one shared movie, 3-D CNN
    patchifier): CLIP-MUSED, SRM (needs the shared stimuli), the pooled / identity-token baselines,
    SS-CNN, the per-subject linear read-outs and the aligned rows (issues 13/14), 3 seeds;
@@ -47,18 +49,25 @@ PLAN = (
       "ss-vit", "ss-mlp", "ridge", "logistic", "aligned-ridge", "aligned-clip-mused", "aligned-enc-clip-mused",
       "aligned-mlp"), 3),
     ("synthetic_clip_ss_vit", "recipes/synthetic.yaml", ("clip-mused", "ss-vit", "clip-ss-vit"), 1),
+    ("synthetic_guidance", "recipes/synthetic.yaml", ("clip-mused", "guidance:minilm"), 3),
     ("synthetic_volume", "recipes/synthetic_volume.yaml", ("clip-mused", "srm", "ms-smodel-vit", "ms-smodel-mlp",
                                                           "ms-emb", "ss-mlp", "ridge", "logistic", "aligned-ridge",
                                                           "aligned-clip-mused",
                                                           "aligned-enc-clip-mused", "aligned-mlp"), 3),
 )
-#: RESULTS.md §4d: the volume world with a fine validation grid (early stopping) for every trained row, and
-#: the aligned model with a linear head beside the paper's; (table, recipe, methods, seeds, overrides,
-#: reference row, suffix of --runs) — its own run directories, as the overrides change every trained run
-EARLY = ("synthetic_volume_early", "recipes/synthetic_volume.yaml",
-         ("aligned-lin-clip-mused", "aligned-clip-mused", "ridge", "aligned-ridge", "ss-mlp", "clip-mused"), 3,
-         ("train.lr=3e-4", "train.steps=800", "train.eval_every=50", "train.checkpoint_every=50"), "ridge",
-         "-volume-early")
+#: tables whose overrides change every run: (table, recipe, methods, seeds, overrides, reference row, suffix
+#: of --runs and name of their archive) — their own run directories. RESULTS.md §3: CLIP-MUSED guided by a
+#: randomly initialised CLIP on the rendered images; §4d: the volume world with a fine validation grid (early
+#: stopping) for every trained row, and the aligned model with a linear head beside the paper's
+OVERRIDDEN = (
+    ("synthetic_random_clip", "recipes/synthetic.yaml", ("clip-mused",), 3,
+     ("guidance.low=clip", "guidance.high=clip", "guidance.allow_random_weights=true",
+      "guidance.options.clip.pretrained=random"), "clip-mused", "-random-clip"),
+    ("synthetic_volume_early", "recipes/synthetic_volume.yaml",
+     ("aligned-lin-clip-mused", "aligned-clip-mused", "ridge", "aligned-ridge", "ss-mlp", "clip-mused"), 3,
+     ("train.lr=3e-4", "train.steps=800", "train.eval_every=50", "train.checkpoint_every=50"), "ridge",
+     "-volume-early"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(figures, ignore_errors=True)
         for path in plot_run(runs / "clip-mused-seed0", out=figures, compare=singles or None):
             print(path)
-    name, recipe, methods, seeds, overrides, reference, suffix = EARLY
-    table = bench(recipe, methods=methods, seeds=min(seeds, args.seeds), out=args.runs + suffix, jobs=args.jobs,
-                  overrides=overrides, reference=reference, archive=f"{args.archive}/{suffix.lstrip('-')}")
-    shutil.copyfile(table, out / f"{name}.md")
+    for name, recipe, methods, seeds, overrides, reference, suffix in OVERRIDDEN:
+        table = bench(recipe, methods=methods, seeds=min(seeds, args.seeds), out=args.runs + suffix,
+                      jobs=args.jobs, overrides=overrides, reference=reference,
+                      archive=f"{args.archive}/{suffix.lstrip('-')}")
+        shutil.copyfile(table, out / f"{name}.md")
     print(f"paper_results: {(time.perf_counter() - t0) / 60:.1f} min wall")
     return 0
 
