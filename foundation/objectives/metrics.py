@@ -10,28 +10,52 @@ wrong label decisions with ``prob > 0.5`` predicting positive (micro average).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_hamming_distance,
-    multilabel_auroc,
-    multilabel_average_precision,
-    multilabel_hamming_distance,
-)
 
 __all__ = ["multilabel_metrics", "grouped_metrics"]
 
 THRESHOLD = 0.5
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> float:
-    return float(values[mask].mean()) if bool(mask.any()) else math.nan
+def _ap_auc(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Average precision and ROC AUC of every column at once, ties handled as scikit-learn does.
+
+    Args:
+        p: ``(N, C)`` scores; y: ``(N, C)`` 0/1 labels (both float64).
+
+    Returns:
+        ``(ap (C,), auc (C,))``; columns without a positive (AP) or without both classes (AUC) hold
+        NaN or ±inf and are to be left out by the caller.
+
+    AP is ``Σ_k (R_k − R_{k−1}) P_k`` over the distinct score thresholds (no interpolation), i.e. each
+    positive contributes the precision at the end of its group of tied scores; AUC is the Mann–Whitney
+    statistic with ties counted one half (the area under the trapezoidal ROC curve). Vectorised rather
+    than a library call per label: scikit-learn's per-label functions cost ~3 ms each in input checks,
+    several times the training step of the default run when a table scores many subjects and labels.
+    """
+    n = p.shape[0]
+    order = torch.argsort(p, dim=0, descending=True, stable=True)
+    ps, ys = p.gather(0, order), y.gather(0, order)
+    pos = torch.arange(n, dtype=torch.float64).unsqueeze(1).expand_as(ps)
+    last = torch.ones_like(ps, dtype=torch.bool)  # the row ends a group of tied scores
+    last[:-1] = ps[:-1] != ps[1:]
+    first = torch.ones_like(ps, dtype=torch.bool)  # the row starts one
+    first[1:] = last[:-1]
+    # each row's group end (first end at or below it) and start (last start at or above it)
+    end = torch.flip(torch.cummin(torch.flip(torch.where(last, pos, float(n)), [0]), 0).values, [0])
+    start = torch.cummax(torch.where(first, pos, -1.0), 0).values
+    tp = ys.cumsum(0)
+    precision_at_end = (tp / (pos + 1)).gather(0, end.long())
+    n_pos = ys.sum(0)
+    ap = (ys * precision_at_end).sum(0) / n_pos
+    rank_ascending = n - (start + end) / 2  # tied scores share their mean rank
+    n_neg = n - n_pos
+    auc = ((ys * rank_ascending).sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return ap, auc
 
 
 def multilabel_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
@@ -56,34 +80,24 @@ def multilabel_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
         return {"mAP": math.nan, "AUC": math.nan, "hamming": math.nan, "n": n,
                 "n_labels_scored": 0, "n_labels_scored_auc": 0}
     if bool(((probs < 0) | (probs > 1) | probs.isnan()).any()):
-        # torchmetrics would silently apply a sigmoid to out-of-range "probabilities"
+        # a sigmoid would have to be applied first: refuse rather than rank logits as probabilities
         raise ValueError("probs must be probabilities in [0, 1] (did you pass logits?)")
     if bool(((labels != 0) & (labels != 1)).any()):
         raise ValueError("labels must be 0/1")
-    target = labels.long()
-
-    has_pos = target.sum(0) > 0
-    has_neg = (1 - target).sum(0) > 0
-    with warnings.catch_warnings():  # unscorable labels warn; they are excluded below
-        warnings.simplefilter("ignore", UserWarning)
-        if c == 1:  # torchmetrics' multilabel functions need num_labels >= 2
-            p1, t1 = probs[:, 0], target[:, 0]
-            ap = binary_average_precision(p1, t1).reshape(1)
-            auc = binary_auroc(p1, t1).reshape(1)
-            hamming = binary_hamming_distance(p1, t1, threshold=THRESHOLD)
-        else:
-            ap = multilabel_average_precision(probs, target, num_labels=c, average="none")
-            auc = multilabel_auroc(probs, target, num_labels=c, average="none")
-            hamming = multilabel_hamming_distance(
-                probs, target, num_labels=c, threshold=THRESHOLD, average="micro"
-            )
+    y = labels.to(torch.float64)
+    has_pos = y.sum(0) > 0
+    has_neg = (1 - y).sum(0) > 0
+    both = has_pos & has_neg
+    ap, auc = _ap_auc(probs.to(torch.float64), y)
+    ap, auc = ap[has_pos].tolist(), auc[both].tolist()
+    hamming = float(((probs > THRESHOLD) != (labels == 1)).double().mean())
     return {
-        "mAP": _masked_mean(ap, has_pos),
-        "AUC": _masked_mean(auc, has_pos & has_neg),
-        "hamming": float(hamming),
+        "mAP": float(np.mean(ap)) if ap else math.nan,
+        "AUC": float(np.mean(auc)) if auc else math.nan,
+        "hamming": hamming,
         "n": n,
         "n_labels_scored": int(has_pos.sum()),
-        "n_labels_scored_auc": int((has_pos & has_neg).sum()),
+        "n_labels_scored_auc": int(both.sum()),
     }
 
 

@@ -76,3 +76,28 @@ def test_grouped_metrics_per_subject():
     assert g["nsd/s2"]["hamming"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         grouped_metrics(probs, labels, groups[:-1])
+
+
+def test_matches_scikit_learn_with_ties_and_unscorable_labels():
+    """mAP / AUC are the macro means of scikit-learn's ``average_precision_score`` / ``roc_auc_score`` over
+    the scorable labels, on random data with many tied scores (the vectorised ranking must break ties
+    as they do)."""
+    np = pytest.importorskip("numpy")
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n, c = int(rng.integers(2, 50)), int(rng.integers(1, 9))
+        y = (rng.random((n, c)) < rng.uniform(0.05, 0.9)).astype(np.int64)
+        p = rng.random((n, c)).astype(np.float32)
+        if trial % 2:
+            p = np.round(p, 1)  # ties within and across classes
+        m = multilabel_metrics(torch.from_numpy(p), torch.from_numpy(y))
+        pos = [j for j in range(c) if y[:, j].any()]
+        both = [j for j in pos if not y[:, j].all()]
+        want_ap = np.mean([average_precision_score(y[:, j], p[:, j]) for j in pos]) if pos else math.nan
+        want_auc = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in both]) if both else math.nan
+        assert m["mAP"] == pytest.approx(want_ap, abs=1e-9, nan_ok=True), trial
+        assert m["AUC"] == pytest.approx(want_auc, abs=1e-9, nan_ok=True), trial
+        assert m["hamming"] == pytest.approx(((p > 0.5) != (y == 1)).mean()), trial
+        assert (m["n_labels_scored"], m["n_labels_scored_auc"]) == (len(pos), len(both))
