@@ -211,17 +211,29 @@ def threads_per_run(jobs: int, threads: int | None = None) -> int:
 
 
 def run_job(job: Job, *, threads: int) -> dict[str, Any]:
-    """Train one job in a subprocess unless its metrics.json exists; returns the metrics."""
+    """Train one job in a subprocess unless its metrics.json exists; returns the metrics.
+
+    A run that another process is training (another ``foundation bench`` on the same ``--out``) is waited
+    for and then reused, not trained twice nor failed on its lock."""
+    from foundation.core.locks import hold
+
     metrics = job.run_dir / "metrics.json"
-    if not metrics.is_file():
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        if job.method.kind == "train":
-            cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
-        else:
-            cmd = [sys.executable, "-m", CLOSED_FORM[job.method.kind], str(job.recipe_file), "--no-progress",
-                   *job.method.args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if job.method.kind == "train":
+        cmd = [sys.executable, "-m", "foundation", "train", str(job.recipe_file), "--no-progress"]
+    else:
+        cmd = [sys.executable, "-m", CLOSED_FORM[job.method.kind], str(job.recipe_file), "--no-progress",
+               *job.method.args]
+    for attempt in range(3):
+        if metrics.is_file():
+            break
+        hold(job.run_dir, what="run directory", wait=True).release()  # returns at once unless it is in use
+        if metrics.is_file():  # the other process finished it
+            break
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
+        if proc.returncode == 0:
+            break
+        if "is in use by" not in proc.stderr or attempt == 2:  # not taken between our check and its start
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return json.loads(metrics.read_text())
 

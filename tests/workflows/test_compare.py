@@ -187,3 +187,39 @@ def test_bench_archive_restores_unchanged_runs_and_retrains_changed_ones(recipe_
 
     with pytest.raises(RecipeError, match="holds a run of another recipe"):  # never overwrite another recipe's run
         bench(recipe_file, out=tmp_path / "d", overrides=["train.lr=0.5"], **kw)
+
+
+def test_bench_waits_for_a_run_another_process_is_training_and_reuses_it(recipe_file, tmp_path):
+    """Two ``foundation bench`` invocations on one ``--out``: the second waits for the run the first holds
+    and reuses its metrics, instead of failing on the run directory's lock (or training it twice)."""
+    import subprocess
+    import sys
+    import time
+
+    from foundation.workflows.compare import bench, plan_jobs
+
+    # metrics of a real ridge run elsewhere, which the holder below hands over as if it had trained the run
+    real = bench(recipe_file, methods=["ridge"], reference="ridge", seeds=1, out=tmp_path / "elsewhere",
+                 log=lambda _: None)
+    fake = real.parent / "ridge-seed0" / "metrics.json"
+    out = tmp_path / "bench"
+    (job,) = plan_jobs(recipe_file, methods=["ridge"], seeds=[0], out=out / recipe_file.stem)
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, time\n"
+        "from foundation.core.locks import hold\n"
+        f"run = pathlib.Path({str(job.run_dir)!r})\n"
+        "lock = hold(run, what='run directory')\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(4)\n"  # 'training'; then the finished run's metrics appear and the lock goes
+        "run.mkdir(parents=True, exist_ok=True)\n"
+        f"(run / 'metrics.json').write_text(pathlib.Path({str(fake)!r}).read_text())\n")])
+    while not ready.exists():
+        assert holder.poll() is None, "the lock holder died"
+        time.sleep(0.05)
+    logs: list[str] = []
+    md = bench(recipe_file, methods=["ridge"], reference="ridge", seeds=1, out=out, log=logs.append)
+    assert holder.wait(timeout=60) == 0
+    assert logs[0].startswith("1 runs (1 to train)") and "done ridge seed 0" in logs
+    assert sorted(p.name for p in job.run_dir.iterdir()) == ["metrics.json"]  # nothing trained here
+    assert md.read_text().split("### ", 1)[1] == real.read_text().split("### ", 1)[1]
