@@ -33,6 +33,11 @@ def _comparable(recipe_text: str) -> dict[str, Any]:
     return d
 
 
+def _same_recipe(archived: Path, recipe_file: Path) -> bool:
+    """Whether the archived ``recipe.yaml`` and the planned ``recipe_file`` describe the same run."""
+    return _comparable(archived.read_text()) == _comparable(recipe_file.read_text())
+
+
 def entry(archive: Path, run_dir: Path) -> Path:
     """The archive folder of a bench run ``OUT/<stem>/<tag>``: ``archive/<stem>/<tag>``."""
     return Path(archive) / run_dir.parent.name / run_dir.name
@@ -47,7 +52,7 @@ def restore(archive: Path, *, run_dir: Path, recipe_file: Path) -> bool:
     src = entry(archive, run_dir)
     if not (src / "metrics.json").is_file() or not (src / "recipe.yaml").is_file():
         return False
-    if _comparable((src / "recipe.yaml").read_text()) != _comparable(recipe_file.read_text()):
+    if not _same_recipe(src / "recipe.yaml", recipe_file):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESTORED).write_text(f"{src}\n")
@@ -59,7 +64,7 @@ def restore(archive: Path, *, run_dir: Path, recipe_file: Path) -> bool:
 def conflict(archive: Path, *, run_dir: Path, recipe_file: Path) -> Path | None:
     """The archive entry of this run if it holds another recipe (saving would overwrite it), else None."""
     src = entry(archive, run_dir) / "recipe.yaml"
-    if src.is_file() and _comparable(src.read_text()) != _comparable(recipe_file.read_text()):
+    if src.is_file() and not _same_recipe(src, recipe_file):
         return src.parent
     return None
 

@@ -335,13 +335,14 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
                         subjects=subjects)
     threads = threads_per_run(jobs, threads)
     restored = 0
+    archive = Path(archive) if archive is not None else None
     if archive is not None:
-        clash = [c for j in planned if (c := bench_archive.conflict(Path(archive), run_dir=j.run_dir,
+        clash = [c for j in planned if (c := bench_archive.conflict(archive, run_dir=j.run_dir,
                                                                      recipe_file=j.recipe_file))]
         if clash:
             raise RecipeError(f"--archive {archive}: {clash[0]} (and {len(clash) - 1} more) holds a run of another "
                               f"recipe under the same name; give each --out and set of overrides its own archive")
-        restored = sum(bench_archive.restore(Path(archive), run_dir=j.run_dir, recipe_file=j.recipe_file)
+        restored = sum(bench_archive.restore(archive, run_dir=j.run_dir, recipe_file=j.recipe_file)
                        for j in planned)
     log(f"{len(planned)} runs ({sum(not (j.run_dir / 'metrics.json').is_file() for j in planned)} to train"
         + (f", {restored} restored from {archive}" if restored else "") + f"), {jobs} at a time × {threads} threads")
@@ -352,7 +353,7 @@ def bench(recipe_path: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS, 
         results[i] = run_job(planned[i], threads=threads)
         j = planned[i]
         if archive is not None:
-            bench_archive.save(Path(archive), run_dir=j.run_dir, recipe_file=j.recipe_file)
+            bench_archive.save(archive, run_dir=j.run_dir, recipe_file=j.recipe_file)
         log(f"done {j.method.name} seed {j.seed}" + (f" {j.subject}" if j.subject else ""))
 
     with ThreadPoolExecutor(max(jobs, 1)) as pool:
