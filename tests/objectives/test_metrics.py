@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,7 +83,6 @@ def test_matches_scikit_learn_with_ties_and_unscorable_labels():
     """mAP / AUC are the macro means of scikit-learn's ``average_precision_score`` / ``roc_auc_score`` over
     the scorable labels, on random data with many tied scores (the vectorised ranking must break ties
     as they do)."""
-    np = pytest.importorskip("numpy")
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     rng = np.random.default_rng(0)
