@@ -291,4 +291,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif exc.__cause__ is not None:
             hint = " (rerun with -v for the full traceback)"
         print(f"error: {plain_text(str(exc))}{hint}", file=sys.stderr)
-        return 2
+        return exc.exit_status

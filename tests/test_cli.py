@@ -129,3 +129,20 @@ def test_train_into_a_log_writes_plain_progress_lines_not_a_bar(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("train tiny:")]
     assert lines and len(lines) <= 3, proc.stderr  # one per 30 s at most, and the closing one
     assert lines[-1].startswith("train tiny: 20/20 step (100%)")
+
+
+def test_a_busy_run_directory_exits_with_the_temporary_failure_status(tmp_path):
+    """A command refused because another process holds its run directory exits 75 (EX_TEMPFAIL: try again
+    later), other errors 2, so that scripts and ``foundation bench`` can tell "wait" from "fix"."""
+    from foundation.core.errors import BusyError
+    from foundation.core.locks import hold
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))
+    lock = hold(tmp_path / "run", what="run directory")
+    try:
+        proc = _run("train", str(path), "--no-progress")
+    finally:
+        lock.release()
+    assert proc.returncode == BusyError.exit_status == 75, proc.stderr
+    assert "is in use by" in proc.stderr and "Traceback" not in proc.stderr

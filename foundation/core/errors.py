@@ -13,7 +13,12 @@ from typing import Any
 
 
 class FoundationError(Exception):
-    """Base class of all errors foundation raises on purpose."""
+    """Base class of all errors foundation raises on purpose.
+
+    ``exit_status``: what the command line exits with when this error stops a command (2, a usage or data
+    error; subclasses whose cause is temporary say so with another)."""
+
+    exit_status: int = 2
 
 
 class RecipeError(FoundationError, ValueError):
@@ -135,7 +140,12 @@ def source_folder(obj: Any) -> Path | None:
 
 
 class BusyError(FoundationError):
-    """Another process holds the lock of a run or shard directory; the message names the holder."""
+    """Another process holds the lock of a run or shard directory; the message names the holder.
+
+    Exit status 75 (``EX_TEMPFAIL`` of BSD's sysexits): the same command can succeed once the holder
+    ends, so a wrapper (``foundation bench``'s runs) retries on the status instead of parsing the message."""
+
+    exit_status: int = 75
 
 
 class NonFiniteError(FoundationError, FloatingPointError):

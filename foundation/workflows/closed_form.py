@@ -63,6 +63,6 @@ def main(argv: Sequence[str] | None, *, prog: str, description: str,
         path = run(load_recipe(args.recipe, args.overrides), args, not args.no_progress)
     except FoundationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     print(f"metrics: {path}")
     return 0

@@ -215,6 +215,7 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
 
     A run that another process is training (another ``foundation bench`` on the same ``--out``) is waited
     for and then reused, not trained twice nor failed on its lock."""
+    from foundation.core.errors import BusyError
     from foundation.core.locks import hold
 
     metrics = job.run_dir / "metrics.json"
@@ -233,7 +234,7 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode == 0:
             break
-        if "is in use by" not in proc.stderr or attempt == 2:  # not taken between our check and its start
+        if proc.returncode != BusyError.exit_status or attempt == 2:  # busy: taken between our check and start
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return json.loads(metrics.read_text())
 

@@ -223,3 +223,36 @@ def test_bench_waits_for_a_run_another_process_is_training_and_reuses_it(recipe_
     assert logs[0].startswith("1 runs (1 to train)") and "done ridge seed 0" in logs
     assert sorted(p.name for p in job.run_dir.iterdir()) == ["metrics.json"]  # nothing trained here
     assert md.read_text().split("### ", 1)[1] == real.read_text().split("### ", 1)[1]
+
+
+def test_a_run_refused_as_busy_is_retried_on_its_exit_status_and_other_failures_are_not(recipe_file, tmp_path,
+                                                                                       monkeypatch):
+    """``run_job`` tells a run taken between its lock check and the subprocess start (exit status 75,
+    :class:`BusyError`) from a real failure by the exit status, not by the wording of the message: the busy
+    one is retried, any other status fails at once with the run's stderr."""
+    import subprocess
+
+    from foundation.core.errors import BusyError
+    from foundation.workflows import compare
+
+    (job,) = compare.plan_jobs(recipe_file, methods=["ridge"], seeds=[0], out=tmp_path / "b")
+    calls: list[list[str]] = []
+
+    def busy_then_done(cmd, **_):
+        calls.append(cmd)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(cmd, BusyError.exit_status, "", "error: taken (message reworded)")
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        (job.run_dir / "metrics.json").write_text(json.dumps({"ok": 1}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare.subprocess, "run", busy_then_done)
+    assert compare.run_job(job, threads=1) == {"ok": 1} and len(calls) == 2
+
+    (other,) = compare.plan_jobs(recipe_file, methods=["ridge"], seeds=[1], out=tmp_path / "b")
+    calls.clear()
+    monkeypatch.setattr(compare.subprocess, "run", lambda cmd, **_: calls.append(cmd) or subprocess.CompletedProcess(
+        cmd, 2, "", "error: run directory x is in use by nobody"))  # a usage error, whatever its text says
+    with pytest.raises(RuntimeError, match="is in use by nobody"):
+        compare.run_job(other, threads=1)
+    assert len(calls) == 1
