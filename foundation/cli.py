@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from foundation.core.errors import FoundationError, plain_text
+from foundation.core.errors import FoundationError, report
 
 
 def _recipe(args: argparse.Namespace):
@@ -283,12 +283,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except FoundationError as exc:
-        hint = ""
-        if args.verbose or args.traceback:
-            import traceback
-
-            traceback.print_exception(exc, file=sys.stderr)  # the whole cause chain: the plugin's own frames
-        elif exc.__cause__ is not None:
-            hint = " (rerun with -v for the full traceback)"
-        print(f"error: {plain_text(str(exc))}{hint}", file=sys.stderr)
-        return exc.exit_status
+        return report(exc, full_traceback=args.verbose or args.traceback)

@@ -7,6 +7,7 @@ so a user staring at a traceback from a multi-day run knows what to fix without 
 from __future__ import annotations
 
 import re
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,19 @@ def plain_text(text: str) -> str:
     """``text`` with numpy 2's scalar reprs shown as plain Python ones: ``np.str_('a')`` → ``'a'``,
     ``np.int64(3)`` → ``3``.  Ids read from arrays are numpy scalars; messages should not say so."""
     return _NUMPY_REPR.sub(r"\1", text)
+
+
+def report(exc: FoundationError, *, full_traceback: bool = False, flag: str = "-v") -> int:
+    """Print ``exc`` as a command line does and return its exit status: ``error: <message>`` on stderr with
+    plain ids, preceded by the whole chained traceback (a plugin's own frames) when ``full_traceback``, else
+    followed by a hint to rerun with ``flag`` when the error has a cause that traceback would show."""
+    hint = ""
+    if full_traceback:
+        traceback.print_exception(exc, file=sys.stderr)
+    elif exc.__cause__ is not None:
+        hint = f" (rerun with {flag} for the full traceback)"
+    print(f"error: {plain_text(str(exc))}{hint}", file=sys.stderr)
+    return exc.exit_status
 
 
 def plain(value: Any) -> Any:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from foundation.core.errors import FoundationError
+from foundation.core.errors import FoundationError, report
 
 
 @contextlib.contextmanager
@@ -50,7 +49,8 @@ def main(argv: Sequence[str] | None, *, prog: str, description: str,
     """``python -m PROG RECIPE [key=value ...] [method options] [--no-progress]``: run, print the metrics path.
 
     ``run(recipe, args, progress)`` fits the baseline and returns its ``metrics.json``; a
-    :class:`FoundationError` is printed as ``error: …`` with exit status 2."""
+    :class:`FoundationError` is printed as ``foundation`` prints it (``error: …``, its chained traceback with
+    ``--traceback``) and its exit status returned."""
     from foundation.core.recipe import load_recipe
 
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -58,11 +58,12 @@ def main(argv: Sequence[str] | None, *, prog: str, description: str,
     p.add_argument("overrides", nargs="*")
     add_arguments(p)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error print its full chained traceback before the one-line message")
     args = p.parse_args(argv)
     try:
         path = run(load_recipe(args.recipe, args.overrides), args, not args.no_progress)
     except FoundationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return report(exc, full_traceback=args.traceback, flag="--traceback")
     print(f"metrics: {path}")
     return 0
