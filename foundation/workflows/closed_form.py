@@ -46,7 +46,8 @@ def prepare_run(recipe, *, progress: bool) -> Iterator[tuple[Path, dict[str, Any
 def main(argv: Sequence[str] | None, *, prog: str, description: str,
          add_arguments: Callable[[argparse.ArgumentParser], None],
          run: Callable[[Any, argparse.Namespace, bool], Path]) -> int:
-    """``python -m PROG RECIPE [key=value ...] [method options] [--no-progress]``: run, print the metrics path.
+    """``python -m PROG RECIPE [key=value ...] [method options] [--no-progress] [--traceback]``: run, print the
+    metrics path.
 
     ``run(recipe, args, progress)`` fits the baseline and returns its ``metrics.json``; a
     :class:`FoundationError` is printed as ``foundation`` prints it (``error: …``, its chained traceback with
