@@ -79,8 +79,9 @@ OVERRIDDEN = (
           "train.checkpoint_every=50"), "ridge", f"-volume-early-world{w}")
         for w in (1, 2)
     ),
-    ("synthetic_world1", "recipes/synthetic.yaml", ("clip-mused", "ms-emb", "ridge", "aligned-ridge", "aligned-clip-mused"),
-     3, ("datasets.0.options.world_seed=1",), "ridge", "-world1"),
+    ("synthetic_world1", "recipes/synthetic.yaml",
+     ("clip-mused", "ms-emb", "ss-mlp", "ridge", "aligned-ridge", "aligned-clip-mused"), 3,
+     ("datasets.0.options.world_seed=1",), "ridge", "-world1"),
 )
 
 
