@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/paper_results.py                 # ~5 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
     .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
 
-Nine ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
+Eleven ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
 interrupted call resumes by rerunning it) and the figures of ``foundation plot``:
 
 1. ``recipes/synthetic.yaml`` (ROI world, NSD-like: 10 subjects, mostly disjoint stimuli): CLIP-MUSED,
@@ -19,7 +19,8 @@ interrupted call resumes by rerunning it) and the figures of ``foundation plot``
    row (RESULTS.md §4d): the aligned model with the paper's MLP head and with a linear head, SS-CNN,
    the paper-exact model, the per-subject and the pooled aligned ridge read-outs, 3 seeds; then the
    aligned rows and the ridge read-outs on two worlds that no choice was made on
-   (``datasets.0.options.world_seed`` 1 and 2: the replication check of §4d), 3 seeds; and the ROI world's
+   (``datasets.0.options.world_seed`` 1 and 2: the replication check of §4d), 3 seeds; SRM against the
+   per-subject ridge on those two worlds (recipe defaults), 3 seeds; and the ROI world's
    main rows on ``world_seed`` 1 (the replication check of §1), 3 seeds;
 4. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
    on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
@@ -62,8 +63,9 @@ PLAN = (
 #: of --runs and name of their archive) — their own run directories. RESULTS.md §3: CLIP-MUSED guided by a
 #: randomly initialised CLIP on the rendered images; §4d: the volume world with a fine validation grid (early
 #: stopping) for every trained row, and the aligned model with a linear head beside the paper's; then that table's
-#: aligned and ridge rows on two other worlds of the same generator (the replication check of §4d), and the
-#: ROI world's main rows on another world (§1's)
+#: aligned and ridge rows on two other worlds of the same generator (the replication check of §4d), SRM against
+#: the per-subject ridge on those two worlds (§4d's room above ridge), and the ROI world's main rows on another
+#: world (§1's)
 OVERRIDDEN = (
     ("synthetic_random_clip", "recipes/synthetic.yaml", ("clip-mused",), 3,
      ("guidance.low=clip", "guidance.high=clip", "guidance.allow_random_weights=true",
@@ -77,6 +79,11 @@ OVERRIDDEN = (
          ("aligned-lin-clip-mused", "aligned-clip-mused", "ridge", "aligned-ridge"), 3,
          (f"datasets.0.options.world_seed={w}", "train.lr=3e-4", "train.steps=800", "train.eval_every=50",
           "train.checkpoint_every=50"), "ridge", f"-volume-early-world{w}")
+        for w in (1, 2)
+    ),
+    *(
+        (f"synthetic_volume_srm_world{w}", "recipes/synthetic_volume.yaml", ("ridge", "srm"), 3,
+         (f"datasets.0.options.world_seed={w}",), "ridge", f"-volume-srm-world{w}")
         for w in (1, 2)
     ),
     ("synthetic_world1", "recipes/synthetic.yaml",
