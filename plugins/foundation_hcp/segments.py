@@ -52,14 +52,13 @@ import dataclasses
 import hashlib
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from foundation.core.errors import DataError
+from foundation.core.errors import DataError, report
 from foundation_hcp.layout import MOVIES
 
 FPS = 24
@@ -479,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m foundation_hcp.segments {convert,show} ...``."""
     parser = argparse.ArgumentParser(prog="python -m foundation_hcp.segments",
                                      description="Convert or inspect HCP 7T movie clip segments.")
+    parser.add_argument("--traceback", action="store_true", help="on an error, print the full traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a TRUSTED clip_times_24.npy pickle (or JSON/CSV) to JSON; "
                                           "loading a pickle runs code, so only convert a file you trust")
@@ -495,9 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "convert":
             return _convert(args.src, args.dst)
         return _show(args.path, args.split, args.val_seconds, args.val_gap)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except DataError as exc:  # one printer for every entry point: plain ids, exit status 2, the traceback on demand
+        return report(exc, full_traceback=args.traceback, flag="--traceback")
 
 
 if __name__ == "__main__":  # pragma: no cover

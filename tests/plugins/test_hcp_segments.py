@@ -137,3 +137,16 @@ def test_second_without_wordnet_category_gets_the_defined_text(tmp_path: Path) -
     assert next(custom.stimuli(["hcp-m1-s0003"])).text == "a scene without annotated objects"
     with pytest.raises(Exception, match="empty_text"):
         from_dict(HCPOptions, {"empty_text": "  "})
+
+
+def test_segments_command_reports_errors_like_every_entry_point(tmp_path: Path, capsys) -> None:
+    """``python -m foundation_hcp.segments`` prints ``error: …`` and exits 2 (a data error), as ``foundation``
+    does, and shows the traceback only when asked (``--traceback``)."""
+    bad = tmp_path / "segments.json"
+    bad.write_text("{not json")
+    assert seg_mod.main(["show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
+    assert seg_mod.main(["--traceback", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().splitlines()[-1].startswith("error: ")
