@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         data = {s: _subject_splits(index, cfg, s, what="blend") for s in subjects}
         own = {s: fit_subject(data[s]["train"], data[s]["val"], solver="ridge")[2] for s in subjects}
         pooled, _ = fit_pooled_aligned(data, alignment=args.alignment, solver="ridge", dim=recipe.model.alignment_dim)
-        res = {(a, split): [score(a * pooled[s](data[s][split].x) + (1 - a) * own[s](data[s][split].x),
-                                  data[s][split].y) for s in subjects]
+        # each read-out predicts each split once; only the blend changes with the weight
+        preds = {(s, split): (pooled[s](data[s][split].x), own[s](data[s][split].x))
+                 for s in subjects for split in ("val", "test")}
+        res = {(a, split): [score(a * preds[s, split][0] + (1 - a) * preds[s, split][1], data[s][split].y)
+                            for s in subjects]
                for a in args.weights for split in ("val", "test")}
         chosen = max(args.weights, key=lambda a: np.mean(res[a, "val"]))
         diff = np.array(res[chosen, "test"]) - np.array(res[0.0, "test"])

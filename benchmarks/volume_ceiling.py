@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -46,29 +47,35 @@ def _splits(x: np.ndarray, y: np.ndarray, splits: list[str]) -> dict[str, Simple
             for s in ("train", "val", "test")}
 
 
-def _test_map(parts: dict[str, SimpleNamespace]) -> tuple[float, float]:
-    """``(test mAP, chosen alpha)`` of the bench's ridge read-out fitted on train, alpha chosen on val."""
+def _test_map(parts: dict[str, SimpleNamespace]) -> float:
+    """Test mAP of the bench's ridge read-out fitted on train, its alpha chosen on val."""
     import torch
 
     from foundation.objectives.metrics import multilabel_metrics
     from foundation.workflows.linear import fit_subject
 
-    alpha, _, predict = fit_subject(parts["train"], parts["val"], solver="ridge")
+    _, _, predict = fit_subject(parts["train"], parts["val"], solver="ridge")
     probs = torch.from_numpy(predict(parts["test"].x)).float()
-    return float(multilabel_metrics(probs, torch.from_numpy(parts["test"].y).int())["mAP"]), alpha
+    return float(multilabel_metrics(probs, torch.from_numpy(parts["test"].y).int())["mAP"])
 
 
-def _repeated(parts: dict[str, SimpleNamespace], clean: np.ndarray, noisy: np.ndarray, splits: list[str], *,
+def _noise_model(clean: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(explained (T, V), residual sd (V,))``: each voxel of ``noisy`` (T, V) fitted by least squares over
+    time as ``gain · clean`` (its noise-free twin) plus a residual."""
+    clean, noisy = clean.astype(np.float64), noisy.astype(np.float64)
+    gain = (clean * noisy).sum(0) / ((clean**2).sum(0) + 1e-12)
+    explained = clean * gain
+    return explained, (noisy - explained).std(0)
+
+
+def _repeated(parts: dict[str, SimpleNamespace], explained: np.ndarray, sd: np.ndarray, *,
               repeats: int, seed: int) -> dict[str, SimpleNamespace]:
-    """``parts`` with its training split stacked ``repeats`` times: the recording, then fresh noise draws."""
+    """``parts`` with its training split stacked ``repeats`` times: the recording, then ``repeats − 1`` draws of
+    ``explained`` (its training seconds, ``(n_train, V)``) plus Gaussian noise of standard deviation ``sd``."""
     if repeats <= 1:
         return parts
-    gain = (clean * noisy).sum(0) / ((clean**2).sum(0) + 1e-12)  # (V,) noisy ≈ gain · clean + residual
-    explained = clean * gain
-    sd = (noisy - explained).std(0)
-    train = np.array(splits) == "train"
     rng = np.random.default_rng(seed)
-    draws = [explained[train] + sd * rng.normal(size=explained[train].shape) for _ in range(repeats - 1)]
+    draws = [explained + sd * rng.normal(size=explained.shape) for _ in range(repeats - 1)]
     tr = parts["train"]
     x = np.concatenate([tr.x, *draws])
     return {**parts, "train": SimpleNamespace(x=x, y=np.concatenate([tr.y] * repeats))}
@@ -79,40 +86,43 @@ def _scenes(labels: np.ndarray) -> int:
     return int(1 + (np.abs(np.diff(labels.astype(int), axis=0)).sum(1) > 0).sum())
 
 
-def measure(options, *, world_seed: int, repeats: tuple[int, ...] = (6,)) -> dict[str, float]:
-    """The ceiling read-outs of one world (options: the recipe's ``SyntheticOptions``)."""
+def measure(options, *, world_seed: int, repeats: tuple[int, ...] = (6,)) -> dict[str, Any]:
+    """The ceiling read-outs of one world (options: the recipe's ``SyntheticOptions``): the mean over subjects
+    of each measure (floats), the scene counts, and ``per-subject voxels`` / ``per-subject noise-free``
+    (lists of test mAP in subject order)."""
     from foundation_synthetic.world import World
 
     world = World(dataclasses.replace(options, world_seed=world_seed))
     quiet = World(dataclasses.replace(options, world_seed=world_seed, noise=0.0))
     st = world.stimuli
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     voxels, clean = [], []
     more: dict[int, list[float]] = {r: [] for r in repeats}
     for i, subject in enumerate(world.subjects):
         data, data0 = world.subject(subject), quiet.subject(subject)
         y = st.labels[data.stimulus_rows]
         parts = _splits(data.fmri, y, data.splits)
-        voxels.append(_test_map(parts)[0])
-        clean.append(_test_map(_splits(data0.fmri, y, data0.splits))[0])
+        voxels.append(_test_map(parts))
+        clean.append(_test_map(_splits(data0.fmri, y, data0.splits)))
+        explained, sd = _noise_model(data0.fmri, data.fmri)
+        explained = explained[np.array(data.splits) == "train"]
         for r in repeats:
-            more[r].append(_test_map(_repeated(parts, data0.fmri.astype(np.float64), data.fmri.astype(np.float64),
-                                               data.splits, repeats=r, seed=1000 * world_seed + i))[0])
+            more[r].append(_test_map(_repeated(parts, explained, sd, repeats=r, seed=1000 * world_seed + i)))
     out["ridge, voxels"] = float(np.mean(voxels))
     out["ridge, noise-free voxels"] = float(np.mean(clean))
     for r in repeats:
         out[f"ridge, {r} repetitions"] = float(np.mean(more[r]))
     rows, splits = world.splits_for(world.subjects[0])
     codes = np.concatenate([st.low[rows], st.high[rows]], 1)
-    out["ridge, planted codes"] = _test_map(_splits(codes, st.labels[rows], splits))[0]
+    out["ridge, planted codes"] = _test_map(_splits(codes, st.labels[rows], splits))
     where = np.array(splits)
     train_sets = {tuple(r) for r in st.labels[rows][where == "train"]}
     out["training scenes"] = _scenes(st.labels[rows][where == "train"])
     for split in ("val", "test"):
         seconds = st.labels[rows][where == split]
         out[f"{split} seconds with an unseen label set"] = float(np.mean([tuple(r) not in train_sets for r in seconds]))
-    out["per-subject voxels"] = voxels  # type: ignore[assignment]
-    out["per-subject noise-free"] = clean  # type: ignore[assignment]
+    out["per-subject voxels"] = voxels
+    out["per-subject noise-free"] = clean
     return out
 
 
@@ -131,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.plugin != "synthetic":
         print(f"{args.recipe}: the first dataset is {cfg.plugin!r}, not the synthetic world", file=sys.stderr)
         return 1
+    from foundation.core.convert import from_dict
     from foundation_synthetic.world import SyntheticOptions
 
-    options = SyntheticOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg.options).items()})
+    options = from_dict(SyntheticOptions, cfg.options, path="datasets.0.options")
     if options.mode != "volume":
         print(f"{args.recipe}: the synthetic world is in {options.mode!r} mode, not 'volume'", file=sys.stderr)
         return 1
