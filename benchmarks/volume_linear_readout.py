@@ -30,8 +30,9 @@ def _pooled(index, cfg, recipe, decays, metrics_from_predictions, read_split, fi
     for s in subjects:
         mask = index.mask(s).reshape(-1)
         data = {split: read_split(index, s, split) for split in ("train", "val", "test")}
-        mean, std = data["train"][2].mean(0), data["train"][2].std(0) + 1e-6
-        for split, (keys, _, x, y) in data.items():
+        mean, std = data["train"].x.mean(0), data["train"].x.std(0) + 1e-6
+        for split, d in data.items():
+            keys, x, y = d.keys, d.x, d.y
             grid = np.zeros((len(x), mask.size), np.float32)
             grid[:, mask] = (x - mean) / std
             dense.setdefault(split, {})[s] = (keys, grid, y)
@@ -63,7 +64,8 @@ def _pooled(index, cfg, recipe, decays, metrics_from_predictions, read_split, fi
 def main(argv: list[str] | None = None) -> int:
     from foundation.data.shards import build_shards, find_shards
     from foundation.core.recipe import load_recipe
-    from foundation.workflows.srm import _fit_logistic, _read_split
+    from foundation.data.splits import read_split
+    from foundation.workflows.srm import _fit_logistic
     from foundation.objectives.scoring import metrics_from_predictions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,22 +83,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows = []
         for s in cfg.subjects or index.data["subjects"]:
-            data = {split: _read_split(index, s, split) for split in ("train", "val", "test")}
-            x_tr = data["train"][2]
+            data = {split: read_split(index, s, split) for split in ("train", "val", "test")}
+            x_tr = data["train"].x
             mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
 
             def z(split: str) -> np.ndarray:
-                return ((data[split][2] - mean) / std).astype(np.float32)
+                return ((data[split].x - mean) / std).astype(np.float32)
 
             def pred(clf: torch.nn.Linear, split: str) -> dict[str, object]:
                 with torch.no_grad():
                     probs = torch.sigmoid(clf(torch.from_numpy(z(split)))).numpy()
-                return {"keys": data[split][0], "subjects": [s] * len(probs), "probs": probs,
-                        "labels": data[split][3]}
+                return {"keys": data[split].keys, "subjects": [s] * len(probs), "probs": probs,
+                        "labels": data[split].y}
 
             best = None
             for wd in args.weight_decay:
-                clf = _fit_logistic(z("train"), data["train"][3], seed=recipe.seed, weight_decay=wd)
+                clf = _fit_logistic(z("train"), data["train"].y, seed=recipe.seed, weight_decay=wd)
                 val = metrics_from_predictions({cfg.id: pred(clf, "val")}, {cfg.id: index.info})["mAP"]
                 if best is None or val > best[0]:
                     best = (val, wd, clf)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         means.append(m)
         print(f"{cfg.id}: per-subject logistic regression, mean over {len(rows)} subjects: test mAP {m[0]:.4f} "
               f"AUC {m[1]:.4f}")
-        pooled = _pooled(index, cfg, recipe, args.weight_decay, metrics_from_predictions, _read_split, _fit_logistic)
+        pooled = _pooled(index, cfg, recipe, args.weight_decay, metrics_from_predictions, read_split, _fit_logistic)
         print(f"{cfg.id}: pooled logistic regression on the dense grid (one for all subjects), mean over subjects: "
               f"test mAP {pooled[0]:.4f} AUC {pooled[1]:.4f}")
     if not means:
