@@ -58,6 +58,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _runs import run_foundation  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from tests.plugins.hcp_fixture import RUNS, run_path, write_nifti, write_wordnet  # noqa: E402
 
 
@@ -163,16 +164,17 @@ def random_features(recipe_file: str, overrides: list[str], *, seed: int) -> lis
 
     def score(x: dict[str, np.ndarray]) -> tuple[float, float]:
         mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-6
+        z = {split: torch.from_numpy(((v - mu) / sd).astype(np.float32)) for split, v in x.items()}
 
         def probs(clf, split: str) -> dict:
             with torch.no_grad():
-                p = torch.sigmoid(clf(torch.from_numpy(((x[split] - mu) / sd).astype(np.float32)))).numpy()
+                p = torch.sigmoid(clf(z[split])).numpy()
             return {cfg.id: {"keys": data[split].keys, "subjects": [subject] * len(p), "probs": p,
                              "labels": data[split].y}}
 
         best = None
         for wd in (1e-3, 1e-2, 1e-1, 1.0):
-            clf = _fit_logistic(((x["train"] - mu) / sd).astype(np.float32), data["train"].y, seed=seed, weight_decay=wd)
+            clf = _fit_logistic(z["train"].numpy(), data["train"].y, seed=seed, weight_decay=wd)
             val = metrics_from_predictions(probs(clf, "val"), {cfg.id: index.info})["mAP"]
             if best is None or val > best[0]:
                 best = (val, clf)
@@ -254,23 +256,20 @@ def main(argv: list[str] | None = None) -> int:
               ("ridge", "guidance-ridge", "ridge pooled over subjects aligned onto the guidance space")]
     for solver, alignment, name in linear:
         run_dir = base / ("linear-aligned-ridge" if alignment else f"linear-{solver}")
-        if not (run_dir / "metrics.json").is_file():
-            _run([py, "-m", "foundation.workflows.linear", recipe, *data, f"run.dir={run_dir}", "--solver", solver,
-                  *(["--alignment", alignment] if alignment else []), "--no-progress"], a.threads)
-        rows.append((name, json.loads((run_dir / "metrics.json").read_text())))
+        metrics, _ = run_foundation([recipe, *data], run_dir, a.threads, module="foundation.workflows.linear",
+                                    options=("--solver", solver, *(("--alignment", alignment) if alignment else ())))
+        rows.append((name, metrics))
 
     if not a.skip_train:
         train = [f"train.steps={a.steps}", f"train.batch_size={a.batch}", f"train.warmup_steps={max(1, a.steps // 10)}",
                  f"train.eval_every={a.eval_every}", f"train.checkpoint_every={a.eval_every}", "train.num_workers=0",
                  "train.shuffle_buffer=256", *a.overrides]
         tag = hashlib.sha1(" ".join(train).encode()).hexdigest()[:8]
-        run_dir = base / f"train-{tag}"
-        if not (run_dir / "metrics.json").is_file():
-            t0 = time.perf_counter()
-            _run([py, "-m", "foundation", "train", recipe, *data, *train, f"run.dir={run_dir}"], a.threads)
-            print(f"  train: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"train: {base / f'train-{tag}'} (reused if it holds metrics.json; its output is shown only if it fails)", flush=True)
+        metrics, seconds = run_foundation(["train", recipe, *data, *train], base / f"train-{tag}", a.threads)
+        print(f"  train: {seconds:.0f} s" if seconds == seconds else "  train: reused", flush=True)
         name = "CLIP-MUSED (recipes/hcp.yaml" + (", " + " ".join(a.overrides) if a.overrides else "") + ")"
-        rows.append((name, json.loads((run_dir / "metrics.json").read_text())))
+        rows.append((name, metrics))
 
     if a.random_features:
         for what, m_ap, auc in random_features(recipe, data, seed=a.seed):
