@@ -33,7 +33,8 @@ What is planted (fixed before any model was run on it; the generative choices an
   from a network's score.
 
 Per-subject logistic and ridge read-outs, and one ridge pooled over the subjects aligned onto the guidance
-space (``--alignment guidance-ridge``, the pooled linear yardstick of RESULTS §4d), are the baselines.
+space (``--alignment guidance-ridge``, the pooled linear yardstick of RESULTS §4d; ``guidance-ridge-joint``:
+the subjects' alignments fitted together, sharing a map in the voxel grid), are the baselines.
 The dataset options used: ``segments: wordnet`` (clips = runs of labelled seconds; every second here is
 labelled), ``split: val_gap`` (``--val-seconds`` at the end of movies 1–3, 5 s gaps), ``crop: null``
 (the default crop is for the 113×136×113 grid), no movie frames, so guidance is ``minilm`` text (the
@@ -253,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[tuple[str, dict]] = []
     linear = [("logistic", None, "logistic per subject (shard voxels)"), ("ridge", None, "ridge per subject (shard voxels)"),
-              ("ridge", "guidance-ridge", "ridge pooled over subjects aligned onto the guidance space")]
+              ("ridge", "guidance-ridge", "ridge pooled over subjects aligned onto the guidance space"),
+              ("ridge", "guidance-ridge-joint", "ridge pooled over subjects aligned jointly (map shared in the grid)")]
     for solver, alignment, name in linear:
-        run_dir = base / ("linear-aligned-ridge" if alignment else f"linear-{solver}")
+        run_dir = base / ({"guidance-ridge": "linear-aligned-ridge", None: f"linear-{solver}"}.get(alignment)
+                          or f"linear-{alignment}")
         metrics, _ = run_foundation([recipe, *data], run_dir, a.threads, module="foundation.workflows.linear",
                                     options=("--solver", solver, *(("--alignment", alignment) if alignment else ())))
         rows.append((name, metrics))

@@ -129,9 +129,13 @@ class ModelConfig:
     #: paper: one shared linear embedding of every subject's ROI tokens), ``guidance-ridge`` (each
     #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
     #: ``alignment_dim`` components; ROI datasets) or ``guidance-encoding`` (the same space, reached by
-    #: inverting a per-subject encoding model: more sample-efficient for new subjects)
-    alignment: Literal["none", "guidance-ridge", "guidance-encoding"] = "none"
+    #: inverting a per-subject encoding model: more sample-efficient for new subjects), or
+    #: ``guidance-ridge-joint`` (volume datasets: every subject's ridge map fitted together, a map shared in the
+    #: voxel grid plus each subject's own; ``foundation.model.alignment_joint``)
+    alignment: Literal["none", "guidance-ridge", "guidance-encoding", "guidance-ridge-joint"] = "none"
     alignment_dim: PositiveInt = 32
+    #: ``guidance-ridge-joint``: prior weight of the shared map against each subject's own (0: per subject)
+    alignment_share: NonNegativeFloat = 1.0
     #: the guidance basis the aligned tokens are expressed in: ``dataset`` (each dataset's own, fitted on its
     #: training stimuli) or ``shared`` (one basis fitted on every dataset's training stimuli, so datasets whose
     #: guidance lives in one space — the same vision model, one visual world — get tokens in one coordinate system)

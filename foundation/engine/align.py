@@ -37,9 +37,11 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
         ``"dataset/subject" -> {"alpha": …, "n": training samples used}``.
     """
     from foundation.data.splits import read_split
-    from foundation.model.alignment import FITTERS, guidance_bases
+    from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases
 
-    fitter = FITTERS[model.cfg.alignment]
+    # a joint alignment fits every subject of a dataset together at pre-training; subjects added by fine-tuning
+    # get the per-subject ridge map (the other subjects' training data is not part of a fine-tuning run)
+    fitter = FITTERS.get(model.cfg.alignment, FITTERS["guidance-ridge"])
     report: dict[str, dict[str, float]] = {}
     data: dict[str, dict[str, tuple[Any, np.ndarray]]] = {}  # dataset -> subject -> (training split, kept rows)
     for ds, names in subjects.items():
@@ -69,14 +71,45 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
                 model.alignments[ds].set_basis(*basis)
     for ds, per_subject in data.items():
         alignment = model.alignments[ds]
+        if model.cfg.alignment in JOINT_FITTERS and fit_basis:
+            report.update(_fit_joint(model, ds, streams[ds].index, per_subject, log=log))
+            continue
         for s, (part, rows) in per_subject.items():
             gid = f"{ds}/{s}"
             mean, weight, info = fitter(part.x[rows], alignment.targets(part.low[rows], part.high[rows]))
             alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
             report[gid] = {**info, "n": len(rows)}
+            if model.cfg.alignment in JOINT_FITTERS:
+                report[gid]["method"] = "guidance-ridge (per subject: added by fine-tuning)"
             if log is not None:
                 log(f"{gid}: {model.cfg.alignment} alignment on {len(rows)} training samples, "
                     f"alpha {info['alpha']:.3g}")
+    return report
+
+
+def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.ndarray]], *,
+               log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
+    """Fit every subject of volume dataset ``ds`` with :func:`~foundation.model.alignment_joint.fit_guidance_ridge_joint`."""
+    from foundation.model.alignment_joint import fit_guidance_ridge_joint
+
+    if index.info.kind != "volume":
+        raise DataError(f"model.alignment={model.cfg.alignment!r} shares a map between subjects through the voxel "
+                        f"grid, so it needs volume datasets; {ds!r} holds {index.info.kind!r} inputs (use "
+                        f"guidance-ridge there)")
+    alignment = model.alignments[ds]
+    names = list(per_subject)
+    xs = [per_subject[s][0].x[per_subject[s][1]] for s in names]
+    positions = [np.flatnonzero(index.mask(s).reshape(-1)) for s in names]
+    targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
+    fits = fit_guidance_ridge_joint(xs, positions, targets, share=model.cfg.alignment_share)
+    report = {}
+    for s, x, (mean, weight, info) in zip(names, xs, fits):
+        gid = f"{ds}/{s}"
+        alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
+        report[gid] = {**info, "n": len(x)}
+    if log is not None:
+        log(f"{ds}: {model.cfg.alignment} alignment of {len(names)} subjects on {sum(len(x) for x in xs)} training "
+            f"samples, share {model.cfg.alignment_share:g}, alpha {fits[0][2]['alpha']:.3g} × mean kernel diagonal")
     return report
 
 

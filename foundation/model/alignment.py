@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ALIGNMENTS", "FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_ridge",
+__all__ = ["ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_ridge",
            "guidance_basis", "guidance_bases", "guidance_targets"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
@@ -106,7 +106,9 @@ FITTERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, dict[str, float]]
     "guidance-ridge": fit_guidance_ridge,
     "guidance-encoding": fit_guidance_encoding,
 }
-ALIGNMENTS = ("none", *FITTERS)
+#: alignments fitted over all subjects of a volume dataset together (``foundation.model.alignment_joint``)
+JOINT_FITTERS = ("guidance-ridge-joint",)
+ALIGNMENTS = ("none", *FITTERS, *JOINT_FITTERS)
 
 
 def guidance_basis(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

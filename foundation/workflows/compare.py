@@ -51,6 +51,8 @@ class Method:
     args: tuple[str, ...] = ()  # extra command-line arguments of a closed-form module
     #: ``False``: the run fits one model per subject inside one process (the per-subject linear read-outs)
     shared_model: bool = True
+    #: the method needs volume datasets (a voxel grid shared by the subjects); on ROI inputs it stops with a DataError
+    volume_only: bool = False
 
     @property
     def one_model(self) -> bool:
@@ -103,6 +105,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            ("model.tokens=subject", "model.alignment=guidance-ridge", "model.head=linear"),
            description="aligned-clip-mused with one linear map from the two readout tokens to the labels instead "
                        "of the paper's MLP head (model.head=linear)"),
+    Method("joint-ridge", "Ridge pooled + joint alignment", (), kind="linear",
+           args=("--solver", "ridge", "--alignment", "guidance-ridge-joint"),
+           description="aligned-ridge with the subjects' maps fitted together, a map shared in the voxel grid plus "
+                       "each subject's own (model.alignment=guidance-ridge-joint; volume datasets)", volume_only=True),
+    Method("joint-lin-clip-mused", "CLIP-MUSED + joint alignment, linear head",
+           ("model.tokens=subject", "model.alignment=guidance-ridge-joint", "model.head=linear"),
+           description="aligned-lin-clip-mused with the subjects' maps fitted together, sharing a map in the voxel "
+                       "grid (model.alignment=guidance-ridge-joint; volume datasets)", volume_only=True),
     Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
            ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
            description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),

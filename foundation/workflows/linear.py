@@ -128,28 +128,35 @@ def _subject_splits(index, cfg, subject: str, *, what: str) -> dict[str, Any]:
 
 
 def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solver: Solver, dim: int, seed: int = 0,
-                       grid: Sequence[float] | None = None) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
+                       grid: Sequence[float] | None = None, positions: dict[str, np.ndarray] | None = None,
+                       share: float = 1.0) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
                                                                    dict[str, Any]]:
     """One read-out for all subjects of a dataset on their aligned inputs (``--alignment``).
 
     Args:
         data: subject -> ``{"train", "val", "test"}`` :class:`~foundation.data.splits.Split`
             (``x`` ``(n, F_s)``: each subject its own input width).
-        alignment: a fitter of :data:`foundation.model.alignment.FITTERS`.
+        alignment: a fitter of :data:`foundation.model.alignment.FITTERS`, or ``guidance-ridge-joint``
+            (:data:`~foundation.model.alignment.JOINT_FITTERS`: all subjects' maps fitted together).
         dim: components per guidance level (``model.alignment_dim``; at most the features' widths).
+        positions: ``guidance-ridge-joint`` only: subject -> ``(F_s,)`` flat grid positions of its inputs.
+        share: ``guidance-ridge-joint`` only: ``model.alignment_share``.
 
     Returns:
         ``(subject -> predict, report)``: ``predict`` maps the subject's raw inputs ``(n, F_s)`` to
         probabilities ``(n, C)``; ``report`` holds the chosen value, its validation mAP (mean over
         subjects) and each subject's alignment ``alpha``.
     """
-    from foundation.model.alignment import FITTERS, guidance_bases, guidance_targets
+    from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases, guidance_targets
+    from foundation.model.alignment_joint import fit_guidance_ridge_joint
     from foundation.objectives.metrics import multilabel_metrics
 
     import torch
 
-    if alignment not in FITTERS:
-        raise ValueError(f"alignment must be one of {tuple(FITTERS)}, got {alignment!r}")
+    if alignment not in FITTERS and alignment not in JOINT_FITTERS:
+        raise ValueError(f"alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
+    if alignment in JOINT_FITTERS and positions is None:
+        raise ValueError(f"alignment {alignment!r} needs the subjects' voxel grid positions (volume datasets)")
     seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for parts in data.values():
         train = parts["train"]
@@ -158,9 +165,15 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     first = next(iter(data.values()))["train"]
     bases = guidance_bases(seen, min(dim, first.low.shape[1], first.high.shape[1]))
     maps, report = {}, {"alignment": alignment, "alpha": {}}
-    for subject, parts in data.items():
-        train = parts["train"]
-        mean, weight, info = FITTERS[alignment](train.x, guidance_targets(train.low, train.high, bases))
+    if alignment in JOINT_FITTERS:
+        fits = fit_guidance_ridge_joint([p["train"].x for p in data.values()], [positions[s] for s in data],
+                                        [guidance_targets(p["train"].low, p["train"].high, bases) for p in data.values()],
+                                        share=share)
+        report["share"] = share
+    else:
+        fits = [FITTERS[alignment](p["train"].x, guidance_targets(p["train"].low, p["train"].high, bases))
+                for p in data.values()]
+    for subject, (mean, weight, info) in zip(data, fits):
         maps[subject] = (mean, weight)
         report["alpha"][subject] = info["alpha"]
 
@@ -193,14 +206,14 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
     """Fit the linear read-outs of every dataset of ``recipe``: one per subject, or (``alignment``) one pooled
     over each dataset's subjects on their aligned inputs; writes and returns ``RUN_DIR/metrics.json``."""
     from foundation.core.atomic import write_json
-    from foundation.model.alignment import FITTERS
+    from foundation.model.alignment import FITTERS, JOINT_FITTERS
     from foundation.objectives.scoring import metrics_from_predictions
     from foundation.workflows.closed_form import prepare_run
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
-    if alignment is not None and alignment not in FITTERS:
-        raise FoundationError(f"--alignment must be one of {tuple(FITTERS)}, got {alignment!r}")
+    if alignment is not None and alignment not in FITTERS and alignment not in JOINT_FITTERS:
+        raise FoundationError(f"--alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
     what = solver if alignment is None else f"aligned {solver}"
     t0 = time.perf_counter()
     with prepare_run(recipe, progress=progress) as (run_dir, indices):
@@ -222,8 +235,16 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                         print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
                               f"val mAP {val_map:.4f}", file=sys.stderr)
             else:
+                positions = None
+                if alignment in JOINT_FITTERS:
+                    if index.info.kind != "volume":
+                        raise FoundationError(f"--alignment {alignment} shares a map between subjects through the "
+                                              f"voxel grid; dataset {cfg.id!r} holds {index.info.kind!r} inputs")
+                    positions = {s: np.flatnonzero(index.mask(s).reshape(-1)) for s in subjects}
                 predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
-                                                                dim=recipe.model.alignment_dim, seed=recipe.seed)
+                                                                dim=recipe.model.alignment_dim, seed=recipe.seed,
+                                                                positions=positions,
+                                                                share=recipe.model.alignment_share)
                 if progress:
                     c = chosen[cfg.id]
                     print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="
@@ -256,10 +277,10 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
 
 
 def _arguments(p) -> None:
-    from foundation.model.alignment import FITTERS
+    from foundation.model.alignment import FITTERS, JOINT_FITTERS
 
     p.add_argument("--solver", choices=SOLVERS, default="ridge")
-    p.add_argument("--alignment", choices=tuple(FITTERS), default=None,
+    p.add_argument("--alignment", choices=(*FITTERS, *JOINT_FITTERS), default=None,
                    help="one read-out pooled over each dataset's subjects on their inputs aligned this way")
 
 

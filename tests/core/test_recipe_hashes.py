@@ -27,6 +27,11 @@ directories keep their names; ``recipes/synthetic_population.yaml`` is new.
 And by issue 14 (stop 15): ``model.head`` is a new model field (every whole-recipe hash; runs made before
 it resume with its default, the paper's MLP head). Dataset options, guidance options and shard directories
 are unchanged.
+
+And by issue 14 (stop 21): ``model.alignment_share`` is a new model field (the weight of the map shared in the
+voxel grid by ``model.alignment: guidance-ridge-joint``; every whole-recipe hash; runs made before it resume
+with its default, which no other alignment reads). Dataset options, guidance options and shard directories
+are unchanged.
 """
 
 from __future__ import annotations
@@ -43,19 +48,19 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "6b9e937d53974369", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "ae632f1cd3629295", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "ab7dbab5262dbc18", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "c9b151d371eacc18", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "d17518ec2f46f100", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "d11bb36c040d6c97", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "c38d7304c76ed978", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "e784296e7ed60ea4", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "137e6df9c7ea701c", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "1ddbc4d060947382", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "1c6900f67c08a364", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "a75404ebcaf94246", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "fe8d3a55e2f7c8c6", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "f16e09377f1399e4", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

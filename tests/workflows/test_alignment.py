@@ -199,3 +199,43 @@ def test_alignment_basis_is_per_dataset_or_one_for_all_datasets(tmp_path, basis)
     centre, proj = guidance_basis(np.stack(highs), 4)
     np.testing.assert_allclose(a.centre_high.numpy(), centre, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.abs(a.proj_high.numpy()[:, : proj.shape[1]]), np.abs(proj), rtol=1e-4, atol=1e-5)
+
+
+def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inputs(tmp_path):
+    """``guidance-ridge-joint``: the trainer installs exactly the joint fitter's maps (each over the subject's own
+    in-mask voxels); on an ROI dataset it stops with an error naming the dataset before training."""
+    from foundation.core.config import Recipe
+    from foundation.core.errors import DataError
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    from foundation.engine.checkpoint import load_model
+    from foundation.model.alignment_joint import fit_guidance_ridge_joint
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                                      "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
+                                      "model.alignment_share": 0.5})
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol",
+                      "options": {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80,
+                                  "n_categories": 4}}]
+    train(from_dict(Recipe, d), progress=False)
+    model, _ = load_model(tmp_path / "run" / "best")
+    al = model.alignments["vol"]
+    index = read_index(next((tmp_path / "shards").glob("vol-*")))
+    parts = [read_split(index, s, "train") for s in ("sub-01", "sub-02")]
+    fits = fit_guidance_ridge_joint([p.x for p in parts],
+                                    [np.flatnonzero(index.mask(s).reshape(-1)) for s in ("sub-01", "sub-02")],
+                                    [al.targets(p.low, p.high) for p in parts], share=0.5)
+    for row, (part, (mean, weight, _)) in enumerate(zip(parts, fits)):
+        n_vox = part.x.shape[1]
+        np.testing.assert_allclose(al.weight[row, :n_vox].numpy(), weight, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(al.mean[row, :n_vox].numpy(), mean, rtol=1e-5, atol=1e-6)
+    report = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
+    assert report["vol/sub-01"]["share"] == 0.5
+
+    roi = tiny_recipe_dict(tmp_path / "roi", **{"train.steps": 2, "model.alignment": "guidance-ridge-joint",
+                                                 "model.alignment_dim": 6})
+    with pytest.raises(DataError, match="'synthetic'.*volume|volume.*'synthetic'"):
+        train(from_dict(Recipe, roi), progress=False)

@@ -194,3 +194,27 @@ def _per_subject_counts(tmp_path):
 
     recipe = dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, dir=str(tmp_path / "per-subject")))
     return json.loads(Path(run_linear(recipe, progress=False)).read_text())["linear"]["chosen"].values()
+
+
+def test_joint_aligned_readout_on_volumes_and_refused_on_roi(tmp_path):
+    """``--alignment guidance-ridge-joint``: one pooled read-out over maps fitted together (volume datasets);
+    an ROI dataset is refused naming it."""
+    import dataclasses
+
+    from foundation.core.errors import FoundationError
+    from foundation.workflows.linear import run_linear
+
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+
+    recipe = _recipe(tmp_path)
+    vrecipe = from_dict(Recipe, {"name": "joint", "datasets": [{"plugin": "synthetic", "name": "vol", "options": {
+        "mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80, "n_categories": 4}}],
+        "shards": {"root": str(tmp_path / "shards"), "samples_per_shard": 64}, "run": {"dir": str(tmp_path / "joint")}})
+    metrics = json.loads(Path(run_linear(vrecipe, alignment="guidance-ridge-joint", progress=False)).read_text())
+    chosen = metrics["linear"]["chosen"]["vol"]
+    assert metrics["linear"]["alignment"] == "guidance-ridge-joint" and chosen["share"] == recipe.model.alignment_share
+    assert set(chosen["alpha"]) == {"sub-01", "sub-02"} and len(metrics["test"]["per_subject"]) == 2
+    with pytest.raises(FoundationError, match="'roi'"):
+        run_linear(dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, dir=str(tmp_path / "r"))),
+                   alignment="guidance-ridge-joint", progress=False)
