@@ -101,7 +101,8 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
     xs = [per_subject[s][0].x[per_subject[s][1]] for s in names]
     positions = [np.flatnonzero(index.mask(s).reshape(-1)) for s in names]
     targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
-    fits = fit_guidance_ridge_joint(xs, positions, targets, share=model.cfg.alignment_share)
+    stimuli = [[part.stimuli[i] for i in rows] for part, rows in per_subject.values()]
+    fits = fit_guidance_ridge_joint(xs, positions, targets, share=model.cfg.alignment_share, stimuli=stimuli)
     report = {}
     for s, x, (mean, weight, info) in zip(names, xs, fits):
         gid = f"{ds}/{s}"

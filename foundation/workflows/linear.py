@@ -168,7 +168,7 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     if alignment in JOINT_FITTERS:
         fits = fit_guidance_ridge_joint([p["train"].x for p in data.values()], [positions[s] for s in data],
                                         [guidance_targets(p["train"].low, p["train"].high, bases) for p in data.values()],
-                                        share=share)
+                                        share=share, stimuli=[p["train"].stimuli for p in data.values()])
         report["share"] = share
     else:
         fits = [FITTERS[alignment](p["train"].x, guidance_targets(p["train"].low, p["train"].high, bases))

@@ -84,3 +84,22 @@ def test_bad_inputs_are_refused():
         fit_guidance_ridge_joint([x[:2]], [np.arange(3)], [np.zeros((2, 2))])
     with pytest.raises(ValueError, match="share"):
         fit_guidance_ridge_joint([x], [np.arange(3)], [np.zeros((5, 2))], share=-1)
+
+
+def test_alpha_is_chosen_over_stimuli_held_out_in_every_subject_at_once():
+    """Subjects that saw the same stimuli share their targets: leave-one-out sees a sample's twin in the other
+    subject and keeps alpha at the grid's floor; folds over stimuli do not."""
+    rng = np.random.default_rng(3)
+    pos = np.arange(300)
+    t = rng.normal(size=(40, 4))  # 40 stimuli, both subjects saw all
+    enc = rng.normal(size=(4, 300))
+    xs = [t @ enc + 6.0 * rng.normal(size=(40, 300)) for _ in range(2)]
+    ids = [[f"stim{i:03d}" for i in range(40)]] * 2
+    loo = fit_guidance_ridge_joint(xs, [pos, pos], [t, t], share=1.0)
+    cv = fit_guidance_ridge_joint(xs, [pos, pos], [t, t], share=1.0, stimuli=ids)
+    assert loo[0][2]["cv"] == "leave-one-out" and cv[0][2]["cv"] == "5-fold over stimuli"
+    assert cv[0][2]["cv_mse"] > loo[0][2]["cv_mse"]  # the twins made leave-one-out optimistic
+    with pytest.raises(ValueError, match="one id per training sample"):
+        fit_guidance_ridge_joint(xs, [pos, pos], [t, t], stimuli=[ids[0][:5], ids[1]])
+    with pytest.raises(ValueError, match="distinct stimuli"):
+        fit_guidance_ridge_joint(xs, [pos, pos], [t, t], stimuli=[["a"] * 40, ["b"] * 40])

@@ -227,13 +227,14 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     parts = [read_split(index, s, "train") for s in ("sub-01", "sub-02")]
     fits = fit_guidance_ridge_joint([p.x for p in parts],
                                     [np.flatnonzero(index.mask(s).reshape(-1)) for s in ("sub-01", "sub-02")],
-                                    [al.targets(p.low, p.high) for p in parts], share=0.5)
+                                    [al.targets(p.low, p.high) for p in parts], share=0.5,
+                                    stimuli=[p.stimuli for p in parts])
     for row, (part, (mean, weight, _)) in enumerate(zip(parts, fits)):
         n_vox = part.x.shape[1]
         np.testing.assert_allclose(al.weight[row, :n_vox].numpy(), weight, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(al.mean[row, :n_vox].numpy(), mean, rtol=1e-5, atol=1e-6)
     report = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
-    assert report["vol/sub-01"]["share"] == 0.5
+    assert report["vol/sub-01"]["share"] == 0.5 and report["vol/sub-01"]["cv"] == "5-fold over stimuli"
 
     roi = tiny_recipe_dict(tmp_path / "roi", **{"train.steps": 2, "model.alignment": "guidance-ridge-joint",
                                                  "model.alignment_dim": 6})
