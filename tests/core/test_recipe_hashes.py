@@ -30,8 +30,8 @@ are unchanged.
 
 And by issue 14 (stop 21): ``model.alignment_share`` is a new model field (the weight of the map shared in the
 voxel grid by ``model.alignment: guidance-ridge-joint``; every whole-recipe hash; runs made before it resume
-with its default, which no other alignment reads). Dataset options, guidance options and shard directories
-are unchanged.
+with its default, which no other alignment reads); ``recipes/hcp_aligned.yaml`` is new. Dataset options,
+guidance options and shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ ROOT = Path(__file__).parents[2] / "recipes"
 PINNED = {
     "hcp": {"recipe": "ae632f1cd3629295", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
+    "hcp_aligned": {"recipe": "2c60254c697ae001", "datasets.0.options": "2a873d918f907816",
+                    "guidance.clip": "c82c9e49fe2f1f15"},
     "hcp_nsd": {"recipe": "c9b151d371eacc18", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
     "nsd": {"recipe": "d11bb36c040d6c97", "datasets.0.options": "dbae4797f76d8375",
