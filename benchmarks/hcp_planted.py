@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_train:
         train = [f"train.steps={a.steps}", f"train.batch_size={a.batch}", f"train.warmup_steps={max(1, a.steps // 10)}",
                  f"train.eval_every={a.eval_every}", f"train.checkpoint_every={a.eval_every}", "train.num_workers=0",
-                 "train.shuffle_buffer=256", *a.overrides]
+                 "train.shuffle_buffer=4096", *a.overrides]
         tag = hashlib.sha1(" ".join(train).encode()).hexdigest()[:8]
         print(f"train: {base / f'train-{tag}'} (reused if it holds metrics.json; its output is shown only if it fails)", flush=True)
         metrics, seconds = run_foundation(["train", recipe, *data, *train], base / f"train-{tag}", a.threads)

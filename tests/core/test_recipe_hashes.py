@@ -50,7 +50,7 @@ ROOT = Path(__file__).parents[2] / "recipes"
 PINNED = {
     "hcp": {"recipe": "ae632f1cd3629295", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "2c60254c697ae001", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "5f0576df620f8d54", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
     "hcp_nsd": {"recipe": "c9b151d371eacc18", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
