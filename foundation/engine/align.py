@@ -89,7 +89,8 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
 
 def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.ndarray]], *,
                log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
-    """Fit every subject of volume dataset ``ds`` with :func:`~foundation.model.alignment_joint.fit_guidance_ridge_joint`."""
+    """Fit every subject of volume dataset ``ds`` together
+    (:func:`~foundation.model.alignment_joint.fit_guidance_ridge_joint`) and install the maps."""
     from foundation.model.alignment_joint import fit_guidance_ridge_joint
 
     if index.info.kind != "volume":

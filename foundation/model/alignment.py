@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_ridge",
-           "guidance_basis", "guidance_bases", "guidance_targets"]
+__all__ = ["ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding",
+           "fit_guidance_ridge", "guidance_basis", "guidance_bases", "guidance_targets"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))

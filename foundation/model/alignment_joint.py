@@ -14,7 +14,8 @@ This fitter lets the data share that common part (the feature augmentation of Da
 is the per-subject ridge, a large ``g`` one pooled map; the default ``1`` weighs them alike.  ``x·x'`` of two
 subjects runs over the voxels both masks hold.  The ridge ``alpha`` (a grid relative to the kernel's mean
 diagonal) is chosen on training samples only, by cross-validation over stimuli (every subject's samples of a
-stimulus held out together) or, without stimulus ids, by exact leave-one-out.  The result is one ordinary ``(mean (V_s,), weight (V_s, T))`` map per subject, installed in
+stimulus held out together) or, without stimulus ids, by exact leave-one-out.  The result is one ordinary
+``(mean (V_s,), weight (V_s, T))`` map per subject, installed in
 :class:`~foundation.model.alignment.SubjectAlignment` like any other, so the model and its forward are
 unchanged.  Cost: the ``(N, N)`` kernel of all ``N`` training samples of the dataset (float64: 32 MB at
 N = 2 000, 3.2 GB at 20 000) and one eigendecomposition of it.
@@ -53,7 +54,8 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
 
     Returns:
         per subject ``(mean (V_s,), weight (V_s, T), info)`` with ``(x − mean) @ weight`` its aligned
-        tokens; ``info`` holds the chosen ``alpha`` (relative), ``share`` and the leave-one-out error.
+        tokens; ``info`` holds the chosen ``alpha`` (relative), ``share``, how alpha was chosen (``cv``) and
+        that choice's mean squared error (``cv_mse``).
     """
     if not (len(xs) == len(positions) == len(targets)) or not xs:
         raise ValueError(f"one input, position and target array per subject: got {len(xs)}, {len(positions)}, "
@@ -101,7 +103,7 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
             hat = np.einsum("ij,j,ij->i", u, shrink, u)
             errors.append(float(np.mean(((y - u @ (shrink[:, None] * uty)) / (1.0 - hat)[:, None]) ** 2)))
     pick = int(np.argmin(errors))
-    rel, loo = float(alphas[pick]), float(errors[pick])
+    rel, cv_mse = float(alphas[pick]), float(errors[pick])
     dual = u @ (uty / (lam + rel * scale)[:, None])  # dual coefficients (n, T)
     # the shared map in the union of the masks: Σ_t z_tᵀ a_t, each subject's columns at its grid positions
     union = np.unique(np.concatenate([np.asarray(p) for p in positions]))
@@ -113,7 +115,7 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
         own = z.T.astype(np.float64) @ dual[offsets[s]:offsets[s + 1]]  # (V_s, T)
         weight = (share * shared[np.searchsorted(union, positions[s])] + own) / stds[s][:, None]
         out.append((means[s].astype(np.float32), weight.astype(np.float32),
-                    {"alpha": rel, "share": float(share), "cv_mse": loo,
+                    {"alpha": rel, "share": float(share), "cv_mse": cv_mse,
                      "cv": "leave-one-out" if stimuli is None else f"{folds}-fold over stimuli"}))
     return out
 

@@ -166,9 +166,10 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     bases = guidance_bases(seen, min(dim, first.low.shape[1], first.high.shape[1]))
     maps, report = {}, {"alignment": alignment, "alpha": {}}
     if alignment in JOINT_FITTERS:
-        fits = fit_guidance_ridge_joint([p["train"].x for p in data.values()], [positions[s] for s in data],
-                                        [guidance_targets(p["train"].low, p["train"].high, bases) for p in data.values()],
-                                        share=share, stimuli=[p["train"].stimuli for p in data.values()])
+        trains = [p["train"] for p in data.values()]
+        fits = fit_guidance_ridge_joint([t.x for t in trains], [positions[s] for s in data],
+                                        [guidance_targets(t.low, t.high, bases) for t in trains],
+                                        share=share, stimuli=[t.stimuli for t in trains])
         report["share"] = share
     else:
         fits = [FITTERS[alignment](p["train"].x, guidance_targets(p["train"].low, p["train"].high, bases))

@@ -68,7 +68,8 @@ def test_maps_of_unrelated_subjects_do_not_hurt_much():
     r = {}
     for share in (0.0, 1.0):
         fits = fit_guidance_ridge_joint([x for x, _ in train], ps, [t for _, t in train], share=share)
-        r[share] = np.mean([np.corrcoef(((x - m) @ w).ravel(), t.ravel())[0, 1] for (x, t), (m, w, _) in zip(test, fits)])
+        r[share] = np.mean([np.corrcoef(((x - m) @ w).ravel(), t.ravel())[0, 1]
+                            for (x, t), (m, w, _) in zip(test, fits)])
     assert r[1.0] > r[0.0] - 0.05, r
 
 
