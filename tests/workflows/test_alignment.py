@@ -217,8 +217,8 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
                                       "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
                                       "model.alignment_share": 0.5})
-    d["datasets"] = [{"plugin": "synthetic", "name": "vol",
-                      "options": {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80,
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": ["sub-01", "sub-02"],
+                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
                                   "n_categories": 4}}]
     train(from_dict(Recipe, d), progress=False)
     model, _ = load_model(tmp_path / "run" / "best")
@@ -235,6 +235,23 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
         np.testing.assert_allclose(al.mean[row, :n_vox].numpy(), mean, rtol=1e-5, atol=1e-6)
     report = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
     assert report["vol/sub-01"]["share"] == 0.5 and report["vol/sub-01"]["cv"] == "5-fold over stimuli"
+
+    # a subject added by fine-tuning gets its own per-subject ridge map; the others' maps stay bit for bit
+    from foundation.model.alignment import fit_guidance_ridge
+    from foundation.workflows.finetune import finetune
+
+    ft = json.loads(json.dumps(d))
+    ft["datasets"][0]["subjects"] = ["sub-03"]
+    ft["run"]["dir"] = str(tmp_path / "ft")
+    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
+    tuned, _ = load_model(tmp_path / "ft" / "best")
+    new = tuned.alignments["vol"]
+    assert torch.equal(new.weight[:2], al.weight) and torch.equal(new.mean[:2], al.mean)
+    part = read_split(index, "sub-03", "train")
+    _, weight, _ = fit_guidance_ridge(part.x, new.targets(part.low, part.high))
+    np.testing.assert_allclose(new.weight[2, :part.x.shape[1]].numpy(), weight, rtol=1e-5, atol=1e-6)
+    fit = json.loads((tmp_path / "ft" / "alignment" / "fit.json").read_text())
+    assert fit["vol/sub-03"]["method"] == "guidance-ridge (per subject: added by fine-tuning)"
 
     roi = tiny_recipe_dict(tmp_path / "roi", **{"train.steps": 2, "model.alignment": "guidance-ridge-joint",
                                                  "model.alignment_dim": 6})
