@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
+
+from foundation.objectives.stats import holm, paired_ttest
 
 
 def _get(config: dict, dotted: str):
@@ -59,7 +60,7 @@ def main() -> None:
             line = f"  {name:58s} runs {len(runs)}  test mAP {m.mean():.4f} ± {m.mean(1).std():.4f}  AUC {a.mean():.4f}"
             if name != "linear-ridge":
                 diff = (m - ref_map).ravel()
-                pval = float(stats.ttest_1samp(diff, 0).pvalue) if len(diff) > 1 and diff.std() > 0 else float("nan")
+                _, pval = paired_ttest(m.ravel(), np.tile(ref_map, len(runs)))
                 better = int((m.mean(0) > ref_map).sum())
                 line += (f"  Δ mAP vs ridge {diff.mean():+.4f} (n = {len(diff)} run×subject pairs, p = {pval:.2g}; "
                          f"seed mean better on {better} of {len(subjects)} subjects)")
@@ -67,9 +68,8 @@ def main() -> None:
                     tests.append((pval, f"{world.name} {name}"))
             print(line)
     print("Holm over the trained groups:")
-    adjusted = 0.0
-    for i, (pval, name) in enumerate(sorted(tests)):
-        adjusted = max(adjusted, min(1.0, pval * (len(tests) - i)))
+    tests.sort()
+    for (pval, name), adjusted in zip(tests, holm([t[0] for t in tests])):
         print(f"  {name}: p = {pval:.2g}, Holm-adjusted {adjusted:.2g}")
     print("rerun: .venv/bin/python benchmarks/hcp_planted_compare.py "
           + " ".join(str(w) for w in args.worlds) + (" --where " + " ".join(args.where) if args.where else ""))

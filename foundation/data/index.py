@@ -87,6 +87,10 @@ class ShardIndex:
             raise ShardError(f"cannot read mask {path}: {exc}") from exc
         return mask.astype(bool)
 
+    def voxel_positions(self, subject: str) -> np.ndarray:
+        """``(V_s,)`` flat C-order grid positions of the subject's in-mask voxels, in the order the shards store them."""
+        return np.flatnonzero(self.mask(subject).reshape(-1))
+
     def feature_dim(self, level: str) -> int:
         return int(self.data["guidance"][level]["dim"])
 

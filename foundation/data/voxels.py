@@ -23,7 +23,7 @@ class VoxelIndexBank:
         self.v_max = max(int(index.data["voxels"][s]) for s in index.data["subjects"])
         table = np.full((len(subjects), self.v_max), self.pad, dtype=np.int64)
         for row, subject in enumerate(subjects):
-            flat = np.flatnonzero(index.mask(subject).reshape(-1))
+            flat = index.voxel_positions(subject)
             table[row, : len(flat)] = flat
         self.row = {f"{index.dataset}/{s}": i for i, s in enumerate(subjects)}
         self.table = torch.from_numpy(table).to(device)

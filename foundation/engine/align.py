@@ -100,7 +100,7 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
     alignment = model.alignments[ds]
     names = list(per_subject)
     xs = [per_subject[s][0].x[per_subject[s][1]] for s in names]
-    positions = [np.flatnonzero(index.mask(s).reshape(-1)) for s in names]
+    positions = [index.voxel_positions(s) for s in names]
     targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
     stimuli = [[part.stimuli[i] for i in rows] for part, rows in per_subject.values()]
     fits = fit_guidance_ridge_joint(xs, positions, targets, share=model.cfg.alignment_share, stimuli=stimuli)

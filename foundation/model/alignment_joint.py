@@ -107,13 +107,14 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
     dual = u @ (uty / (lam + rel * scale)[:, None])  # dual coefficients (n, T)
     # the shared map in the union of the masks: Σ_t z_tᵀ a_t, each subject's columns at its grid positions
     union = np.unique(np.concatenate([np.asarray(p) for p in positions]))
+    columns = [np.searchsorted(union, p) for p in positions]
+    owns = [z.T.astype(np.float64) @ dual[offsets[s]:offsets[s + 1]] for s, z in enumerate(zs)]  # (V_s, T) each
     shared = np.zeros((len(union), y.shape[1]))
-    for s, z in enumerate(zs):
-        shared[np.searchsorted(union, positions[s])] += z.T.astype(np.float64) @ dual[offsets[s]:offsets[s + 1]]
+    for cols, own in zip(columns, owns):
+        shared[cols] += own
     out = []
-    for s, z in enumerate(zs):
-        own = z.T.astype(np.float64) @ dual[offsets[s]:offsets[s + 1]]  # (V_s, T)
-        weight = (share * shared[np.searchsorted(union, positions[s])] + own) / stds[s][:, None]
+    for s, (cols, own) in enumerate(zip(columns, owns)):
+        weight = (share * shared[cols] + own) / stds[s][:, None]
         out.append((means[s].astype(np.float32), weight.astype(np.float32),
                     {"alpha": rel, "share": float(share), "cv_mse": cv_mse,
                      "cv": "leave-one-out" if stimuli is None else f"{folds}-fold over stimuli"}))

@@ -241,7 +241,7 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                     if index.info.kind != "volume":
                         raise FoundationError(f"--alignment {alignment} shares a map between subjects through the "
                                               f"voxel grid; dataset {cfg.id!r} holds {index.info.kind!r} inputs")
-                    positions = {s: np.flatnonzero(index.mask(s).reshape(-1)) for s in subjects}
+                    positions = {s: index.voxel_positions(s) for s in subjects}
                 predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
                                                                 dim=recipe.model.alignment_dim, seed=recipe.seed,
                                                                 positions=positions,

@@ -553,7 +553,7 @@ def _nifti_chunks(model, run_dir: Path, input: Path, dataset: str, gid: str, *,
                          f"{sorted(index.data.get('masks', {}))}")
     _check_affine(img, index, bare, input=input)
     bank = VoxelIndexBank(index, [bare])
-    flat = np.flatnonzero(index.mask(bare).reshape(-1))  # C-order grid positions, as the shards store voxels
+    flat = index.voxel_positions(bare)  # C-order grid positions, as the shards store voxels
 
     def chunks() -> Iterator[_Chunk]:
         for start in range(0, n, batch_size):

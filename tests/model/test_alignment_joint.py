@@ -43,33 +43,30 @@ def test_share_zero_is_each_subjects_own_ridge():
         assert info["share"] == 0.0 and info["alpha"] == 0.3
 
 
-def test_a_map_shared_in_the_grid_is_learnt_from_every_subject():
-    """With maps common to subjects and few samples each, the joint fit predicts new samples better than each
-    subject alone (share 0), on every subject; it also runs on masks that differ between subjects."""
-    rng = np.random.default_rng(1)
-    subjects = _world(rng)
-    train = [draw(15) for _, draw in subjects]
+def _test_correlations(subjects, n_train: int) -> dict[float, list[float]]:
+    """Per subject, the correlation of its aligned new samples with their targets, fitted with share 0 and 1."""
+    train = [draw(n_train) for _, draw in subjects]
     test = [draw(400) for _, draw in subjects]
     ps = [pos for pos, _ in subjects]
     scores = {}
     for share in (0.0, 1.0):
         fits = fit_guidance_ridge_joint([x for x, _ in train], ps, [t for _, t in train], share=share)
         scores[share] = [np.corrcoef(((x - m) @ w).ravel(), t.ravel())[0, 1] for (x, t), (m, w, _) in zip(test, fits)]
+    return scores
+
+
+def test_a_map_shared_in_the_grid_is_learnt_from_every_subject():
+    """With maps common to subjects and few samples each, the joint fit predicts new samples better than each
+    subject alone (share 0), on every subject; it also runs on masks that differ between subjects."""
+    rng = np.random.default_rng(1)
+    scores = _test_correlations(_world(rng), 15)
     assert all(j > s + 0.04 for j, s in zip(scores[1.0], scores[0.0])), scores
 
 
 def test_maps_of_unrelated_subjects_do_not_hurt_much():
     """Subjects with nothing in common: the joint fit stays close to the per-subject one."""
     rng = np.random.default_rng(2)
-    subjects = _world(rng, shared=0.0)
-    train = [draw(60) for _, draw in subjects]
-    test = [draw(400) for _, draw in subjects]
-    ps = [pos for pos, _ in subjects]
-    r = {}
-    for share in (0.0, 1.0):
-        fits = fit_guidance_ridge_joint([x for x, _ in train], ps, [t for _, t in train], share=share)
-        r[share] = np.mean([np.corrcoef(((x - m) @ w).ravel(), t.ravel())[0, 1]
-                            for (x, t), (m, w, _) in zip(test, fits)])
+    r = {share: np.mean(c) for share, c in _test_correlations(_world(rng, shared=0.0), 60).items()}
     assert r[1.0] > r[0.0] - 0.05, r
 
 
