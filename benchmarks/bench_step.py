@@ -119,12 +119,13 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
     if shape == "hcp" and args.channels_last:
         model.adapters[ds].to(memory_format=torch.channels_last_3d)
     model.train()
-    adam_kw: dict[str, Any] = {}
-    if args.adam == "foreach":
-        adam_kw["foreach"] = True
-    elif args.adam == "fused":
-        adam_kw["fused"] = True
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0, **adam_kw)
+    if args.adam == "default":  # what foundation.engine.trainer builds
+        from foundation.engine.optim import build_adam
+
+        optimizer = build_adam([{"params": model.parameters()}], lr=lr, weight_decay=0.0, device=device)
+    else:
+        adam_kw = {"foreach": {"foreach": True}, "fused": {"fused": True}, "loop": {"foreach": False, "fused": False}}
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0, **adam_kw[args.adam])
     forward = torch.compile(model) if args.compile else model
 
     bank = None
@@ -382,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--channels-last", action="store_true",
                    help="convert the 3-D CNN's weights to channels_last_3d first (foundation.engine.trainer does not)")
-    p.add_argument("--adam", choices=["default", "foreach", "fused"], default="default",
-                   help="torch.optim.Adam implementation (default: what foundation.engine.trainer builds)")
+    p.add_argument("--adam", choices=["default", "foreach", "fused", "loop"], default="default",
+                   help="torch.optim.Adam implementation (default: what foundation.engine.trainer builds, "
+                        "foundation.engine.optim.build_adam; loop: torch's per-parameter for-loop)")
     p.add_argument("--token-dim", type=int, default=512, help="NSD ROI token width (the PCA dimension)")
     p.add_argument("--patchifier", choices=["resnet", "cnn"], default="resnet", help="HCP volume patchifier")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 512], help="HCP volume_channels")

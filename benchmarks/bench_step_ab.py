@@ -13,8 +13,9 @@ variant: median step time (IQR), efficiency = step FLOP/s ÷ the GEMM FLOP/s tim
 
 A variant is ``name`` or ``key=value[,key=value]``:
 
-* ``adam=default|foreach|fused`` — the ``torch.optim.Adam`` implementation (``default``: as
-  ``foundation.engine.trainer`` builds it);
+* ``adam=default|foreach|fused|loop`` — the ``torch.optim.Adam`` implementation (``default``: as
+  ``foundation.engine.trainer`` builds it, fused where torch has the kernel since round 6; ``loop``:
+  torch's per-parameter for-loop, the trainer's optimizer before);
 * ``amp=on|off`` — bf16 autocast on CPU;
 * ``compile=on`` — ``torch.compile`` of each Transformer block (inductor);
 * ``fast=off`` — the encoder's CPU fast paths off (``foundation.model.encoder.CPU_FAST_PATHS``), i.e.

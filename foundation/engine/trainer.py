@@ -28,6 +28,7 @@ from foundation.core.config import Recipe
 from foundation.core.locks import hold
 from foundation.core.errors import (CheckpointError, FoundationError, NonFiniteError, RecipeError, ShardError,
                                     UnknownSubjectError)
+from foundation.engine.optim import build_adam
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
@@ -348,7 +349,7 @@ class Trainer:
 
             self.alignment_report = fit_alignments(self.model, self.streams, to_align, fit_basis=finetune is None)
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        optimizer = torch.optim.Adam(param_groups, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = build_adam(param_groups, lr=t.lr, weight_decay=t.weight_decay, device=acc.device)
         warmup = max(t.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
