@@ -39,8 +39,11 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     from foundation.data.splits import read_split
     from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases
 
-    # a joint alignment fits every subject of a dataset together at pre-training; subjects added by fine-tuning
-    # get the per-subject ridge map (the other subjects' training data is not part of a fine-tuning run)
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared
+
+    # a joint alignment fits every subject of a dataset together at pre-training and keeps the pool's shared map;
+    # subjects added by fine-tuning are fitted against it (the pool's training data is not part of a fine-tuning
+    # run); a model saved without the shared map gives them the per-subject ridge map
     fitter = FITTERS.get(model.cfg.alignment, FITTERS["guidance-ridge"])
     report: dict[str, dict[str, float]] = {}
     data: dict[str, dict[str, tuple[Any, np.ndarray]]] = {}  # dataset -> subject -> (training split, kept rows)
@@ -74,16 +77,26 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
         if model.cfg.alignment in JOINT_FITTERS and fit_basis:
             report.update(_fit_joint(model, ds, streams[ds].index, per_subject, log=log))
             continue
+        shared = alignment.shared_map() if model.cfg.alignment in JOINT_FITTERS else None
         for s, (part, rows) in per_subject.items():
             gid = f"{ds}/{s}"
-            mean, weight, info = fitter(part.x[rows], alignment.targets(part.low[rows], part.high[rows]))
+            targets = alignment.targets(part.low[rows], part.high[rows])
+            if shared is not None:
+                mean, weight, info = fit_guidance_ridge_to_shared(part.x[rows], streams[ds].index.voxel_positions(s),
+                                                                  targets, shared,
+                                                                  stimuli=[part.stimuli[i] for i in rows])
+            else:
+                mean, weight, info = fitter(part.x[rows], targets)
             alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
             report[gid] = {**info, "n": len(rows)}
-            if model.cfg.alignment in JOINT_FITTERS:
-                report[gid]["method"] = "guidance-ridge (per subject: added by fine-tuning)"
+            if shared is not None:
+                report[gid]["method"] = "guidance-ridge-joint (added by fine-tuning: own map around the pool's shared map)"
+            elif model.cfg.alignment in JOINT_FITTERS:
+                report[gid]["method"] = ("guidance-ridge (per subject: added by fine-tuning to a model saved "
+                                         "without the pool's shared map)")
             if log is not None:
-                log(f"{gid}: {model.cfg.alignment} alignment on {len(rows)} training samples, "
-                    f"alpha {info['alpha']:.3g}")
+                log(f"{gid}: {report[gid].get('method', model.cfg.alignment)} alignment on {len(rows)} training "
+                    f"samples, alpha {info['alpha']:.3g}")
     return report
 
 
@@ -91,7 +104,7 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
                log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
     """Fit every subject of volume dataset ``ds`` together
     (:func:`~foundation.model.alignment_joint.fit_guidance_ridge_joint`) and install the maps."""
-    from foundation.model.alignment_joint import fit_guidance_ridge_joint
+    from foundation.model.alignment_joint import fit_joint_and_shared
 
     if index.info.kind != "volume":
         raise DataError(f"model.alignment={model.cfg.alignment!r} shares a map between subjects through the voxel "
@@ -103,7 +116,9 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
     positions = [index.voxel_positions(s) for s in names]
     targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
     stimuli = [[part.stimuli[i] for i in rows] for part, rows in per_subject.values()]
-    fits = fit_guidance_ridge_joint(xs, positions, targets, share=model.cfg.alignment_share, stimuli=stimuli)
+    fits, shared = fit_joint_and_shared(xs, positions, targets, share=model.cfg.alignment_share, stimuli=stimuli)
+    if alignment.has_shared:
+        alignment.set_shared(shared)
     report = {}
     for s, x, (mean, weight, info) in zip(names, xs, fits):
         gid = f"{ds}/{s}"

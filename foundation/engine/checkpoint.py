@@ -307,7 +307,7 @@ def load_model(directory: Path, *, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{weights_path} is not a safetensors file: {exc}") from exc
     own = model.state_dict()
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing, extra = sorted(set(own) - set(state) - model.optional_state_keys()), sorted(set(state) - set(own))
     if wrong or missing or extra:
         detail = "; ".join(filter(None, [
             f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)}" if wrong else "",

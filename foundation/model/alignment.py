@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .alignment_joint import SharedMap
+
 __all__ = ["ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding",
            "fit_guidance_ridge", "guidance_basis", "guidance_bases", "guidance_targets"]
 
@@ -164,12 +166,20 @@ class SubjectAlignment(nn.Module):
     ``ragged=True`` (volume datasets): a sample is the subject's ``V_s`` in-mask voxels, zero-padded to
     the batch's width ``V_max ≤ F`` (``F`` = the grid's size, an upper bound); a subject's map covers its
     first ``V_s`` rows and is zero beyond, so the padding contributes nothing.
+
+    ``shared=True`` (a joint alignment of a volume dataset, ``model.alignment: guidance-ridge-joint``) also
+    keeps the pool's shared map over the grid, what subjects added later are fitted against: buffers
+    ``shared_weight`` ``(F, 2·dim)`` (flat grid positions), ``shared_fit`` ``(3,)`` = (absolute ridge
+    penalty, relative alpha, share) and ``shared_fitted``.  A checkpoint written before these buffers
+    existed loads with ``shared_fitted`` false.
     """
 
     levels = 2
+    #: buffers a checkpoint written before they existed may lack (the pool's shared map, see above)
+    OPTIONAL_BUFFERS = ("shared_weight", "shared_fit", "shared_fitted")
 
     def __init__(self, n_subjects: int, in_features: int, *, guidance_dims: Sequence[int], dim: int,
-                 ragged: bool = False) -> None:
+                 ragged: bool = False, shared: bool = False) -> None:
         super().__init__()
         if in_features <= 0 or dim <= 0 or len(guidance_dims) != 2 or min(guidance_dims) <= 0:
             raise ValueError(f"bad alignment sizes: in_features={in_features}, dim={dim}, "
@@ -182,6 +192,11 @@ class SubjectAlignment(nn.Module):
             self.register_buffer(f"centre_{level}", torch.zeros(d))
             self.register_buffer(f"proj_{level}", torch.zeros(d, dim))
         self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))
+        self.has_shared = shared
+        if shared:
+            self.register_buffer("shared_weight", torch.zeros(in_features, self.levels * dim))
+            self.register_buffer("shared_fit", torch.zeros(3, dtype=torch.float64))
+            self.register_buffer("shared_fitted", torch.zeros((), dtype=torch.bool))
 
     def __len__(self) -> int:
         return self.fitted.shape[0]
@@ -227,6 +242,39 @@ class SubjectAlignment(nn.Module):
         self.weight[row, :n] = torch.from_numpy(weight).to(self.weight)
         self.mean[row, :n] = torch.from_numpy(mean).to(self.mean)
         self.fitted[row] = True
+
+    @torch.no_grad()
+    def set_shared(self, shared: SharedMap) -> None:
+        """Install the pool's shared map (:func:`~foundation.model.alignment_joint.fit_joint_and_shared`)."""
+        if not self.has_shared:
+            raise ValueError("this alignment keeps no shared map (built with shared=False)")
+        if shared.weight.shape[1] != self.shared_weight.shape[1] or (
+                len(shared.positions) and int(shared.positions.max()) >= self.in_features):
+            raise ValueError(f"shared map {shared.weight.shape} at positions up to {int(shared.positions.max())} "
+                             f"does not fit the grid of {self.in_features} × {self.shared_weight.shape[1]}")
+        self.shared_weight.zero_()
+        self.shared_weight[torch.from_numpy(np.asarray(shared.positions, dtype=np.int64))] = torch.from_numpy(
+            np.asarray(shared.weight)).to(self.shared_weight)
+        self.shared_fit.copy_(torch.tensor([shared.lam, shared.alpha, shared.share], dtype=torch.float64))
+        self.shared_fitted.fill_(True)
+
+    def shared_map(self) -> SharedMap | None:
+        """The installed shared map over the grid's positions, or ``None`` (none kept, or none fitted yet)."""
+        if not self.has_shared or not bool(self.shared_fitted):
+            return None
+        lam, alpha, share = (float(v) for v in self.shared_fit.cpu())
+        return SharedMap(positions=np.arange(self.in_features), weight=self.shared_weight.cpu().numpy(), lam=lam,
+                         alpha=alpha, share=share)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.has_shared and prefix + "shared_fitted" in missing_keys:  # saved before the shared map was kept
+            for name in self.OPTIONAL_BUFFERS:
+                if prefix + name in missing_keys:
+                    missing_keys.remove(prefix + name)
+            self.shared_fitted.fill_(False)
 
     def unfitted(self, subject_idx: Tensor) -> list[int]:
         """The rows of ``subject_idx`` ``(B,)`` that have no alignment yet."""

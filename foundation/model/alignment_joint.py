@@ -19,25 +19,61 @@ stimulus held out together) or, without stimulus ids, by exact leave-one-out.  T
 :class:`~foundation.model.alignment.SubjectAlignment` like any other, so the model and its forward are
 unchanged.  Cost: the ``(N, N)`` kernel of all ``N`` training samples of the dataset (float64: 32 MB at
 N = 2 000, 3.2 GB at 20 000) and one eigendecomposition of it.
+
+A subject added later (``foundation finetune``) is fitted against the pool's shared map without refitting the
+pool (:func:`fit_guidance_ridge_to_shared`): ``w_0`` held, its own ``v`` is the ridge fit of what ``c · g · w_0``
+leaves unexplained, so its map is shrunk toward the pool's shared map instead of toward zero.  How far (``c``
+from 0 = its own ridge to 1 = the pool's objective) and ``alpha`` are chosen by cross-validation on the newcomer's
+own training samples: where subjects' maps do not share places in the grid, the shared map does not carry over
+and is leaned on less.  With ``c = 1`` and the pool's ``alpha`` the same objective is solved for the one block
+that is new: for a subject of the pool, with its own training data, that returns its jointly fitted map (the
+joint optimum is optimal in every block).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["JOINT_ALPHAS", "fit_guidance_ridge_joint"]
+__all__ = ["JOINT_ALPHAS", "NEWCOMER_SCALES", "SharedMap", "fit_guidance_ridge_joint", "fit_guidance_ridge_to_shared", "fit_joint_and_shared"]
 
 #: ``alpha`` grid, as multiples of the mixed kernel's mean diagonal
 JOINT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 2, 13))
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedMap:
+    """The pool's part of a joint fit, what a subject added later is fitted against.
+
+    ``positions`` ``(U,)`` int flat grid positions (strictly increasing), ``weight`` ``(U, T)`` the shared map
+    times ``share`` (``g · w_0``) in standardised-input units, ``lam`` the absolute ridge penalty of the fit,
+    ``alpha`` that penalty relative to the pool's mean kernel diagonal, ``share`` ``g``.
+    """
+
+    positions: np.ndarray
+    weight: np.ndarray
+    lam: float
+    alpha: float
+    share: float
 
 
 def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                              *, share: float = 1.0, alphas: Sequence[float] = JOINT_ALPHAS,
                              stimuli: Sequence[Sequence[Hashable]] | None = None, folds: int = 5,
                              ) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
-    """Ridge maps of every subject of one volume dataset onto the guidance targets, fitted together.
+    """Ridge maps of every subject of one volume dataset onto the guidance targets, fitted together
+    (:func:`fit_joint_and_shared` without the shared map)."""
+    return fit_joint_and_shared(xs, positions, targets, share=share, alphas=alphas, stimuli=stimuli, folds=folds)[0]
+
+
+def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                         *, share: float = 1.0, alphas: Sequence[float] = JOINT_ALPHAS,
+                         stimuli: Sequence[Sequence[Hashable]] | None = None, folds: int = 5,
+                         ) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, float]]], SharedMap]:
+    """Ridge maps of every subject of one volume dataset onto the guidance targets, fitted together, and
+    the shared map a later subject is fitted against (:class:`SharedMap`).
 
     Args:
         xs: per subject ``(n_s, V_s)`` training inputs (its in-mask voxels).
@@ -55,7 +91,7 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
     Returns:
         per subject ``(mean (V_s,), weight (V_s, T), info)`` with ``(x − mean) @ weight`` its aligned
         tokens; ``info`` holds the chosen ``alpha`` (relative), ``share``, how alpha was chosen (``cv``) and
-        that choice's mean squared error (``cv_mse``).
+        that choice's mean squared error (``cv_mse``); and the :class:`SharedMap`.
     """
     if not (len(xs) == len(positions) == len(targets)) or not xs:
         raise ValueError(f"one input, position and target array per subject: got {len(xs)}, {len(positions)}, "
@@ -118,7 +154,93 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
         out.append((means[s].astype(np.float32), weight.astype(np.float32),
                     {"alpha": rel, "share": float(share), "cv_mse": cv_mse,
                      "cv": "leave-one-out" if stimuli is None else f"{folds}-fold over stimuli"}))
-    return out
+    pool = SharedMap(positions=union, weight=(share * shared).astype(np.float32), lam=rel * scale, alpha=rel,
+                     share=float(share))
+    return out, pool
+
+
+#: how much of the pool's shared map a subject added later may lean on (``c`` in ``c · g · w_0``), chosen with
+#: ``alpha`` by cross-validation on the newcomer's own training samples: 0 is the per-subject ridge
+NEWCOMER_SCALES = (0.0, 0.25, 0.5, 1.0)
+
+
+def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: np.ndarray, shared: SharedMap, *,
+                                 scales: Sequence[float] = NEWCOMER_SCALES,
+                                 alphas: Sequence[float] | None = JOINT_ALPHAS,
+                                 stimuli: Sequence[Hashable] | None = None, folds: int = 5,
+                                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """One subject's map fitted against a pool's :class:`SharedMap` (the pool is not refitted).
+
+    The map is ``c · (g · w_0) + v`` at the subject's voxels (voxels outside the pool's masks have no shared part):
+    ``v`` is the kernel ridge fit of its centred targets minus ``c · z @ (g · w_0)``, ``z`` its inputs standardised
+    per voxel as in the joint fit.  ``c`` and the ridge ``alpha`` are chosen together on the subject's training
+    samples — ``folds``-fold cross-validation over its stimuli, or exact leave-one-out without stimulus ids — so a
+    pool whose shared map does not carry over to this subject (maps that differ in the grid) is leaned on less or
+    not at all (``c = 0``: the subject's own ridge).  ``scales=(1.0,), alphas=None`` solves the pool's objective for
+    this one block (the pool's penalty ``shared.lam``, no choice): for a pool subject with its own training data
+    that returns its jointly fitted map.
+
+    Args:
+        x: ``(n, V)`` the subject's training inputs (its in-mask voxels).
+        positions: ``(V,)`` their flat grid positions, strictly increasing.
+        targets: ``(n, T)`` shared-space targets.
+        shared: the pool's shared map (from :func:`fit_joint_and_shared`, or the model's
+            :meth:`~foundation.model.alignment.SubjectAlignment.shared_map`).
+        scales: the grid of ``c``.
+        alphas: the ``alpha`` grid relative to the subject's mean kernel diagonal; ``None``: ``shared.lam``.
+        stimuli: ``(n,)`` stimulus ids of the samples (for the folds).
+        folds: the number of stimulus folds.
+
+    Returns:
+        ``(mean (V,), weight (V, T), info)``: ``info`` holds ``alpha`` (relative to the subject's kernel, or the
+        pool's when ``alphas`` is ``None``), ``shared_scale`` (the chosen ``c``), ``share`` (the pool's ``g``),
+        ``shared_voxels`` (the fraction of the subject's voxels the pool's map covers), and with a choice made,
+        ``cv`` and ``cv_mse``.
+    """
+    x, positions = np.asarray(x), np.asarray(positions)
+    if x.ndim != 2 or x.shape[1] != len(positions) or len(targets) != len(x):
+        raise ValueError(f"inputs {x.shape}, {len(positions)} positions, {len(targets)} targets do not match")
+    if len(x) < 3:
+        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
+    if len(positions) > 1 and np.any(np.diff(positions) <= 0):
+        raise ValueError("voxel positions must be strictly increasing")
+    if targets.shape[1] != shared.weight.shape[1]:
+        raise ValueError(f"targets have {targets.shape[1]} columns, the shared map {shared.weight.shape[1]}")
+    if not scales or any(c < 0 or not np.isfinite(c) for c in scales):
+        raise ValueError(f"scales must be finite numbers ≥ 0, got {list(scales)}")
+    mean, std = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
+    z = ((x - mean) / std).astype(np.float64)
+    base = np.zeros((len(positions), targets.shape[1]))
+    _, mine, theirs = np.intersect1d(positions, shared.positions, assume_unique=True, return_indices=True)
+    base[mine] = shared.weight[theirs]
+    centred = targets.astype(np.float64) - targets.mean(0, dtype=np.float64)
+    offset = z @ base  # (n, T): the shared map's prediction
+    kernel = z @ z.T
+    info: dict[str, float | str] = {"share": shared.share, "shared_voxels": len(mine) / max(len(positions), 1)}
+    if alphas is None:
+        lams, rel = [shared.lam], [shared.alpha]
+    else:
+        diag = float(np.mean(np.diag(kernel))) or 1.0
+        lams, rel = [a * diag for a in alphas], list(alphas)
+    if len(scales) * len(lams) == 1:
+        c, pick = float(scales[0]), 0
+    else:
+        t = centred.shape[1]
+        stacked = np.concatenate([centred - c * offset for c in scales], axis=1)  # (n, |scales| · T)
+        if stimuli is not None:
+            errors = _cv_column_errors(kernel, stacked, lams, _stimulus_folds([stimuli], [len(z)], folds))
+            info["cv"] = f"{folds}-fold over stimuli"
+        else:
+            errors = _loo_column_errors(kernel, stacked, lams)
+            info["cv"] = "leave-one-out"
+        errors = errors.reshape(len(lams), len(scales), t).mean(2)
+        pick, which = np.unravel_index(int(np.argmin(errors)), errors.shape)
+        c = float(scales[which])
+        info["cv_mse"] = float(errors[pick, which])
+    dual = np.linalg.solve(kernel + lams[pick] * np.eye(len(z)), centred - c * offset)  # (n, T)
+    weight = (c * base + z.T @ dual) / std[:, None]
+    info.update(alpha=float(rel[pick]), shared_scale=c)
+    return mean.astype(np.float32), weight.astype(np.float32), info
 
 
 def _stimulus_folds(stimuli: Sequence[Sequence[Hashable]], sizes: Sequence[int], folds: int) -> list[np.ndarray]:
@@ -149,3 +271,33 @@ def _cv_errors(kernel: np.ndarray, y: np.ndarray, alphas: Sequence[float], held:
             sse[j] += float(((y[rows] - cross @ (uty / (lam + alpha)[:, None])) ** 2).sum())
         count += rows.size * y.shape[1]
     return list(sse / count)
+
+
+def _cv_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float], held: Sequence[np.ndarray]) -> np.ndarray:
+    """``(len(lams), y.shape[1])`` mean squared error of every column of ``y`` under each ridge penalty, over the
+    held-out rows of every fold (one eigendecomposition per fold)."""
+    sse = np.zeros((len(lams), y.shape[1]))
+    count = 0
+    for rows in held:
+        keep = np.setdiff1d(np.arange(len(y)), rows)
+        lam, u = np.linalg.eigh(kernel[np.ix_(keep, keep)])
+        lam = np.clip(lam, 0.0, None)
+        uty = u.T @ y[keep]
+        cross = kernel[np.ix_(rows, keep)] @ u  # (held, kept eigvecs)
+        for j, penalty in enumerate(lams):
+            sse[j] += ((y[rows] - cross @ (uty / (lam + penalty)[:, None])) ** 2).sum(0)
+        count += rows.size
+    return sse / count
+
+
+def _loo_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float]) -> np.ndarray:
+    """``(len(lams), y.shape[1])`` exact leave-one-out mean squared error of kernel ridge, every column of ``y``."""
+    lam, u = np.linalg.eigh(kernel)
+    lam = np.clip(lam, 0.0, None)
+    uty = u.T @ y
+    out = np.empty((len(lams), y.shape[1]))
+    for j, penalty in enumerate(lams):
+        shrink = lam / (lam + penalty)
+        hat = np.einsum("ij,j,ij->i", u, shrink, u)
+        out[j] = np.mean(((y - u @ (shrink[:, None] * uty)) / (1.0 - hat)[:, None]) ** 2, axis=0)
+    return out

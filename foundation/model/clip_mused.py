@@ -35,7 +35,7 @@ from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError
 
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
-from .alignment import ALIGNMENTS, SubjectAlignment
+from .alignment import ALIGNMENTS, JOINT_FITTERS, SubjectAlignment
 from .encoder import Encoder
 from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
@@ -186,7 +186,8 @@ class CLIPMUSED(nn.Module):
             for ds, info in self.infos.items():
                 self.alignments[ds] = SubjectAlignment(len(subjects), _alignment_features(info),
                                                        guidance_dims=cfg.guidance_dims, dim=k,
-                                                       ragged=info.kind == "volume")
+                                                       ragged=info.kind == "volume",
+                                                       shared=info.kind == "volume" and cfg.alignment in JOINT_FITTERS)
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
@@ -277,6 +278,11 @@ class CLIPMUSED(nn.Module):
     def vocab(self) -> list[str]:
         """Global subject ids ``"dataset/subject"`` in token-table row order."""
         return self._vocab.keys if self.cfg.tokens == "shared" else self.subject_tokens.vocab
+
+    def optional_state_keys(self) -> set[str]:
+        """State-dict keys a checkpoint of an older foundation may lack (they load as "not fitted")."""
+        return {f"alignments.{ds}.{name}" for ds, al in self.alignments.items() if al.has_shared
+                for name in al.OPTIONAL_BUFFERS}
 
     def subject_index(self, keys: Sequence[str]) -> Tensor:
         """``B`` global subject ids -> ``(B,)`` int64 CPU indices; raises :class:`UnknownSubjectError`."""

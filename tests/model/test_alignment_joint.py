@@ -101,3 +101,72 @@ def test_alpha_is_chosen_over_stimuli_held_out_in_every_subject_at_once():
         fit_guidance_ridge_joint(xs, [pos, pos], [t, t], stimuli=[ids[0][:5], ids[1]])
     with pytest.raises(ValueError, match="distinct stimuli"):
         fit_guidance_ridge_joint(xs, [pos, pos], [t, t], stimuli=[["a"] * 40, ["b"] * 40])
+
+
+def test_a_pool_subject_refitted_against_the_shared_map_gets_its_joint_map():
+    """The joint optimum is optimal in every block: fitting one pool subject's own part against the pool's shared
+    map, with its own training data, returns the map the joint fit gave it."""
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
+
+    rng = np.random.default_rng(3)
+    train = [(pos, *draw(25)) for pos, draw in _world(rng)]
+    fits, pool = fit_joint_and_shared([x for _, x, _ in train], [p for p, _, _ in train], [t for _, _, t in train],
+                                      share=0.7, alphas=(0.1,))
+    assert pool.share == 0.7 and pool.alpha == 0.1 and pool.weight.shape == (200, 4)
+    for (pos, x, t), (mean, weight, _) in zip(train, fits):
+        m, w, info = fit_guidance_ridge_to_shared(x, pos, t, pool, scales=(1.0,), alphas=None)
+        np.testing.assert_allclose(m, mean, rtol=1e-6)
+        np.testing.assert_allclose((x - m) @ w, (x - mean) @ weight, rtol=1e-3, atol=1e-4)
+        assert info["shared_voxels"] == 1.0 and info["shared_scale"] == 1.0 and info["alpha"] == 0.1
+
+
+def _newcomer_gains(shared_part: float, *, stimuli: bool) -> tuple[list[float], list[float]]:
+    """Per world seed: (test correlation of the newcomer's map fitted against the pool's shared map − that of its own
+    ridge map, the chosen scale ``c``); pool of 2 subjects × 60 samples, newcomer 12 samples."""
+    from foundation.model.alignment import fit_guidance_ridge
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
+
+    gains, scales = [], []
+    for seed in range(3):
+        rng = np.random.default_rng(10 + seed)
+        subjects = _world(rng, shared=shared_part)
+        pool = [(pos, *draw(60)) for pos, draw in subjects[:2]]
+        _, shared = fit_joint_and_shared([x for _, x, _ in pool], [p for p, _, _ in pool], [t for _, _, t in pool])
+        pos, draw = subjects[2]
+        x, t = draw(12)
+        xt, tt = draw(400)
+        m, w, _ = fit_guidance_ridge(x, t)
+        own = np.corrcoef(((xt - m) @ w).ravel(), tt.ravel())[0, 1]
+        m, w, info = fit_guidance_ridge_to_shared(x, pos, t, shared, stimuli=list(range(12)) if stimuli else None)
+        gains.append(np.corrcoef(((xt - m) @ w).ravel(), tt.ravel())[0, 1] - own)
+        scales.append(info["shared_scale"])
+        assert info["cv"] == ("5-fold over stimuli" if stimuli else "leave-one-out")
+    return gains, scales
+
+
+@pytest.mark.parametrize("stimuli", [False, True])
+def test_a_newcomer_with_few_samples_learns_more_against_the_shared_map(stimuli):
+    """A subject outside the pool with 12 training samples, maps mostly common to subjects: its map fitted against
+    the pool's shared map predicts its new samples better than its own ridge map, on every world seed."""
+    gains, scales = _newcomer_gains(0.8, stimuli=stimuli)
+    assert min(gains) > 0.05 and min(scales) > 0, (gains, scales)
+
+
+def test_a_newcomer_does_not_lean_on_a_shared_map_that_does_not_carry_over():
+    """Subjects with nothing in common: the cross-validated scale keeps the newcomer near its own ridge map
+    (a fixed c = 1 would pull it toward the pool's unrelated map)."""
+    gains, scales = _newcomer_gains(0.0, stimuli=False)
+    assert np.mean(gains) > -0.03 and min(gains) > -0.06, (gains, scales)
+
+
+def test_a_newcomer_is_checked_against_the_shared_map():
+    from foundation.model.alignment_joint import SharedMap, fit_guidance_ridge_to_shared
+
+    pool = SharedMap(positions=np.arange(10), weight=np.zeros((10, 4), np.float32), lam=1.0, alpha=0.1, share=1.0)
+    x, t = np.ones((5, 3)), np.zeros((5, 4))
+    with pytest.raises(ValueError, match="columns"):
+        fit_guidance_ridge_to_shared(x, np.arange(3), np.zeros((5, 2)), pool)
+    with pytest.raises(ValueError, match="increasing"):
+        fit_guidance_ridge_to_shared(x, np.array([2, 1, 3]), t, pool)
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_guidance_ridge_to_shared(x[:2], np.arange(3), t[:2], pool)

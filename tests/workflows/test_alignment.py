@@ -236,10 +236,19 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     report = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
     assert report["vol/sub-01"]["share"] == 0.5 and report["vol/sub-01"]["cv"] == "5-fold over stimuli"
 
-    # a subject added by fine-tuning gets its own per-subject ridge map; the others' maps stay bit for bit
-    from foundation.model.alignment import fit_guidance_ridge
+    # the model keeps the pool's shared map; a subject added by fine-tuning is fitted against it (the others'
+    # maps stay bit for bit)
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
     from foundation.workflows.finetune import finetune
 
+    _, pool = fit_joint_and_shared([p.x for p in parts],
+                                   [np.flatnonzero(index.mask(s).reshape(-1)) for s in ("sub-01", "sub-02")],
+                                   [al.targets(p.low, p.high) for p in parts], share=0.5,
+                                   stimuli=[p.stimuli for p in parts])
+    kept = al.shared_map()
+    assert kept is not None and kept.lam == pytest.approx(pool.lam) and kept.share == 0.5
+    np.testing.assert_allclose(kept.weight[pool.positions], pool.weight, rtol=1e-6, atol=1e-7)
+    assert not kept.weight[np.setdiff1d(np.arange(al.in_features), pool.positions)].any()
     ft = json.loads(json.dumps(d))
     ft["datasets"][0]["subjects"] = ["sub-03"]
     ft["run"]["dir"] = str(tmp_path / "ft")
@@ -247,11 +256,33 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     tuned, _ = load_model(tmp_path / "ft" / "best")
     new = tuned.alignments["vol"]
     assert torch.equal(new.weight[:2], al.weight) and torch.equal(new.mean[:2], al.mean)
+    assert torch.equal(new.shared_weight, al.shared_weight)
     part = read_split(index, "sub-03", "train")
-    _, weight, _ = fit_guidance_ridge(part.x, new.targets(part.low, part.high))
-    np.testing.assert_allclose(new.weight[2, :part.x.shape[1]].numpy(), weight, rtol=1e-5, atol=1e-6)
+    _, weight, _ = fit_guidance_ridge_to_shared(part.x, np.flatnonzero(index.mask("sub-03").reshape(-1)),
+                                                new.targets(part.low, part.high), pool, stimuli=part.stimuli)
+    np.testing.assert_allclose(new.weight[2, :part.x.shape[1]].numpy(), weight, rtol=1e-4, atol=1e-6)
     fit = json.loads((tmp_path / "ft" / "alignment" / "fit.json").read_text())
-    assert fit["vol/sub-03"]["method"] == "guidance-ridge (per subject: added by fine-tuning)"
+    assert fit["vol/sub-03"]["method"].startswith("guidance-ridge-joint (added by fine-tuning")
+    assert fit["vol/sub-03"]["shared_scale"] in (0.0, 0.25, 0.5, 1.0) and fit["vol/sub-03"]["cv"] == "5-fold over stimuli"
+
+    # a checkpoint saved before the shared map was kept (no shared_* buffers): it loads, and a newcomer
+    # gets the per-subject ridge map, recorded as such
+    from safetensors.torch import load_file, save_file
+
+    from foundation.core.integrity import write_manifest
+    from foundation.model.alignment import fit_guidance_ridge
+
+    weights = tmp_path / "run" / "best" / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if ".shared_" not in k}
+    save_file(state, weights)
+    write_manifest(weights.parent)  # as an older foundation wrote it
+    ft["run"]["dir"] = str(tmp_path / "ft-old")
+    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
+    old, _ = load_model(tmp_path / "ft-old" / "best")
+    _, weight, _ = fit_guidance_ridge(part.x, old.alignments["vol"].targets(part.low, part.high))
+    np.testing.assert_allclose(old.alignments["vol"].weight[2, :part.x.shape[1]].numpy(), weight, rtol=1e-5, atol=1e-6)
+    fit = json.loads((tmp_path / "ft-old" / "alignment" / "fit.json").read_text())
+    assert fit["vol/sub-03"]["method"].startswith("guidance-ridge (per subject: added by fine-tuning to a model saved")
 
     roi = tiny_recipe_dict(tmp_path / "roi", **{"train.steps": 2, "model.alignment": "guidance-ridge-joint",
                                                  "model.alignment_dim": 6})
