@@ -156,10 +156,12 @@ class CLIPMUSED(nn.Module):
                 raise ValueError(f"model.alignment_dim must be positive, got {cfg.alignment_dim}")
             k = _aligned_dim(cfg)
             for ds, info in datasets.items():
-                size = len(subjects) * _alignment_features(info) * 2 * k * 4
+                shared = info.kind == "volume" and cfg.alignment in JOINT_FITTERS  # + the pool's shared map
+                size = (len(subjects) + shared) * _alignment_features(info) * 2 * k * 4
                 if size > ALIGNMENT_BUDGET_BYTES:
                     raise ValueError(f"model.alignment={cfg.alignment!r}: dataset {ds!r}'s per-subject maps would take "
-                                     f"{size / 2**30:.1f} GiB ({len(subjects)} subjects × {_alignment_features(info)} "
+                                     f"{size / 2**30:.1f} GiB ({len(subjects)} subjects{' + the shared map' * shared} × "
+                                     f"{_alignment_features(info)} "
                                      f"inputs × {2 * k}); more than {ALIGNMENT_BUDGET_BYTES / 2**30:.0f} GiB. Use "
                                      f"model.alignment=none for full-resolution volumes, or a smaller alignment_dim")
         self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),

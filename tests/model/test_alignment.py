@@ -161,3 +161,25 @@ def test_volume_alignment_maps_each_subjects_own_in_mask_voxels_whatever_the_pad
     logits = model("v", x, torch.tensor([0, 1]), voxel_index=idx).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
     assert model("v", x[:, :25] * (x[:, :25] != 0), torch.tensor([0, 1]), voxel_index=idx[:, :25]).logits.shape == (2, 2)
+
+
+def test_the_joint_alignments_shared_map_counts_in_the_memory_budget(monkeypatch):
+    """guidance-ridge-joint keeps one more grid-sized map (the pool's shared map): a budget that holds one subject's
+    map holds the per-subject alignment and refuses the joint one, naming the shared map."""
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
+    from foundation.model import CLIPMUSED
+    from foundation.model import clip_mused
+
+    vol = DatasetInfo(kind="volume", label_names=("a",), subjects=("s",), grid=(8, 8, 8))
+    one_map = 8 ** 3 * 2 * 3 * 4  # grid × 2·alignment_dim (3: the guidance widths) × float32
+    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", int(1.5 * one_map))
+    cfg = dict(dim=8, depth=1, heads=2, guidance_dims=[3, 3])
+    model = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge"), {"v": vol}, ["v/s"])
+    assert not model.alignments["v"].has_shared
+    with pytest.raises(ValueError, match=r"1 subjects \+ the shared map"):
+        CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
+    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 2 * one_map)
+    joint = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
+    assert joint.alignments["v"].shared_weight.shape == (8 ** 3, 6) and joint.optional_state_keys() == {
+        "alignments.v.shared_weight", "alignments.v.shared_fit", "alignments.v.shared_fitted"}
