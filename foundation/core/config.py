@@ -131,7 +131,8 @@ class ModelConfig:
     #: ``alignment_dim`` components; ROI datasets) or ``guidance-encoding`` (the same space, reached by
     #: inverting a per-subject encoding model: more sample-efficient for new subjects), or
     #: ``guidance-ridge-joint`` (volume datasets: every subject's ridge map fitted together, a map shared in the
-    #: voxel grid plus each subject's own; ``foundation.model.alignment_joint``)
+    #: voxel grid plus each subject's own; subjects added by ``foundation finetune`` are fitted against the
+    #: kept shared map; ``foundation.model.alignment_joint``)
     alignment: Literal["none", "guidance-ridge", "guidance-encoding", "guidance-ridge-joint"] = "none"
     alignment_dim: PositiveInt = 32
     #: ``guidance-ridge-joint``: prior weight of the shared map against each subject's own (0: per subject)

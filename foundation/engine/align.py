@@ -1,9 +1,11 @@
 """Fit the per-subject input alignments of a model (``model.alignment``) from the shards' training data.
 
 Called by the trainer when a model with ``model.alignment != none`` is built: for pre-training, the
-shared guidance basis and every subject's map; for fine-tuning, only the new subjects' maps (the
-basis and the known subjects' maps come from the checkpoint).  Each map sees only the training
-samples the run trains on (after ``datasets[].train_fraction``): never validation or test data.
+shared guidance basis and every subject's map (``guidance-ridge-joint``: fitted together, and the pool's
+shared map kept); for fine-tuning, only the new subjects' maps (the basis, the known subjects' maps and the
+shared map come from the checkpoint; a joint model's newcomers are fitted against its shared map).  Each map
+sees only the training samples the run trains on (after ``datasets[].train_fraction``): never validation or
+test data.
 The maps are then part of the model's state dict (``model.safetensors``); :func:`export_alignments`
 also writes them as one ``.npz`` per subject (no pickle) for inspection or reuse elsewhere.
 """

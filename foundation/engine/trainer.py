@@ -16,6 +16,7 @@ import pickle
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +230,13 @@ class Trainer:
             gradient_accumulation_steps=t.grad_accum,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard",
-            # a step uses one dataset's adapter and head: the others get no gradient that step
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(recipe.datasets) > 1)],
+            # a step uses one dataset's adapter and head: the others get no gradient that step. No buffer
+            # broadcast before every forward (DDP's default): the model's buffers are constants once built (the
+            # alignment maps, fitted on every rank from the same training samples, and index tables; no
+            # BatchNorm), broadcast from rank 0 once after prepare() below, and an aligned volume model's maps
+            # are gigabytes (benchmarks/bench_ddp_buffers.py)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(recipe.datasets) > 1,
+                                                           broadcast_buffers=False)],
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         acc = self.accelerator
@@ -292,7 +298,7 @@ class Trainer:
             if self.alignment_report:
                 from foundation.engine.align import export_alignments
 
-                export_alignments(self.model, self.run_dir / "alignment")
+                export_alignments(self.core, self.run_dir / "alignment")  # not the DDP wrapper
                 write_json(self.run_dir / "alignment" / "fit.json", self.alignment_report)
             if finetune is not None:
                 write_json(self.run_dir / FINETUNE_SPEC, finetune.to_json())
@@ -352,7 +358,12 @@ class Trainer:
         optimizer = build_adam(param_groups, lr=t.lr, weight_decay=t.weight_decay, device=acc.device)
         warmup = max(t.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        with warnings.catch_warnings():  # DDP's broadcast_buffers=False (see the Accelerator above)
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+            self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        if acc.num_processes > 1:  # the one buffer sync DDP's broadcast_buffers=False leaves out: rank 0's, once
+            for buffer in self.core.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         self.state = TrainState()
         _on_main_then_everyone(acc, prepare_run_dir)
 

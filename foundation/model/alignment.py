@@ -195,7 +195,7 @@ class SubjectAlignment(nn.Module):
         self.has_shared = shared
         if shared:
             self.register_buffer("shared_weight", torch.zeros(in_features, self.levels * dim))
-            self.register_buffer("shared_fit", torch.zeros(3, dtype=torch.float64))
+            self.register_buffer("shared_fit", torch.zeros(3))  # float32: MPS has no float64
             self.register_buffer("shared_fitted", torch.zeros((), dtype=torch.bool))
 
     def __len__(self) -> int:
@@ -255,7 +255,7 @@ class SubjectAlignment(nn.Module):
         self.shared_weight.zero_()
         self.shared_weight[torch.from_numpy(np.asarray(shared.positions, dtype=np.int64))] = torch.from_numpy(
             np.asarray(shared.weight)).to(self.shared_weight)
-        self.shared_fit.copy_(torch.tensor([shared.lam, shared.alpha, shared.share], dtype=torch.float64))
+        self.shared_fit.copy_(torch.tensor([shared.lam, shared.alpha, shared.share]))
         self.shared_fitted.fill_(True)
 
     def shared_map(self) -> SharedMap | None:
