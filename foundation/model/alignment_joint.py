@@ -133,11 +133,7 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
     lam = np.clip(lam, 0.0, None)
     uty = u.T @ y
     if errors is None:  # exact leave-one-out
-        errors = []
-        for rel in alphas:
-            shrink = lam / (lam + rel * scale)
-            hat = np.einsum("ij,j,ij->i", u, shrink, u)
-            errors.append(float(np.mean(((y - u @ (shrink[:, None] * uty)) / (1.0 - hat)[:, None]) ** 2)))
+        errors = [float(e) for e in _loo_column_errors(lam, u, y, [a * scale for a in alphas]).mean(1)]
     pick = int(np.argmin(errors))
     rel, cv_mse = float(alphas[pick]), float(errors[pick])
     dual = u @ (uty / (lam + rel * scale)[:, None])  # dual coefficients (n, T)
@@ -231,7 +227,8 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
             errors = _cv_column_errors(kernel, stacked, lams, _stimulus_folds([stimuli], [len(z)], folds))
             info["cv"] = f"{folds}-fold over stimuli"
         else:
-            errors = _loo_column_errors(kernel, stacked, lams)
+            eig, vec = np.linalg.eigh(kernel)
+            errors = _loo_column_errors(np.clip(eig, 0.0, None), vec, stacked, lams)
             info["cv"] = "leave-one-out"
         errors = errors.reshape(len(lams), len(scales), t).mean(2)
         pick, which = np.unravel_index(int(np.argmin(errors)), errors.shape)
@@ -259,18 +256,8 @@ def _stimulus_folds(stimuli: Sequence[Sequence[Hashable]], sizes: Sequence[int],
 
 
 def _cv_errors(kernel: np.ndarray, y: np.ndarray, alphas: Sequence[float], held: Sequence[np.ndarray]) -> list[float]:
-    """Mean squared error of each ``alpha`` over the held-out rows of every fold (one eigendecomposition per fold)."""
-    sse, count = np.zeros(len(alphas)), 0
-    for rows in held:
-        keep = np.setdiff1d(np.arange(len(y)), rows)
-        lam, u = np.linalg.eigh(kernel[np.ix_(keep, keep)])
-        lam = np.clip(lam, 0.0, None)
-        uty = u.T @ y[keep]
-        cross = kernel[np.ix_(rows, keep)] @ u  # (held, kept eigvecs)
-        for j, alpha in enumerate(alphas):
-            sse[j] += float(((y[rows] - cross @ (uty / (lam + alpha)[:, None])) ** 2).sum())
-        count += rows.size * y.shape[1]
-    return list(sse / count)
+    """Mean squared error of each ``alpha`` over the held-out rows of every fold, all columns of ``y`` together."""
+    return [float(e) for e in _cv_column_errors(kernel, y, alphas, held).mean(1)]
 
 
 def _cv_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float], held: Sequence[np.ndarray]) -> np.ndarray:
@@ -290,10 +277,9 @@ def _cv_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float], 
     return sse / count
 
 
-def _loo_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float]) -> np.ndarray:
-    """``(len(lams), y.shape[1])`` exact leave-one-out mean squared error of kernel ridge, every column of ``y``."""
-    lam, u = np.linalg.eigh(kernel)
-    lam = np.clip(lam, 0.0, None)
+def _loo_column_errors(lam: np.ndarray, u: np.ndarray, y: np.ndarray, lams: Sequence[float]) -> np.ndarray:
+    """``(len(lams), y.shape[1])`` exact leave-one-out mean squared error of kernel ridge, every column of ``y``,
+    from the kernel's eigendecomposition (``lam`` clipped at 0, ``u``)."""
     uty = u.T @ y
     out = np.empty((len(lams), y.shape[1]))
     for j, penalty in enumerate(lams):
