@@ -41,26 +41,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _ridge_readout(x_train, y_train, vals):
-    """Ridge on centred features, alpha (the linear workflow's grid) on the mean validation mAP of ``vals``
-    ``[(x, y), ...]``; returns ``predict``."""
-    from sklearn.linear_model import Ridge
-
-    from foundation.objectives.metrics import multilabel_metrics
-    from foundation.workflows.linear import RIDGE_ALPHAS, ridge_probabilities
-
-    centre = x_train.mean(0)
-    best = None
-    for alpha in RIDGE_ALPHAS:
-        model = Ridge(alpha=alpha).fit(x_train - centre, y_train)
-        score = np.nanmean([multilabel_metrics(torch.from_numpy(ridge_probabilities(model.predict(x - centre))).float(),
-                                               torch.from_numpy(y).int())["mAP"] for x, y in vals])
-        if best is None or score > best[0]:
-            best = (score, model)
-    model = best[1]
-    return lambda x: ridge_probabilities(model.predict(x - centre))
-
-
 def _mAP(probabilities: np.ndarray, y: np.ndarray) -> float:
     from foundation.objectives.metrics import multilabel_metrics
 
@@ -81,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from foundation.model.alignment import fit_guidance_ridge, guidance_bases, guidance_targets
     from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
     from foundation.objectives.stats import holm, paired_ttest
-    from foundation.workflows.linear import fit_subject
+    from foundation.workflows.linear import fit_pooled_readout, fit_subject
 
     recipe = load_recipe(args.recipe, args.overrides)
     indices = find_shards(recipe)
@@ -116,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         maps = dict(zip(pool, ((m, w) for m, w, _ in fits)))
         z = np.concatenate([(data[s]["train"].x - maps[s][0]) @ maps[s][1] for s in pool])
         y = np.concatenate([data[s]["train"].y for s in pool])
-        readout = _ridge_readout(z, y, [((data[s]["val"].x - maps[s][0]) @ maps[s][1], data[s]["val"].y) for s in pool])
+        _, _, readout = fit_pooled_readout(z, y, [((data[s]["val"].x - maps[s][0]) @ maps[s][1], data[s]["val"].y)
+                                                  for s in pool], solver="ridge")
         full = data[h]["train"]
         for f in args.fractions:
             for seed in (args.seeds if f < 1.0 else args.seeds[:1]):

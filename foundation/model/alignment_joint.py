@@ -100,13 +100,7 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
         raise ValueError(f"share must be a finite number ≥ 0, got {share}")
     zs, means, stds = [], [], []
     for s, (x, pos, t) in enumerate(zip(xs, positions, targets)):
-        if x.ndim != 2 or x.shape[1] != len(pos) or len(t) != len(x):
-            raise ValueError(f"subject {s}: inputs {x.shape}, {len(pos)} positions, {len(t)} targets do not match")
-        if len(x) < 3:
-            raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)} (subject {s})")
-        if len(pos) > 1 and np.any(np.diff(pos) <= 0):
-            raise ValueError(f"subject {s}: voxel positions must be strictly increasing")
-        mean, std = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
+        mean, std = _checked_moments(x, pos, t, who=f"subject {s}: ")
         zs.append(((x - mean) / std).astype(np.float32))
         means.append(mean)
         stds.append(std)
@@ -194,17 +188,11 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
         ``cv`` and ``cv_mse``.
     """
     x, positions = np.asarray(x), np.asarray(positions)
-    if x.ndim != 2 or x.shape[1] != len(positions) or len(targets) != len(x):
-        raise ValueError(f"inputs {x.shape}, {len(positions)} positions, {len(targets)} targets do not match")
-    if len(x) < 3:
-        raise ValueError(f"an alignment needs at least 3 training samples, got {len(x)}")
-    if len(positions) > 1 and np.any(np.diff(positions) <= 0):
-        raise ValueError("voxel positions must be strictly increasing")
+    mean, std = _checked_moments(x, positions, targets)
     if targets.shape[1] != shared.weight.shape[1]:
         raise ValueError(f"targets have {targets.shape[1]} columns, the shared map {shared.weight.shape[1]}")
     if not scales or any(c < 0 or not np.isfinite(c) for c in scales):
         raise ValueError(f"scales must be finite numbers ≥ 0, got {list(scales)}")
-    mean, std = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
     z = ((x - mean) / std).astype(np.float64)
     base = np.zeros((len(positions), targets.shape[1]))
     _, mine, theirs = np.intersect1d(positions, shared.positions, assume_unique=True, return_indices=True)
@@ -238,6 +226,19 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
     weight = (c * base + z.T @ dual) / std[:, None]
     info.update(alpha=float(rel[pick]), shared_scale=c)
     return mean.astype(np.float32), weight.astype(np.float32), info
+
+
+def _checked_moments(x: np.ndarray, positions: np.ndarray, targets: np.ndarray, *, who: str = ""
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One subject's inputs ``(n, V)`` checked against its positions ``(V,)`` and targets ``(n, T)``; returns the
+    per-voxel mean and standard deviation (+1e-6) its inputs are standardised with (float64)."""
+    if x.ndim != 2 or x.shape[1] != len(positions) or len(targets) != len(x):
+        raise ValueError(f"{who}inputs {x.shape}, {len(positions)} positions, {len(targets)} targets do not match")
+    if len(x) < 3:
+        raise ValueError(f"{who}an alignment needs at least 3 training samples, got {len(x)}")
+    if len(positions) > 1 and np.any(np.diff(positions) <= 0):
+        raise ValueError(f"{who}voxel positions must be strictly increasing")
+    return x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
 
 
 def _stimulus_folds(stimuli: Sequence[Sequence[Hashable]], sizes: Sequence[int], folds: int) -> list[np.ndarray]:

@@ -127,6 +127,41 @@ def _subject_splits(index, cfg, subject: str, *, what: str) -> dict[str, Any]:
     return data
 
 
+def fit_pooled_readout(z: np.ndarray, y: np.ndarray, val: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                       solver: Solver, seed: int = 0, grid: Sequence[float] | None = None,
+                       ) -> tuple[float, float, Callable[[np.ndarray], np.ndarray]]:
+    """One read-out of aligned tokens pooled over subjects, its strength chosen on validation.
+
+    Args:
+        z: ``(n, 2k)`` aligned training tokens of every subject; ``y`` ``(n, C)`` their labels.
+        val: per subject ``(aligned validation tokens, labels)``; a strength is scored by the mean of the
+            subjects' validation mAP.
+        solver, seed, grid: as :func:`fit_subject`.
+
+    Returns:
+        ``(chosen value, its validation mAP, predict)``: ``predict`` maps aligned tokens ``(m, 2k)`` to
+        probabilities ``(m, C)``.
+    """
+    from foundation.objectives.metrics import multilabel_metrics
+
+    import torch
+
+    # centred, not standardised: the guidance basis already has unit mean variance, and its principal
+    # components keep their relative scale, so the ridge shrinks the weak directions most
+    centre = z.mean(0)
+    zc = z - centre
+    scored = [(zv - centre, torch.from_numpy(yv).int()) for zv, yv in val]
+    best = None
+    for strength in tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS)):
+        fit = _fit_ridge(zc, y, strength) if solver == "ridge" else _fit_logistic(zc, y, strength, seed=seed)
+        score = float(np.nanmean([multilabel_metrics(torch.from_numpy(fit(zv)).float(), yv)["mAP"]
+                                  for zv, yv in scored]))
+        if best is None or (np.isfinite(score) and score > best[1]):
+            best = (strength, score, fit)
+    strength, score, fit = best
+    return strength, score, lambda tokens: fit(tokens - centre)
+
+
 def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solver: Solver, dim: int, seed: int = 0,
                        grid: Sequence[float] | None = None, positions: dict[str, np.ndarray] | None = None,
                        share: float = 1.0) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
@@ -149,9 +184,6 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     """
     from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases, guidance_targets
     from foundation.model.alignment_joint import fit_guidance_ridge_joint
-    from foundation.objectives.metrics import multilabel_metrics
-
-    import torch
 
     if alignment not in FITTERS and alignment not in JOINT_FITTERS:
         raise ValueError(f"alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
@@ -184,22 +216,11 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
 
     z = np.concatenate([aligned(s, parts["train"].x) for s, parts in data.items()])
     y = np.concatenate([parts["train"].y for parts in data.values()])
-    # centred, not standardised: the guidance basis already has unit mean variance, and its principal
-    # components keep their relative scale, so the ridge shrinks the weak directions most
-    centre = z.mean(0)
-    zc = z - centre
     # each subject's validation inputs aligned once, scored under every value of the grid
-    val = [(aligned(s, p["val"].x) - centre, torch.from_numpy(p["val"].y).int()) for s, p in data.items()]
-    best = None
-    for strength in tuple(grid or (RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS)):
-        fit = _fit_ridge(zc, y, strength) if solver == "ridge" else _fit_logistic(zc, y, strength, seed=seed)
-        scores = [multilabel_metrics(torch.from_numpy(fit(zv)).float(), yv)["mAP"] for zv, yv in val]
-        score = float(np.nanmean(scores))
-        if best is None or (np.isfinite(score) and score > best[1]):
-            best = (strength, score, fit)
-    strength, score, fit = best
+    val = [(aligned(s, p["val"].x), p["val"].y) for s, p in data.items()]
+    strength, score, fit = fit_pooled_readout(z, y, val, solver=solver, seed=seed, grid=grid)
     report.update(strength=strength, val_mAP=score, n_train=len(z))
-    predictors = {s: (lambda x, s=s: fit(aligned(s, x) - centre)) for s in data}
+    predictors = {s: (lambda x, s=s: fit(aligned(s, x))) for s in data}
     return predictors, report
 
 
