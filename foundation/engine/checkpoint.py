@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
-from foundation.core.atomic import atomic_open, remove_stale_tmp, write_json
+from foundation.core.atomic import TMP_PREFIX, atomic_open, remove_stale_tmp, write_json
 from foundation.core.config import ModelConfig
 from foundation.core.errors import CheckpointError, FoundationError, write_error
 from foundation.core.convert import from_dict, to_dict
@@ -154,9 +154,24 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
                 raise
             raise write_error(final, exc) from exc
         for _, old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            prune(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def prune(checkpoint: Path) -> None:
+    """Delete an old checkpoint so that a kill half-way never leaves a ``step-*`` with some files gone.
+
+    It is first renamed out of ``step-*`` (one atomic rename) to a ``.tmp-*`` name, which the next save
+    clears if this process dies during the deletion."""
+    checkpoint = Path(checkpoint)
+    doomed = checkpoint.with_name(f"{TMP_PREFIX}pruned-{checkpoint.name}")
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)  # an earlier prune of the same step that was cut short
+        checkpoint.rename(doomed)
+    except OSError:
+        return  # left in place, still complete: pruned by a later save
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _unchanged_best_copy(run_dir: Path, best: Path) -> Path | None:

@@ -471,3 +471,41 @@ def test_unchanged_best_is_linked_not_copied(trained, tmp_path):
     t.close()
     assert (tmp_path / "run" / "best" / "model.safetensors").read_bytes() == two.read_bytes()
     assert_nothing_half_written(tmp_path / "run")
+
+
+def test_a_kill_while_an_old_checkpoint_is_pruned_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    """Pruning deletes files one by one; a SIGKILL in the middle must not leave a ``step-*`` that has its
+    state file but not its weights (seen in CI: the random-kill test found ``step-25`` without
+    ``model.safetensors``).  The checkpoint leaves ``step-*`` in one rename first; the next save clears it."""
+    from foundation.core.atomic import remove_stale_tmp
+    from foundation.engine import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        d = root / f"step-{step:08d}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"weights")
+        (d / STATE_NAME).write_text(json.dumps({"step": step}))
+
+    class Killed(BaseException):
+        pass
+
+    real_rmtree = shutil.rmtree
+
+    def killed_half_way(path, ignore_errors=False):  # deletes the weights, then the process dies
+        path = Path(path)
+        if not path.exists():
+            return
+        (path / "model.safetensors").unlink()
+        raise Killed
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_half_way)
+    with pytest.raises(Killed):
+        ckpt.prune(root / "step-00000001")
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    assert [step for step, _ in checkpoint_dirs(tmp_path)] == [2]
+    for d in root.glob("step-*"):
+        assert (d / "model.safetensors").is_file(), d
+    assert remove_stale_tmp(root) and sorted(p.name for p in root.iterdir()) == ["step-00000002"]
+    ckpt.prune(root / "step-00000002")
+    assert list(root.iterdir()) == []
