@@ -105,8 +105,9 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
 def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.ndarray]], *,
                log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
     """Fit every subject of volume dataset ``ds`` together
-    (:func:`~foundation.model.alignment_joint.fit_guidance_ridge_joint`) and install the maps."""
-    from foundation.model.alignment_joint import fit_joint_and_shared
+    (:func:`~foundation.model.alignment_joint.fit_pool_and_rest`: jointly as far as ``model.alignment_pool_samples``
+    allows, the rest against the pool's shared map) and install the maps."""
+    from foundation.model.alignment_joint import fit_pool_and_rest
 
     if index.info.kind != "volume":
         raise DataError(f"model.alignment={model.cfg.alignment!r} shares a map between subjects through the voxel "
@@ -118,7 +119,9 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
     positions = [index.voxel_positions(s) for s in names]
     targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
     stimuli = [[part.stimuli[i] for i in rows] for part, rows in per_subject.values()]
-    fits, shared = fit_joint_and_shared(xs, positions, targets, share=model.cfg.alignment_share, stimuli=stimuli)
+    budget = model.cfg.alignment_pool_samples
+    fits, shared = fit_pool_and_rest(xs, positions, targets, budget=budget, share=model.cfg.alignment_share,
+                                     stimuli=stimuli)
     if alignment.has_shared:
         alignment.set_shared(shared)
     report = {}
@@ -126,9 +129,18 @@ def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.nd
         gid = f"{ds}/{s}"
         alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
         report[gid] = {**info, "n": len(x)}
+        if info["pool"] != "joint":
+            report[gid]["method"] = ("guidance-ridge-joint (outside the pool's sample budget, "
+                                     "model.alignment_pool_samples: own map around the pool's shared map)")
     if log is not None:
-        log(f"{ds}: {model.cfg.alignment} alignment of {len(names)} subjects on {sum(len(x) for x in xs)} training "
-            f"samples, share {model.cfg.alignment_share:g}, alpha {fits[0][2]['alpha']:.3g} × mean kernel diagonal")
+        pooled = sum(info["pool"] == "joint" for _, _, info in fits)
+        log(f"{ds}: {model.cfg.alignment} alignment of {pooled} subjects jointly on "
+            f"{sum(len(x) for x in xs[:pooled])} training samples, share {model.cfg.alignment_share:g}, alpha "
+            f"{fits[0][2]['alpha']:.3g} × mean kernel diagonal")
+        if pooled < len(names):
+            log(f"{ds}: the other {len(names) - pooled} subject(s) ({', '.join(names[pooled:])}) fitted against the "
+                f"pool's shared map: model.alignment_pool_samples={budget} training samples; raise it (memory N², "
+                f"time N³) to fit more of them jointly")
     return report
 
 

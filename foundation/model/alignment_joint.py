@@ -18,7 +18,9 @@ stimulus held out together) or, without stimulus ids, by exact leave-one-out.  T
 ``(mean (V_s,), weight (V_s, T))`` map per subject, installed in
 :class:`~foundation.model.alignment.SubjectAlignment` like any other, so the model and its forward are
 unchanged.  Cost: the ``(N, N)`` kernel of all ``N`` training samples of the dataset (float64: 32 MB at
-N = 2 000, 3.2 GB at 20 000) and one eigendecomposition of it.
+N = 2 000, 3.2 GB at 20 000) and one eigendecomposition of it per cross-validation fold, so
+:func:`fit_pool_and_rest` fits jointly only the leading subjects within a sample budget
+(``model.alignment_pool_samples``) and each later subject against their shared map, as a newcomer (below).
 
 A subject added later (``foundation finetune``) is fitted against the pool's shared map without refitting the
 pool (:func:`fit_guidance_ridge_to_shared`): ``w_0`` held, its own ``v`` is the ridge fit of what ``c · g · w_0``
@@ -37,7 +39,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["JOINT_ALPHAS", "NEWCOMER_SCALES", "SharedMap", "fit_guidance_ridge_joint", "fit_guidance_ridge_to_shared", "fit_joint_and_shared"]
+__all__ = ["JOINT_ALPHAS", "NEWCOMER_SCALES", "SharedMap", "fit_guidance_ridge_joint",
+           "fit_guidance_ridge_to_shared", "fit_joint_and_shared", "fit_pool_and_rest", "pool_size"]
 
 #: ``alpha`` grid, as multiples of the mixed kernel's mean diagonal
 JOINT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 2, 13))
@@ -66,6 +69,53 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
     """Ridge maps of every subject of one volume dataset onto the guidance targets, fitted together
     (:func:`fit_joint_and_shared` without the shared map)."""
     return fit_joint_and_shared(xs, positions, targets, share=share, alphas=alphas, stimuli=stimuli, folds=folds)[0]
+
+
+def pool_size(sizes: Sequence[int], budget: int | None) -> int:
+    """How many of the subjects (in order, ``sizes`` their training samples) are fitted jointly: the longest
+    leading run whose samples total at most ``budget`` (every subject with ``None``), and at least one."""
+    if budget is None:
+        return len(sizes)
+    if budget < 1:
+        raise ValueError(f"the pool's sample budget must be ≥ 1 or None, got {budget}")
+    total, n = 0, 0
+    for size in sizes:
+        if n and total + size > budget:
+            break
+        total, n = total + size, n + 1
+    return n
+
+
+def fit_pool_and_rest(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                      *, budget: int | None, share: float = 1.0,
+                      alphas: Sequence[float] = JOINT_ALPHAS, stimuli: Sequence[Sequence[Hashable]] | None = None,
+                      folds: int = 5) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, float]]], SharedMap]:
+    """:func:`fit_joint_and_shared` for as many subjects as the kernel's ``budget`` (training samples) allows.
+
+    The joint fit's cost grows with the square (memory) and cube (time) of the samples of all subjects together,
+    so with hundreds of subjects it cannot take them all.  The leading subjects that fit in ``budget``
+    (:func:`pool_size`) are fitted jointly and give the shared map; every later subject is fitted against that map
+    exactly as a subject added by fine-tuning is (:func:`fit_guidance_ridge_to_shared`: ``c`` and ``alpha`` by
+    cross-validation on its own samples).  Its samples do not shape the shared map; nothing else is lost.  With
+    every subject inside the budget this is :func:`fit_joint_and_shared`.
+
+    Returns:
+        per subject ``(mean, weight, info)`` as :func:`fit_joint_and_shared` (``info["pool"]``: ``"joint"`` or
+        ``"against the shared map"``), and the pool's :class:`SharedMap`.
+    """
+    if not (len(xs) == len(positions) == len(targets)) or not xs:
+        raise ValueError(f"one input, position and target array per subject: got {len(xs)}, {len(positions)}, "
+                         f"{len(targets)}")
+    n = pool_size([len(x) for x in xs], budget)
+    fits, shared = fit_joint_and_shared(xs[:n], positions[:n], targets[:n], share=share, alphas=alphas,
+                                        stimuli=None if stimuli is None else stimuli[:n], folds=folds)
+    fits = [(mean, weight, {**info, "pool": "joint"}) for mean, weight, info in fits]
+    for s in range(n, len(xs)):
+        mean, weight, info = fit_guidance_ridge_to_shared(xs[s], positions[s], targets[s], shared, alphas=alphas,
+                                                          stimuli=None if stimuli is None else stimuli[s],
+                                                          folds=folds)
+        fits.append((mean, weight, {**info, "pool": "against the shared map"}))
+    return fits, shared
 
 
 def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],

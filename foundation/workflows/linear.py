@@ -164,8 +164,8 @@ def fit_pooled_readout(z: np.ndarray, y: np.ndarray, val: Sequence[tuple[np.ndar
 
 def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solver: Solver, dim: int, seed: int = 0,
                        grid: Sequence[float] | None = None, positions: dict[str, np.ndarray] | None = None,
-                       share: float = 1.0) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
-                                                                   dict[str, Any]]:
+                       share: float = 1.0, pool_samples: int | None = None,
+                       ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
     """One read-out for all subjects of a dataset on their aligned inputs (``--alignment``).
 
     Args:
@@ -176,6 +176,8 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
         dim: components per guidance level (``model.alignment_dim``; at most the features' widths).
         positions: ``guidance-ridge-joint`` only: subject -> ``(F_s,)`` flat grid positions of its inputs.
         share: ``guidance-ridge-joint`` only: ``model.alignment_share``.
+        pool_samples: ``guidance-ridge-joint`` only: ``model.alignment_pool_samples`` (``None``: every subject
+            in the joint fit).
 
     Returns:
         ``(subject -> predict, report)``: ``predict`` maps the subject's raw inputs ``(n, F_s)`` to
@@ -183,7 +185,7 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
         subjects) and each subject's alignment ``alpha``.
     """
     from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases, guidance_targets
-    from foundation.model.alignment_joint import fit_guidance_ridge_joint
+    from foundation.model.alignment_joint import fit_pool_and_rest
 
     if alignment not in FITTERS and alignment not in JOINT_FITTERS:
         raise ValueError(f"alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
@@ -199,10 +201,11 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     maps, report = {}, {"alignment": alignment, "alpha": {}}
     if alignment in JOINT_FITTERS:
         trains = [p["train"] for p in data.values()]
-        fits = fit_guidance_ridge_joint([t.x for t in trains], [positions[s] for s in data],
-                                        [guidance_targets(t.low, t.high, bases) for t in trains],
-                                        share=share, stimuli=[t.stimuli for t in trains])
+        fits, _ = fit_pool_and_rest([t.x for t in trains], [positions[s] for s in data],
+                                    [guidance_targets(t.low, t.high, bases) for t in trains], budget=pool_samples,
+                                    share=share, stimuli=[t.stimuli for t in trains])
         report["share"] = share
+        report["pool"] = {s: info["pool"] for s, (_, _, info) in zip(data, fits)}
     else:
         fits = [FITTERS[alignment](p["train"].x, guidance_targets(p["train"].low, p["train"].high, bases))
                 for p in data.values()]
@@ -266,7 +269,8 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                 predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
                                                                 dim=recipe.model.alignment_dim, seed=recipe.seed,
                                                                 positions=positions,
-                                                                share=recipe.model.alignment_share)
+                                                                share=recipe.model.alignment_share,
+                                                                pool_samples=recipe.model.alignment_pool_samples)
                 if progress:
                     c = chosen[cfg.id]
                     print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="

@@ -170,3 +170,45 @@ def test_a_newcomer_is_checked_against_the_shared_map():
         fit_guidance_ridge_to_shared(x, np.array([2, 1, 3]), t, pool)
     with pytest.raises(ValueError, match="at least 3"):
         fit_guidance_ridge_to_shared(x[:2], np.arange(3), t[:2], pool)
+
+
+def test_the_pool_takes_the_leading_subjects_that_fit_in_the_sample_budget():
+    from foundation.model.alignment_joint import pool_size
+
+    assert pool_size([30, 30, 30], None) == 3
+    assert pool_size([30, 30, 30], 90) == 3
+    assert pool_size([30, 30, 30], 89) == 2
+    assert pool_size([30, 30, 30], 60) == 2
+    assert pool_size([30, 30, 30], 1) == 1  # at least one subject, however large
+    assert pool_size([100, 5, 5], 50) == 1  # a leading run: the pool is not packed out of order
+    with pytest.raises(ValueError, match="budget"):
+        pool_size([30], 0)
+
+
+def test_subjects_beyond_the_budget_are_fitted_against_the_pools_shared_map():
+    """Within the budget ``fit_pool_and_rest`` is the joint fit; beyond it the leading subjects' joint fit gives the
+    shared map and each later subject is exactly the newcomer fit against it (its samples do not shape the map)."""
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared, fit_pool_and_rest
+
+    rng = np.random.default_rng(3)
+    data = [(pos, *draw(30)) for pos, draw in _world(rng)]
+    xs, ps, ts = [x for _, x, _ in data], [p for p, _, _ in data], [t for _, _, t in data]
+    ids = [[f"s{i % 10}" for i in range(30)] for _ in data]
+
+    everyone, shared_all = fit_joint_and_shared(xs, ps, ts, stimuli=ids)
+    within, shared_within = fit_pool_and_rest(xs, ps, ts, budget=90, stimuli=ids)
+    np.testing.assert_array_equal(shared_within.weight, shared_all.weight)
+    for (m, w, info), (m0, w0, _) in zip(within, everyone):
+        np.testing.assert_array_equal(w, w0) and np.testing.assert_array_equal(m, m0)
+        assert info["pool"] == "joint"
+
+    split, shared = fit_pool_and_rest(xs, ps, ts, budget=60, stimuli=ids)
+    pool, shared_two = fit_joint_and_shared(xs[:2], ps[:2], ts[:2], stimuli=ids[:2])
+    np.testing.assert_array_equal(shared.weight, shared_two.weight)
+    for (_, w, info), (_, w0, _) in zip(split[:2], pool):
+        np.testing.assert_array_equal(w, w0)
+        assert info["pool"] == "joint"
+    _, w_new, info_new = fit_guidance_ridge_to_shared(xs[2], ps[2], ts[2], shared_two, stimuli=ids[2])
+    np.testing.assert_array_equal(split[2][1], w_new)
+    assert split[2][2]["pool"] == "against the shared map" and split[2][2]["shared_scale"] == info_new["shared_scale"]
+    assert not np.allclose(split[2][1], everyone[2][1])  # not the map the joint fit of all three gives

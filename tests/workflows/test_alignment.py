@@ -288,3 +288,43 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
                                                  "model.alignment_dim": 6})
     with pytest.raises(DataError, match="'synthetic'.*volume|volume.*'synthetic'"):
         train(from_dict(Recipe, roi), progress=False)
+
+
+def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shared_map(tmp_path):
+    """``model.alignment_pool_samples``: the trainer fits jointly only the leading subjects that fit in the budget
+    (here the first, the least the pool takes); the others get exactly the newcomer fit against the pool's shared
+    map, and fit.json says so."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    from foundation.engine.checkpoint import load_model
+    from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                                      "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
+                                      "model.alignment_pool_samples": 1})
+    names = ["sub-01", "sub-02", "sub-03"]
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": names,
+                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
+                                  "n_categories": 4}}]
+    train(from_dict(Recipe, d), progress=False)
+    model, _ = load_model(tmp_path / "run" / "best")
+    al = model.alignments["vol"]
+    index = read_index(next((tmp_path / "shards").glob("vol-*")))
+    parts = {s: read_split(index, s, "train") for s in names}
+    pos = {s: np.flatnonzero(index.mask(s).reshape(-1)) for s in names}
+    [(_, w_pool, _)], pool = fit_joint_and_shared([parts["sub-01"].x], [pos["sub-01"]],
+                                                  [al.targets(parts["sub-01"].low, parts["sub-01"].high)],
+                                                  stimuli=[parts["sub-01"].stimuli])
+    np.testing.assert_allclose(al.weight[0, :w_pool.shape[0]].numpy(), w_pool, rtol=1e-4, atol=1e-6)
+    for row, s in enumerate(names[1:], start=1):
+        _, weight, _ = fit_guidance_ridge_to_shared(parts[s].x, pos[s], al.targets(parts[s].low, parts[s].high), pool,
+                                                    stimuli=parts[s].stimuli)
+        np.testing.assert_allclose(al.weight[row, :weight.shape[0]].numpy(), weight, rtol=1e-4, atol=1e-6)
+    fit = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
+    assert fit["vol/sub-01"]["pool"] == "joint" and "method" not in fit["vol/sub-01"]
+    assert fit["vol/sub-03"]["pool"] == "against the shared map"
+    assert "model.alignment_pool_samples" in fit["vol/sub-03"]["method"]
