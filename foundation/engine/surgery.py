@@ -200,6 +200,12 @@ def check_frozen(setup: FinetuneSetup, state: Mapping[str, torch.Tensor]) -> Non
         after = state[name].detach().cpu()
         if name == "subject_tokens.weight" or _is_alignment_row_table(name):
             after = after[:n_old]  # new subjects' rows: trained tokens, fitted alignments
+            if _is_alignment_row_table(name) and after.dim() >= 2 and after.shape[1] > before.shape[1]:
+                # volume maps widened for a newcomer with more voxels: the known maps gain zero rows only
+                if after[:, before.shape[1]:].any():
+                    changed.append(name)
+                    continue
+                after = after[:, : before.shape[1]]
         elif setup.trainable.get(name) == "all":
             continue
         if after.shape != before.shape or not torch.equal(after, before):

@@ -337,7 +337,11 @@ class Trainer:
                 first = self.indices[recipe.datasets[0].id]
                 model_cfg = dataclasses.replace(model_cfg, guidance_dims=[first.feature_dim("low"),
                                                                           first.feature_dim("high")])
-            self.model = CLIPMUSED(model_cfg, self.infos, vocab)
+            # a volume dataset's alignment maps hold as many rows as its subjects' most in-mask voxels, not the grid
+            rows = {cfg.id: max(int(self.indices[cfg.id].mask(s).sum()) for s in self.infos[cfg.id].subjects)
+                    for cfg in recipe.datasets
+                    if model_cfg.alignment != "none" and self.infos[cfg.id].kind == "volume"}
+            self.model = CLIPMUSED(model_cfg, self.infos, vocab, alignment_rows=rows)
             param_groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
             to_align = {cfg.id: list(self.infos[cfg.id].subjects) for cfg in recipe.datasets}
         else:

@@ -164,14 +164,17 @@ class SubjectAlignment(nn.Module):
     same for ``high``.
 
     ``ragged=True`` (volume datasets): a sample is the subject's ``V_s`` in-mask voxels, zero-padded to
-    the batch's width ``V_max ≤ F`` (``F`` = the grid's size, an upper bound); a subject's map covers its
-    first ``V_s`` rows and is zero beyond, so the padding contributes nothing.
+    the batch's width ``V_max ≤ F``; a subject's map covers its first ``V_s`` rows and is zero beyond, so the
+    padding contributes nothing.  ``F`` is the most in-mask voxels of the subjects known when the model was
+    built (the trainer passes it; a quarter of the grid or less for a brain in a template grid), widened when
+    a subject with more is fitted (:meth:`set_subject`); models saved when ``F`` was the grid's size load as
+    they were (:meth:`_load_from_state_dict` takes the saved width).
 
     ``shared=True`` (a joint alignment of a volume dataset, ``model.alignment: guidance-ridge-joint``) also
     keeps the pool's shared map over the grid, what subjects added later are fitted against: buffers
-    ``shared_weight`` ``(F, 2·dim)`` (flat grid positions), ``shared_fit`` ``(3,)`` = (absolute ridge
-    penalty, relative alpha, share) and ``shared_fitted``.  A checkpoint written before these buffers
-    existed loads with ``shared_fitted`` false.
+    ``shared_weight`` ``(G, 2·dim)`` (``G`` = ``grid_features``, flat grid positions), ``shared_fit`` ``(3,)`` =
+    (absolute ridge penalty, relative alpha, share) and ``shared_fitted``.  A checkpoint written before these
+    buffers existed loads with ``shared_fitted`` false.
     """
 
     levels = 2
@@ -179,12 +182,16 @@ class SubjectAlignment(nn.Module):
     OPTIONAL_BUFFERS = ("shared_weight", "shared_fit", "shared_fitted")
 
     def __init__(self, n_subjects: int, in_features: int, *, guidance_dims: Sequence[int], dim: int,
-                 ragged: bool = False, shared: bool = False) -> None:
+                 ragged: bool = False, shared: bool = False, grid_features: int | None = None) -> None:
         super().__init__()
-        if in_features <= 0 or dim <= 0 or len(guidance_dims) != 2 or min(guidance_dims) <= 0:
-            raise ValueError(f"bad alignment sizes: in_features={in_features}, dim={dim}, "
-                             f"guidance_dims={list(guidance_dims)}")
+        grid_features = in_features if grid_features is None else grid_features
+        if (in_features <= 0 or dim <= 0 or len(guidance_dims) != 2 or min(guidance_dims) <= 0
+                or grid_features < in_features or (grid_features != in_features and not ragged)):
+            raise ValueError(f"bad alignment sizes: in_features={in_features}, grid_features={grid_features}, "
+                             f"dim={dim}, guidance_dims={list(guidance_dims)}")
         self.in_features, self.dim, self.ragged = in_features, dim, ragged
+        #: ragged: the grid's size, the most in-mask voxels a subject can have (and the shared map's rows)
+        self.grid_features = grid_features
         self.register_buffer("weight", torch.zeros(n_subjects, in_features, self.levels * dim))
         self.register_buffer("mean", torch.zeros(n_subjects, in_features))
         self.register_buffer("fitted", torch.zeros(n_subjects, dtype=torch.bool))
@@ -194,7 +201,7 @@ class SubjectAlignment(nn.Module):
         self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))
         self.has_shared = shared
         if shared:
-            self.register_buffer("shared_weight", torch.zeros(in_features, self.levels * dim))
+            self.register_buffer("shared_weight", torch.zeros(grid_features, self.levels * dim))
             self.register_buffer("shared_fit", torch.zeros(3))  # float32: MPS has no float64
             self.register_buffer("shared_fitted", torch.zeros((), dtype=torch.bool))
 
@@ -208,6 +215,20 @@ class SubjectAlignment(nn.Module):
         self.weight = torch.cat([f, f.new_zeros(n, *f.shape[1:])])
         self.mean = torch.cat([self.mean, self.mean.new_zeros(n, self.in_features)])
         self.fitted = torch.cat([self.fitted, self.fitted.new_zeros(n)])
+
+    @torch.no_grad()
+    def widen(self, n: int) -> None:
+        """Ragged maps: make room for subjects of up to ``n`` in-mask voxels (zero rows appended; every fitted
+        map unchanged, since rows beyond a subject's voxels are zero)."""
+        if not self.ragged or n > self.grid_features:
+            raise ValueError(f"cannot widen the alignment to {n} inputs (ragged={self.ragged}, grid of "
+                             f"{self.grid_features})")
+        if n <= self.in_features:
+            return
+        extra = n - self.in_features
+        self.weight = torch.cat([self.weight, self.weight.new_zeros(len(self), extra, self.weight.shape[2])], dim=1)
+        self.mean = torch.cat([self.mean, self.mean.new_zeros(len(self), extra)], dim=1)
+        self.in_features = n
 
     @torch.no_grad()
     def set_basis(self, low: tuple[np.ndarray, np.ndarray], high: tuple[np.ndarray, np.ndarray]) -> None:
@@ -231,12 +252,15 @@ class SubjectAlignment(nn.Module):
     @torch.no_grad()
     def set_subject(self, row: int, mean: np.ndarray, weight: np.ndarray) -> None:
         """Install one subject's fitted map (``mean`` ``(F,)``, ``weight`` ``(F, 2·dim)``; ragged: ``(V_s,)``,
-        ``(V_s, 2·dim)`` with ``V_s ≤ F``, zero-padded)."""
+        ``(V_s, 2·dim)`` with ``V_s`` at most the grid's size, zero-padded; the maps are widened when ``V_s > F``)."""
         n = weight.shape[0] if self.ragged and weight.ndim == 2 else self.in_features
-        if (weight.shape != (n, self.weight.shape[2]) or mean.shape != (n,) or n > self.in_features):
+        limit = self.grid_features if self.ragged else self.in_features
+        if (weight.shape != (n, self.weight.shape[2]) or mean.shape != (n,) or n > limit):
             expected = "(V ≤ " if self.ragged else "("
             raise ValueError(f"alignment of row {row}: weight {weight.shape} / mean {mean.shape}, expected "
-                             f"{expected}{self.in_features}, {self.weight.shape[2]}) / {expected}{self.in_features},)")
+                             f"{expected}{limit}, {self.weight.shape[2]}) / {expected}{limit},)")
+        if n > self.in_features:
+            self.widen(n)
         self.weight[row] = 0.0
         self.mean[row] = 0.0
         self.weight[row, :n] = torch.from_numpy(weight).to(self.weight)
@@ -249,9 +273,9 @@ class SubjectAlignment(nn.Module):
         if not self.has_shared:
             raise ValueError("this alignment keeps no shared map (built with shared=False)")
         if shared.weight.shape[1] != self.shared_weight.shape[1] or (
-                len(shared.positions) and int(shared.positions.max()) >= self.in_features):
+                len(shared.positions) and int(shared.positions.max()) >= self.grid_features):
             raise ValueError(f"shared map {shared.weight.shape} at positions up to {int(shared.positions.max())} "
-                             f"does not fit the grid of {self.in_features} × {self.shared_weight.shape[1]}")
+                             f"does not fit the grid of {self.grid_features} × {self.shared_weight.shape[1]}")
         self.shared_weight.zero_()
         self.shared_weight[torch.from_numpy(np.asarray(shared.positions, dtype=np.int64))] = torch.from_numpy(
             np.asarray(shared.weight)).to(self.shared_weight)
@@ -263,11 +287,16 @@ class SubjectAlignment(nn.Module):
         if not self.has_shared or not bool(self.shared_fitted):
             return None
         lam, alpha, share = (float(v) for v in self.shared_fit.cpu())
-        return SharedMap(positions=np.arange(self.in_features), weight=self.shared_weight.cpu().numpy(), lam=lam,
+        return SharedMap(positions=np.arange(self.grid_features), weight=self.shared_weight.cpu().numpy(), lam=lam,
                          alpha=alpha, share=share)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
+        saved = state_dict.get(prefix + "weight")
+        if self.ragged and saved is not None and saved.dim() == 3 and saved.shape[1] != self.in_features \
+                and self.in_features <= saved.shape[1] <= self.grid_features:
+            # saved with wider maps (before the width was the subjects' most in-mask voxels: the grid's size)
+            self.widen(int(saved.shape[1]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if self.has_shared and prefix + "shared_fitted" in missing_keys:  # saved before the shared map was kept
@@ -285,6 +314,10 @@ class SubjectAlignment(nn.Module):
         """``x`` ``(B, *input)`` of the subjects ``subject_idx`` ``(B,)`` -> ``(B, 2, dim)``."""
         idx = subject_idx.to(self.weight.device)
         flat = x.reshape(x.shape[0], -1).to(self.weight.dtype)  # (B, F) or, ragged, (B, V_max)
+        if self.ragged and self.in_features < flat.shape[1] <= self.grid_features:
+            # padded wider than every fitted subject's voxels (the shards pad to their widest subject, which
+            # this model may not hold): the columns beyond the maps' width are padding for every sample here
+            flat = flat[:, : self.in_features]
         width = flat.shape[1]
         if width != self.in_features and not (self.ragged and width <= self.in_features):
             raise ValueError(f"alignment expects {'at most ' if self.ragged else ''}{self.in_features} input values "

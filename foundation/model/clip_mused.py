@@ -55,9 +55,11 @@ def _aligned_dim(cfg: ModelConfig) -> int:
     return min(cfg.alignment_dim, *cfg.guidance_dims)  # type: ignore[misc]
 
 
-def _alignment_features(info: DatasetInfo) -> int:
-    """Input values per sample an alignment maps: ROI ``tokens × dim``; volume, the grid's size (an upper
-    bound on a subject's in-mask voxels)."""
+def _alignment_features(info: DatasetInfo, rows: int | None = None) -> int:
+    """Input values per sample an alignment maps: ROI ``tokens × dim``; volume, ``rows`` (the most in-mask voxels
+    of the model's subjects) or, unknown, the grid's size (an upper bound on them)."""
+    if info.kind == "volume" and rows is not None:
+        return rows
     return math.prod(info.token_shape if info.kind == "roi" else info.grid)  # type: ignore[arg-type]
 
 
@@ -122,10 +124,14 @@ class CLIPMUSED(nn.Module):
         datasets: dataset id -> :class:`DatasetInfo` (input kind and shape, labels).
         subjects: global subject ids ``"dataset/subject"``, the initial token vocabulary (row
             order).  Every id must start with one of the ``datasets`` ids and a ``/``.
+        alignment_rows: volume dataset id -> the most in-mask voxels of its subjects: the rows of its
+            per-subject alignment maps (``model.alignment``; default the grid's size, as models saved before
+            it existed were built; the trainer passes it, a quarter of the grid or less for brains).
     """
 
     def __init__(
-        self, cfg: ModelConfig, datasets: Mapping[str, DatasetInfo], subjects: Sequence[str]
+        self, cfg: ModelConfig, datasets: Mapping[str, DatasetInfo], subjects: Sequence[str], *,
+        alignment_rows: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         if cfg.tokens not in TOKEN_MODES:
@@ -157,13 +163,16 @@ class CLIPMUSED(nn.Module):
             k = _aligned_dim(cfg)
             for ds, info in datasets.items():
                 shared = info.kind == "volume" and cfg.alignment in JOINT_FITTERS  # + the pool's shared map
-                size = (len(subjects) + shared) * _alignment_features(info) * 2 * k * 4
+                rows = _alignment_features(info, (alignment_rows or {}).get(ds))
+                grid = _alignment_features(info)
+                size = (len(subjects) * rows + shared * grid) * 2 * k * 4
                 if size > ALIGNMENT_BUDGET_BYTES:
+                    what = "in-mask voxels" if rows != grid else "inputs"
                     raise ValueError(f"model.alignment={cfg.alignment!r}: dataset {ds!r}'s per-subject maps would take "
-                                     f"{size / 2**30:.1f} GiB ({len(subjects)} subjects{' + the shared map' * shared} × "
-                                     f"{_alignment_features(info)} "
-                                     f"inputs × {2 * k}); more than {ALIGNMENT_BUDGET_BYTES / 2**30:.0f} GiB. Use "
-                                     f"model.alignment=none for full-resolution volumes, or a smaller alignment_dim")
+                                     f"{size / 2**30:.1f} GiB (({len(subjects)} subjects × {rows} {what}"
+                                     f"{f' + the shared map × {grid} grid voxels' if shared else ''}) × {2 * k}); "
+                                     f"more than {ALIGNMENT_BUDGET_BYTES / 2**30:.0f} GiB. Use model.alignment=none "
+                                     f"for full-resolution volumes, or a smaller alignment_dim")
         self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),
                                        mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims),
                                        guidance_dims=None if cfg.guidance_dims is None else list(cfg.guidance_dims))
@@ -186,10 +195,12 @@ class CLIPMUSED(nn.Module):
         if cfg.alignment != "none":
             k = _aligned_dim(cfg)
             for ds, info in self.infos.items():
-                self.alignments[ds] = SubjectAlignment(len(subjects), _alignment_features(info),
+                self.alignments[ds] = SubjectAlignment(len(subjects),
+                                                       _alignment_features(info, (alignment_rows or {}).get(ds)),
                                                        guidance_dims=cfg.guidance_dims, dim=k,
                                                        ragged=info.kind == "volume",
-                                                       shared=info.kind == "volume" and cfg.alignment in JOINT_FITTERS)
+                                                       shared=info.kind == "volume" and cfg.alignment in JOINT_FITTERS,
+                                                       grid_features=_alignment_features(info))
         self.adapters = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
         self.heads = nn.ModuleDict()
@@ -309,11 +320,15 @@ class CLIPMUSED(nn.Module):
     # ------------------------------------------------------------------ (de)serialisation
     def config_dict(self) -> dict[str, Any]:
         """Everything :meth:`from_config_dict` needs to rebuild this model (JSON-serialisable)."""
-        return {
+        out = {
             "model": dataclasses.asdict(self.cfg),
             "datasets": {ds: _info_to_dict(info) for ds, info in self.infos.items()},
             "vocab": self.vocab,
         }
+        rows = {ds: a.in_features for ds, a in self.alignments.items() if a.ragged}
+        if rows:  # the volume maps' width (their subjects' most in-mask voxels)
+            out["alignment_rows"] = rows
+        return out
 
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> CLIPMUSED:
@@ -323,11 +338,13 @@ class CLIPMUSED(nn.Module):
             cfg = ModelConfig(**{"patchifier": "cnn", **d["model"]})
             datasets = {ds: _info_from_dict(info) for ds, info in d["datasets"].items()}
             vocab = list(d["vocab"])
+            # saved before the maps' width was recorded: the grid's size, as they were built then
+            rows = {str(ds): int(n) for ds, n in d.get("alignment_rows", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(
                 f"model config in checkpoint is malformed or from another version: {e!r}"
             ) from e
-        return cls(cfg, datasets, vocab)
+        return cls(cfg, datasets, vocab, alignment_rows=rows)
 
     # ------------------------------------------------------------------ forward
     def readout_tokens(self, subject_idx: Tensor) -> Tensor:

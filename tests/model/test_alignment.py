@@ -177,9 +177,67 @@ def test_the_joint_alignments_shared_map_counts_in_the_memory_budget(monkeypatch
     cfg = dict(dim=8, depth=1, heads=2, guidance_dims=[3, 3])
     model = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge"), {"v": vol}, ["v/s"])
     assert not model.alignments["v"].has_shared
-    with pytest.raises(ValueError, match=r"1 subjects \+ the shared map"):
+    with pytest.raises(ValueError, match=r"1 subjects × 512 inputs \+ the shared map"):
         CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
     monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 2 * one_map)
     joint = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
     assert joint.alignments["v"].shared_weight.shape == (8 ** 3, 6) and joint.optional_state_keys() == {
         "alignments.v.shared_weight", "alignments.v.shared_fit", "alignments.v.shared_fitted"}
+
+
+def test_volume_maps_are_as_wide_as_the_most_in_mask_voxels_not_the_grid(monkeypatch):
+    """``alignment_rows``: a volume dataset's maps take (subjects × most in-mask voxels) rows, so a budget the grid
+    would exceed holds them; a subject with more voxels widens them (fitted maps unchanged); the width survives
+    config_dict; and a state dict saved with grid-wide maps (before the width was recorded) loads with the same
+    outputs."""
+    from foundation.core.api import DatasetInfo
+    from foundation.core.config import ModelConfig
+    from foundation.model import CLIPMUSED, clip_mused
+
+    vol = DatasetInfo(kind="volume", label_names=("a", "b"), subjects=("s1", "s2"), grid=(8, 8, 8))
+    cfg = ModelConfig(dim=8, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge-joint", guidance_dims=[3, 3])
+    k2 = 2 * 3
+    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", (2 * 100 + 512) * k2 * 4)  # not 3 grid-wide maps
+    with pytest.raises(ValueError, match="2 subjects × 512 inputs"):
+        CLIPMUSED(cfg, {"v": vol}, ["v/s1", "v/s2"])
+    torch.manual_seed(0)
+    model = CLIPMUSED(cfg, {"v": vol}, ["v/s1", "v/s2"], alignment_rows={"v": 100})
+    al = model.alignments["v"]
+    assert tuple(al.weight.shape) == (2, 100, k2) and tuple(al.shared_weight.shape) == (512, k2)
+    rng = np.random.default_rng(0)
+    al.set_basis((np.zeros(3), np.eye(3)), (np.zeros(3), np.eye(3)))
+    m1, w1 = rng.normal(size=90).astype(np.float32), rng.normal(size=(90, k2)).astype(np.float32)
+    al.set_subject(0, m1, w1)
+    m2, w2 = rng.normal(size=130).astype(np.float32), rng.normal(size=(130, k2)).astype(np.float32)
+    al.set_subject(1, m2, w2)  # more voxels than the width: widened
+    assert tuple(al.weight.shape) == (2, 130, k2)
+    np.testing.assert_array_equal(al.weight[0, :90].numpy(), w1) and not al.weight[0, 90:].any()
+    with pytest.raises(ValueError, match="V ≤ 512"):
+        al.set_subject(1, np.zeros(513, np.float32), np.zeros((513, k2), np.float32))
+    assert model.config_dict()["alignment_rows"] == {"v": 130}
+    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 4 * 2**30)
+    copy = CLIPMUSED.from_config_dict(model.config_dict())
+    copy.load_state_dict(model.state_dict())
+
+    model.eval(), copy.eval()
+    x = torch.randn(3, 130)
+    idx = torch.tensor([0, 1, 1])
+    vox = torch.arange(130).expand(3, -1).contiguous()
+    out = model("v", x, idx, voxel_index=vox).logits
+    torch.testing.assert_close(copy("v", x, idx, voxel_index=vox).logits, out)
+
+    old = {k: v for k, v in model.state_dict().items()}  # as a grid-wide model saved it
+    old["alignments.v.weight"] = torch.cat([old["alignments.v.weight"], torch.zeros(2, 512 - 130, k2)], dim=1)
+    old["alignments.v.mean"] = torch.cat([old["alignments.v.mean"], torch.zeros(2, 512 - 130)], dim=1)
+    spec = model.config_dict()
+    del spec["alignment_rows"]
+    legacy = CLIPMUSED.from_config_dict(spec)
+    assert legacy.alignments["v"].in_features == 512
+    legacy.load_state_dict(old)
+    legacy.eval()
+    torch.testing.assert_close(legacy("v", x, idx, voxel_index=vox).logits, out)
+    narrow = CLIPMUSED.from_config_dict(model.config_dict())  # a grid-wide state into a narrower model: widened
+    narrow.load_state_dict(old)
+    assert narrow.alignments["v"].in_features == 512
+    narrow.eval()
+    torch.testing.assert_close(narrow("v", x, idx, voxel_index=vox).logits, out)

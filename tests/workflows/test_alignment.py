@@ -139,13 +139,15 @@ def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applie
     model, _ = load_model(tmp_path / "run" / "best")
     model.eval()
     al = model.alignments["vol"]
-    assert al.ragged and al.in_features == 6 * 7 * 6 and al.fitted.tolist() == [True, True]
     shards = next((tmp_path / "shards").glob("vol-*"))
     index = read_index(shards)
+    # the maps are as wide as the subjects' most in-mask voxels (not the grid), the shared grid is the grid
+    assert al.ragged and al.in_features == max(index.data["voxels"].values()) < al.grid_features == 6 * 7 * 6
+    assert al.fitted.tolist() == [True, True]
     for row, subject in enumerate(("sub-01", "sub-02")):
         part = read_split(index, subject, "train")
         n_vox = part.x.shape[1]
-        assert n_vox == index.data["voxels"][subject] < al.in_features
+        assert n_vox == index.data["voxels"][subject] <= al.in_features
         mean, weight, _ = fit_guidance_ridge(part.x, al.targets(part.low, part.high))
         np.testing.assert_allclose(al.weight[row, :n_vox].numpy(), weight, rtol=1e-5, atol=1e-6)
         assert not al.weight[row, n_vox:].any() and not al.mean[row, n_vox:].any()
@@ -328,3 +330,42 @@ def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shar
     assert fit["vol/sub-01"]["pool"] == "joint" and "method" not in fit["vol/sub-01"]
     assert fit["vol/sub-03"]["pool"] == "against the shared map"
     assert "model.alignment_pool_samples" in fit["vol/sub-03"]["method"]
+
+
+def test_a_newcomer_with_more_voxels_than_the_pool_widens_the_maps(tmp_path):
+    """The maps are as wide as the pre-trained subjects' most in-mask voxels; ``foundation finetune`` of a subject
+    with more widens them (the known subjects' maps unchanged, zero beyond their voxels) and the saved model
+    records the new width."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    from foundation.engine.checkpoint import load_model
+    from foundation.model.alignment import fit_guidance_ridge
+    from foundation.workflows.finetune import finetune
+    from foundation.workflows.train import train
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                                      "model.alignment": "guidance-ridge", "model.alignment_dim": 6})
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": ["sub-01", "sub-03"],
+                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
+                                  "n_categories": 4}}]
+    train(from_dict(Recipe, d), progress=False)
+    index = read_index(next((tmp_path / "shards").glob("vol-*")))
+    voxels = index.data["voxels"]
+    assert voxels["sub-02"] > max(voxels["sub-01"], voxels["sub-03"])  # this world's draw: sub-02 is the largest
+    model, _ = load_model(tmp_path / "run" / "best")
+    al = model.alignments["vol"]
+    assert al.in_features == max(voxels["sub-01"], voxels["sub-03"])
+    ft = json.loads(json.dumps(d))
+    ft["datasets"][0]["subjects"] = ["sub-02"]
+    ft["run"]["dir"] = str(tmp_path / "ft")
+    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
+    tuned, meta = load_model(tmp_path / "ft" / "best")
+    new = tuned.alignments["vol"]
+    assert new.in_features == voxels["sub-02"] and tuned.config_dict()["alignment_rows"] == {"vol": voxels["sub-02"]}
+    assert torch.equal(new.weight[:2, :al.in_features], al.weight) and not new.weight[:2, al.in_features:].any()
+    part = read_split(index, "sub-02", "train")
+    _, weight, _ = fit_guidance_ridge(part.x, new.targets(part.low, part.high))
+    np.testing.assert_allclose(new.weight[2].numpy(), weight, rtol=1e-5, atol=1e-6)
