@@ -143,6 +143,10 @@ class ModelConfig:
     #: the eigendecompositions of the cross-validation folds), minutes on two cores; N² memory, N³ time.
     #: ``null``: every subject, whatever it costs
     alignment_pool_samples: Optional[PositiveInt] = 10_000
+    #: the most memory one dataset's alignment buffers may take (subjects × their most in-mask voxels × 2·k float32,
+    #: plus the joint alignment's grid-sized shared map): a guard against allocating what the device cannot hold;
+    #: raise it on a large accelerator (one HCP subject at 1.6 mm with alignment_dim 32: ~0.1 GB)
+    alignment_memory_gib: PositiveFloat = 4.0
     #: the guidance basis the aligned tokens are expressed in: ``dataset`` (each dataset's own, fitted on its
     #: training stimuli) or ``shared`` (one basis fitted on every dataset's training stimuli, so datasets whose
     #: guidance lives in one space — the same vision model, one visual world — get tokens in one coordinate system)

@@ -46,10 +46,6 @@ TOKEN_MODES = ("subject", "shared", "identity")
 _INFO_TUPLE_FIELDS = ("label_names", "subjects", "token_shape", "token_names", "grid")
 
 
-#: the largest per-dataset alignment buffer (``S × F × 2k`` float32) a model may allocate
-ALIGNMENT_BUDGET_BYTES = 4 * 2**30
-
-
 def _aligned_dim(cfg: ModelConfig) -> int:
     """Components per aligned token: ``alignment_dim``, at most the guidance features' width."""
     return min(cfg.alignment_dim, *cfg.guidance_dims)  # type: ignore[misc]
@@ -166,13 +162,13 @@ class CLIPMUSED(nn.Module):
                 rows = _alignment_features(info, (alignment_rows or {}).get(ds))
                 grid = _alignment_features(info)
                 size = (len(subjects) * rows + shared * grid) * 2 * k * 4
-                if size > ALIGNMENT_BUDGET_BYTES:
+                if size > cfg.alignment_memory_gib * 2**30:
                     what = "in-mask voxels" if rows != grid else "inputs"
                     raise ValueError(f"model.alignment={cfg.alignment!r}: dataset {ds!r}'s per-subject maps would take "
                                      f"{size / 2**30:.1f} GiB (({len(subjects)} subjects × {rows} {what}"
                                      f"{f' + the shared map × {grid} grid voxels' if shared else ''}) × {2 * k}); "
-                                     f"more than {ALIGNMENT_BUDGET_BYTES / 2**30:.0f} GiB. Use model.alignment=none "
-                                     f"for full-resolution volumes, or a smaller alignment_dim")
+                                     f"more than model.alignment_memory_gib={cfg.alignment_memory_gib:g}. Raise it if "
+                                     f"the device holds them, or use a smaller alignment_dim, or model.alignment=none")
         self.cfg = dataclasses.replace(cfg, volume_channels=list(cfg.volume_channels),
                                        mapping_dims=None if cfg.mapping_dims is None else list(cfg.mapping_dims),
                                        guidance_dims=None if cfg.guidance_dims is None else list(cfg.guidance_dims))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,20 +115,18 @@ def test_unfitted_subjects_are_refused_by_name_and_growing_keeps_rows():
     assert not any(n.startswith("alignments.") for n, _ in model.named_parameters())
 
 
-def test_alignment_refuses_missing_sizes_and_oversized_volume_maps(monkeypatch):
+def test_alignment_refuses_missing_sizes_and_oversized_volume_maps():
     from foundation.core.api import DatasetInfo
     from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
-    from foundation.model import clip_mused
 
     roi = DatasetInfo(kind="roi", label_names=("a",), subjects=("s",), token_shape=(2, 2))
     with pytest.raises(ValueError, match="guidance_dims"):
         CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge"), {"d": roi}, ["d/s"])
     vol = DatasetInfo(kind="volume", label_names=("a",), subjects=("s",), grid=(8, 8, 8))
-    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 1000)  # a full-resolution volume, in miniature
-    with pytest.raises(ValueError, match="alignment=none for full-resolution volumes"):
-        CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge", guidance_dims=[3, 3]),
-                  {"v": vol}, ["v/s"])
+    with pytest.raises(ValueError, match="model.alignment_memory_gib=.*Raise it"):  # a full-resolution volume, in miniature
+        CLIPMUSED(ModelConfig(dim=8, depth=1, heads=2, alignment="guidance-ridge", guidance_dims=[3, 3],
+                              alignment_memory_gib=1000 / 2**30), {"v": vol}, ["v/s"])
 
 
 def test_volume_alignment_maps_each_subjects_own_in_mask_voxels_whatever_the_padding():
@@ -163,41 +163,39 @@ def test_volume_alignment_maps_each_subjects_own_in_mask_voxels_whatever_the_pad
     assert model("v", x[:, :25] * (x[:, :25] != 0), torch.tensor([0, 1]), voxel_index=idx[:, :25]).logits.shape == (2, 2)
 
 
-def test_the_joint_alignments_shared_map_counts_in_the_memory_budget(monkeypatch):
+def test_the_joint_alignments_shared_map_counts_in_the_memory_budget():
     """guidance-ridge-joint keeps one more grid-sized map (the pool's shared map): a budget that holds one subject's
     map holds the per-subject alignment and refuses the joint one, naming the shared map."""
     from foundation.core.api import DatasetInfo
     from foundation.core.config import ModelConfig
     from foundation.model import CLIPMUSED
-    from foundation.model import clip_mused
 
     vol = DatasetInfo(kind="volume", label_names=("a",), subjects=("s",), grid=(8, 8, 8))
     one_map = 8 ** 3 * 2 * 3 * 4  # grid × 2·alignment_dim (3: the guidance widths) × float32
-    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", int(1.5 * one_map))
-    cfg = dict(dim=8, depth=1, heads=2, guidance_dims=[3, 3])
+    cfg = dict(dim=8, depth=1, heads=2, guidance_dims=[3, 3], alignment_memory_gib=1.5 * one_map / 2**30)
     model = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge"), {"v": vol}, ["v/s"])
     assert not model.alignments["v"].has_shared
     with pytest.raises(ValueError, match=r"1 subjects × 512 inputs \+ the shared map"):
         CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
-    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 2 * one_map)
+    cfg["alignment_memory_gib"] = 2 * one_map / 2**30
     joint = CLIPMUSED(ModelConfig(**cfg, alignment="guidance-ridge-joint"), {"v": vol}, ["v/s"])
     assert joint.alignments["v"].shared_weight.shape == (8 ** 3, 6) and joint.optional_state_keys() == {
         "alignments.v.shared_weight", "alignments.v.shared_fit", "alignments.v.shared_fitted"}
 
 
-def test_volume_maps_are_as_wide_as_the_most_in_mask_voxels_not_the_grid(monkeypatch):
+def test_volume_maps_are_as_wide_as_the_most_in_mask_voxels_not_the_grid():
     """``alignment_rows``: a volume dataset's maps take (subjects × most in-mask voxels) rows, so a budget the grid
     would exceed holds them; a subject with more voxels widens them (fitted maps unchanged); the width survives
     config_dict; and a state dict saved with grid-wide maps (before the width was recorded) loads with the same
     outputs."""
     from foundation.core.api import DatasetInfo
     from foundation.core.config import ModelConfig
-    from foundation.model import CLIPMUSED, clip_mused
+    from foundation.model import CLIPMUSED
 
     vol = DatasetInfo(kind="volume", label_names=("a", "b"), subjects=("s1", "s2"), grid=(8, 8, 8))
-    cfg = ModelConfig(dim=8, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge-joint", guidance_dims=[3, 3])
     k2 = 2 * 3
-    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", (2 * 100 + 512) * k2 * 4)  # not 3 grid-wide maps
+    cfg = ModelConfig(dim=8, depth=1, heads=2, head_hidden=8, alignment="guidance-ridge-joint", guidance_dims=[3, 3],
+                      alignment_memory_gib=(2 * 100 + 512) * k2 * 4 / 2**30)  # not 3 grid-wide maps
     with pytest.raises(ValueError, match="2 subjects × 512 inputs"):
         CLIPMUSED(cfg, {"v": vol}, ["v/s1", "v/s2"])
     torch.manual_seed(0)
@@ -215,8 +213,9 @@ def test_volume_maps_are_as_wide_as_the_most_in_mask_voxels_not_the_grid(monkeyp
     with pytest.raises(ValueError, match="V ≤ 512"):
         al.set_subject(1, np.zeros(513, np.float32), np.zeros((513, k2), np.float32))
     assert model.config_dict()["alignment_rows"] == {"v": 130}
-    monkeypatch.setattr(clip_mused, "ALIGNMENT_BUDGET_BYTES", 4 * 2**30)
-    copy = CLIPMUSED.from_config_dict(model.config_dict())
+    saved = model.config_dict()
+    saved["model"]["alignment_memory_gib"] = 4.0  # the widened maps exceed the test's tiny budget
+    copy = CLIPMUSED.from_config_dict(saved)
     copy.load_state_dict(model.state_dict())
 
     model.eval(), copy.eval()
@@ -229,14 +228,14 @@ def test_volume_maps_are_as_wide_as_the_most_in_mask_voxels_not_the_grid(monkeyp
     old = {k: v for k, v in model.state_dict().items()}  # as a grid-wide model saved it
     old["alignments.v.weight"] = torch.cat([old["alignments.v.weight"], torch.zeros(2, 512 - 130, k2)], dim=1)
     old["alignments.v.mean"] = torch.cat([old["alignments.v.mean"], torch.zeros(2, 512 - 130)], dim=1)
-    spec = model.config_dict()
+    spec = json.loads(json.dumps(saved))
     del spec["alignment_rows"]
     legacy = CLIPMUSED.from_config_dict(spec)
     assert legacy.alignments["v"].in_features == 512
     legacy.load_state_dict(old)
     legacy.eval()
     torch.testing.assert_close(legacy("v", x, idx, voxel_index=vox).logits, out)
-    narrow = CLIPMUSED.from_config_dict(model.config_dict())  # a grid-wide state into a narrower model: widened
+    narrow = CLIPMUSED.from_config_dict(saved)  # a grid-wide state into a narrower model: widened
     narrow.load_state_dict(old)
     assert narrow.alignments["v"].in_features == 512
     narrow.eval()
