@@ -292,7 +292,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not (self.run_dir / RUN_MARKER).is_file():  # first: from now on foundation owns the directory
                 write_json(self.run_dir / RUN_MARKER, {"made_by": "foundation", "recipe": recipe.name})
-            for folder in (self.run_dir, self.run_dir / "best"):  # temporary files of a killed run (ours only)
+            # temporary files of a killed run (ours only): a half-written file or checkpoint, a half-pruned checkpoint
+            for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "checkpoints"):
                 remove_stale_tmp(folder)
             save_recipe(recipe, self.run_dir / "config.yaml")
             if self.alignment_report:

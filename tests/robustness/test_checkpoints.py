@@ -509,3 +509,19 @@ def test_a_kill_while_an_old_checkpoint_is_pruned_leaves_no_partial_checkpoint(t
     assert remove_stale_tmp(root) and sorted(p.name for p in root.iterdir()) == ["step-00000002"]
     ckpt.prune(root / "step-00000002")
     assert list(root.iterdir()) == []
+
+
+def test_a_half_pruned_checkpoint_is_cleared_when_the_run_starts_again(run, trained):
+    """What a kill during pruning leaves (``checkpoints/.tmp-pruned-step-*``) goes at the next start of the run,
+    even one that saves nothing more (a finished run rerun), and nothing else is touched."""
+    from foundation.engine.trainer import Trainer
+
+    copy, _ = run
+    root = copy / "checkpoints"
+    left = root / ".tmp-pruned-step-00000002"
+    shutil.copytree(root / "step-00000002", left)
+    (left / "model.safetensors").unlink()
+    before = [step for step, _ in checkpoint_dirs(copy)]
+    Trainer(tiny_run_recipe(trained, run=copy), progress=False).close()
+    assert not left.exists() and [step for step, _ in checkpoint_dirs(copy)] == before
+    assert_nothing_half_written(copy)
