@@ -137,12 +137,13 @@ class ModelConfig:
     alignment_dim: PositiveInt = 32
     #: ``guidance-ridge-joint``: prior weight of the shared map against each subject's own (0: per subject)
     alignment_share: NonNegativeFloat = 1.0
-    #: ``guidance-ridge-joint``: how many training samples (all subjects together) the joint fit takes; the
-    #: subjects after the first ones that fit are each fitted against the pool's shared map, as a subject added
-    #: by fine-tuning is.  The joint fit's (N, N) float64 kernel at N = 10 000 is 0.8 GB (~2.5 GB at its peak with
-    #: the eigendecompositions of the cross-validation folds), minutes on two cores; N² memory, N³ time.
+    #: ``guidance-ridge-joint``: the memory (GiB) the joint fit may take.  It holds every pooled subject's training
+    #: inputs (float32) and an (N, N) float64 kernel of all their N samples (N² memory, N³ time), so it takes the
+    #: leading subjects that fit (``foundation.model.alignment_joint.joint_fit_bytes``: 4 bytes per sample and
+    #: voxel + 24 N²; an HCP subject at 1.6 mm, 2 000 samples × ~0.4 M voxels: ~3.3 GB) and fits each later subject
+    #: against the pool's shared map, as a subject added by fine-tuning is, one subject in memory at a time.
     #: ``null``: every subject, whatever it costs
-    alignment_pool_samples: Optional[PositiveInt] = 10_000
+    alignment_pool_gib: Optional[PositiveFloat] = 16.0
     #: the most memory one dataset's alignment buffers may take (subjects × their most in-mask voxels × 2·k float32,
     #: plus the joint alignment's grid-sized shared map): a guard against allocating what the device cannot hold;
     #: raise it on a large accelerator (one HCP subject at 1.6 mm with alignment_dim 32: ~0.1 GB)

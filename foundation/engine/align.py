@@ -27,6 +27,9 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
                    fit_basis: bool, log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
     """Fit ``subjects`` (dataset id -> subject names) of ``model``'s aligned datasets in place.
 
+    Memory: one subject's training data at a time (read from the shards when its map is fitted, and once before
+    for the guidance basis), except the joint alignment's pool, which is held together (``model.alignment_pool_gib``).
+
     Args:
         model: a :class:`~foundation.model.CLIPMUSED` with ``cfg.alignment != "none"``.
         streams: dataset id -> :class:`~foundation.data.loader.DatasetStream` (its index and its
@@ -38,57 +41,48 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     Returns:
         ``"dataset/subject" -> {"alpha": …, "n": training samples used}``.
     """
-    from foundation.data.splits import read_split
     from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases
-
     from foundation.model.alignment_joint import fit_guidance_ridge_to_shared
 
-    # a joint alignment fits every subject of a dataset together at pre-training and keeps the pool's shared map;
-    # subjects added by fine-tuning are fitted against it (the pool's training data is not part of a fine-tuning
-    # run); a model saved without the shared map gives them the per-subject ridge map
+    # a joint alignment fits every subject of a dataset together at pre-training (as far as its memory budget
+    # goes) and keeps the pool's shared map; subjects added by fine-tuning are fitted against it (the pool's
+    # training data is not part of a fine-tuning run); a model saved without the shared map gives them the
+    # per-subject ridge map
     fitter = FITTERS.get(model.cfg.alignment, FITTERS["guidance-ridge"])
     report: dict[str, dict[str, float]] = {}
-    data: dict[str, dict[str, tuple[Any, np.ndarray]]] = {}  # dataset -> subject -> (training split, kept rows)
-    for ds, names in subjects.items():
-        if ds not in model.alignments or not names:
-            continue
-        stream = streams[ds]
-        keep = {k for keys in stream.train_keys().values() for k in keys}
-        data[ds] = {}
-        for s in names:
-            part = read_split(stream.index, s, "train")
-            rows = [i for i, k in enumerate(part.keys) if k in keep]
-            if len(rows) < 3:
-                raise DataError(f"{ds}/{s}: {len(rows)} training samples kept (train_fraction "
-                                f"{stream.train_fraction}); an input alignment needs at least 3")
-            data[ds][s] = (part, np.asarray(rows))
+    todo = {ds: list(names) for ds, names in subjects.items() if ds in model.alignments and names}
+    sizes = {ds: {s: _kept_samples(streams[ds], ds, s) for s in names} for ds, names in todo.items()}
     if fit_basis:
         # alignment_basis=shared: one basis from every dataset's training stimuli, else one per dataset
-        groups = [list(data)] if model.cfg.alignment_basis == "shared" else [[ds] for ds in data]
+        groups = [list(todo)] if model.cfg.alignment_basis == "shared" else [[ds] for ds in todo]
         for group in groups:
             seen: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
             for ds in group:
-                for part, rows in data[ds].values():
+                for s in todo[ds]:
+                    part, rows = _training_part(streams[ds], ds, s)
                     for i in rows:
                         seen.setdefault((ds, part.stimuli[i]), (part.low[i], part.high[i]))
+                    del part
             basis = guidance_bases(seen, model.alignments[group[0]].dim)
             for ds in group:
                 model.alignments[ds].set_basis(*basis)
-    for ds, per_subject in data.items():
+    for ds, names in todo.items():
         alignment = model.alignments[ds]
         if model.cfg.alignment in JOINT_FITTERS and fit_basis:
-            report.update(_fit_joint(model, ds, streams[ds].index, per_subject, log=log))
+            report.update(_fit_joint(model, ds, streams[ds], names, [sizes[ds][s] for s in names], log=log))
             continue
         shared = alignment.shared_map() if model.cfg.alignment in JOINT_FITTERS else None
-        for s, (part, rows) in per_subject.items():
+        for s in names:
             gid = f"{ds}/{s}"
+            part, rows = _training_part(streams[ds], ds, s)
             targets = alignment.targets(part.low[rows], part.high[rows])
             if shared is not None:
                 mean, weight, info = fit_guidance_ridge_to_shared(part.x[rows], streams[ds].index.voxel_positions(s),
-                                                                  targets, shared,
+                                                                  targets, shared, overwrite_inputs=True,
                                                                   stimuli=[part.stimuli[i] for i in rows])
             else:
                 mean, weight, info = fitter(part.x[rows], targets)
+            del part
             alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
             report[gid] = {**info, "n": len(rows)}
             if shared is not None:
@@ -102,45 +96,69 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     return report
 
 
-def _fit_joint(model, ds: str, index, per_subject: Mapping[str, tuple[Any, np.ndarray]], *,
+def _kept_samples(stream, ds: str, subject: str) -> int:
+    """How many of ``subject``'s training samples the run keeps (``train_fraction``), from the shard listing alone;
+    refuses fewer than 3 (an alignment needs them)."""
+    kept = stream.train_keys()
+    n = sum(len(kept.get(str(path), ())) for path, _, _ in stream.index.shards("train", {subject}))
+    if n < 3:
+        raise DataError(f"{ds}/{subject}: {n} training samples kept (train_fraction {stream.train_fraction}); an "
+                        f"input alignment needs at least 3")
+    return n
+
+
+def _training_part(stream, ds: str, subject: str) -> tuple[Any, np.ndarray]:
+    """``subject``'s training split read from the shards, and the rows of it the run keeps (``train_fraction``)."""
+    from foundation.data.splits import read_split
+
+    keep = {k for keys in stream.train_keys().values() for k in keys}
+    part = read_split(stream.index, subject, "train")
+    rows = np.asarray([i for i, k in enumerate(part.keys) if k in keep], dtype=np.int64)
+    if len(rows) < 3:
+        raise DataError(f"{ds}/{subject}: {len(rows)} training samples kept (train_fraction {stream.train_fraction}); "
+                        f"an input alignment needs at least 3")
+    return part, rows
+
+
+def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int], *,
                log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
-    """Fit every subject of volume dataset ``ds`` together
-    (:func:`~foundation.model.alignment_joint.fit_pool_and_rest`: jointly as far as ``model.alignment_pool_samples``
-    allows, the rest against the pool's shared map) and install the maps."""
+    """Fit the subjects of volume dataset ``ds`` together as far as ``model.alignment_pool_gib`` allows, the rest
+    one at a time against the pool's shared map (:func:`~foundation.model.alignment_joint.fit_pool_and_rest`), and
+    install the maps as they come."""
     from foundation.model.alignment_joint import fit_pool_and_rest
 
+    index = stream.index
     if index.info.kind != "volume":
         raise DataError(f"model.alignment={model.cfg.alignment!r} shares a map between subjects through the voxel "
                         f"grid, so it needs volume datasets; {ds!r} holds {index.info.kind!r} inputs (use "
                         f"guidance-ridge there)")
     alignment = model.alignments[ds]
-    names = list(per_subject)
-    xs = [per_subject[s][0].x[per_subject[s][1]] for s in names]
-    positions = [index.voxel_positions(s) for s in names]
-    targets = [alignment.targets(part.low[rows], part.high[rows]) for part, rows in per_subject.values()]
-    stimuli = [[part.stimuli[i] for i in rows] for part, rows in per_subject.values()]
-    budget = model.cfg.alignment_pool_samples
-    fits, shared = fit_pool_and_rest(xs, positions, targets, budget=budget, share=model.cfg.alignment_share,
-                                     stimuli=stimuli)
+
+    def load(i: int):
+        part, rows = _training_part(stream, ds, names[i])
+        return (part.x[rows], alignment.targets(part.low[rows], part.high[rows]),
+                [part.stimuli[r] for r in rows])
+
+    budget = model.cfg.alignment_pool_gib
+    pooled, shared, fits = fit_pool_and_rest(load, [index.voxel_positions(s) for s in names], sizes,
+                                             budget_gib=budget, share=model.cfg.alignment_share)
+    if log is not None:
+        log(f"{ds}: {model.cfg.alignment} alignment of {pooled} subjects jointly on {sum(sizes[:pooled])} training "
+            f"samples, share {model.cfg.alignment_share:g}, alpha {shared.alpha:.3g} × mean kernel diagonal")
+        if pooled < len(names):
+            log(f"{ds}: the other {len(names) - pooled} subject(s) fitted one at a time against the pool's shared map "
+                f"(model.alignment_pool_gib={budget:g}; raise it to fit more of them jointly: memory grows with "
+                f"their samples × voxels and N², time with N³)")
     if alignment.has_shared:
         alignment.set_shared(shared)
     report = {}
-    for s, x, (mean, weight, info) in zip(names, xs, fits):
-        gid = f"{ds}/{s}"
+    for i, mean, weight, info in fits:
+        gid = f"{ds}/{names[i]}"
         alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
-        report[gid] = {**info, "n": len(x)}
+        report[gid] = {**info, "n": sizes[i]}
         if info["pool"] != "joint":
-            report[gid]["method"] = ("guidance-ridge-joint (outside the pool's sample budget, "
-                                     "model.alignment_pool_samples: own map around the pool's shared map)")
-    if log is not None:
-        pooled = sum(info["pool"] == "joint" for _, _, info in fits)
-        log(f"{ds}: {model.cfg.alignment} alignment of {pooled} subjects jointly on "
-            f"{sum(len(x) for x in xs[:pooled])} training samples, share {model.cfg.alignment_share:g}, alpha "
-            f"{fits[0][2]['alpha']:.3g} × mean kernel diagonal")
-        if pooled < len(names):
-            log(f"{ds}: the other {len(names) - pooled} subject(s) ({', '.join(names[pooled:])}) fitted against the "
-                f"pool's shared map: model.alignment_pool_samples={budget} training samples; raise it (memory N², "
-                f"time N³) to fit more of them jointly")
+            report[gid]["method"] = ("guidance-ridge-joint (outside the pool's memory budget, "
+                                     "model.alignment_pool_gib: own map around the pool's shared map)")
     return report
 
 

@@ -19,8 +19,9 @@ stimulus held out together) or, without stimulus ids, by exact leave-one-out.  T
 :class:`~foundation.model.alignment.SubjectAlignment` like any other, so the model and its forward are
 unchanged.  Cost: the ``(N, N)`` kernel of all ``N`` training samples of the dataset (float64: 32 MB at
 N = 2 000, 3.2 GB at 20 000) and one eigendecomposition of it per cross-validation fold, so
-:func:`fit_pool_and_rest` fits jointly only the leading subjects within a sample budget
-(``model.alignment_pool_samples``) and each later subject against their shared map, as a newcomer (below).
+:func:`fit_pool_and_rest` fits jointly only the leading subjects within a memory budget
+(``model.alignment_pool_gib``) and each later subject against their shared map, as a newcomer (below), loading
+one subject at a time.
 
 A subject added later (``foundation finetune``) is fitted against the pool's shared map without refitting the
 pool (:func:`fit_guidance_ridge_to_shared`): ``w_0`` held, its own ``v`` is the ridge fit of what ``c · g · w_0``
@@ -35,12 +36,12 @@ joint optimum is optimal in every block).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["JOINT_ALPHAS", "NEWCOMER_SCALES", "SharedMap", "fit_guidance_ridge_joint",
-           "fit_guidance_ridge_to_shared", "fit_joint_and_shared", "fit_pool_and_rest", "pool_size"]
+__all__ = ["JOINT_ALPHAS", "NEWCOMER_SCALES", "SharedMap", "SubjectLoader", "fit_guidance_ridge_joint",
+           "fit_guidance_ridge_to_shared", "fit_joint_and_shared", "fit_pool_and_rest", "joint_fit_bytes", "pool_size"]
 
 #: ``alpha`` grid, as multiples of the mixed kernel's mean diagonal
 JOINT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 2, 13))
@@ -71,56 +72,84 @@ def fit_guidance_ridge_joint(xs: Sequence[np.ndarray], positions: Sequence[np.nd
     return fit_joint_and_shared(xs, positions, targets, share=share, alphas=alphas, stimuli=stimuli, folds=folds)[0]
 
 
-def pool_size(sizes: Sequence[int], budget: int | None) -> int:
-    """How many of the subjects (in order, ``sizes`` their training samples) are fitted jointly: the longest
-    leading run whose samples total at most ``budget`` (every subject with ``None``), and at least one."""
-    if budget is None:
+def joint_fit_bytes(sizes: Sequence[int], widths: Sequence[int]) -> int:
+    """Roughly the peak memory of :func:`fit_pool_and_rest`'s joint fit on subjects of ``sizes`` training samples
+    and ``widths`` in-mask voxels: their float32 inputs, standardised in place (``4 · Σ n_s · V_s``), and three
+    float64 ``(N, N)`` arrays (the kernel, its eigenvectors, a cross-validation fold's sub-kernel); the float64
+    blocks of the products are ``_CHUNK`` voxels wide and not counted."""
+    total = sum(sizes)
+    return 4 * sum(n * v for n, v in zip(sizes, widths)) + 24 * total * total
+
+
+def pool_size(sizes: Sequence[int], widths: Sequence[int], budget_gib: float | None) -> int:
+    """How many of the subjects (in order; ``sizes`` their training samples, ``widths`` their in-mask voxels) are
+    fitted jointly: the longest leading run whose :func:`joint_fit_bytes` fits in ``budget_gib`` (every subject
+    with ``None``), and at least one."""
+    if budget_gib is None:
         return len(sizes)
-    if budget < 1:
-        raise ValueError(f"the pool's sample budget must be ≥ 1 or None, got {budget}")
-    total, n = 0, 0
-    for size in sizes:
-        if n and total + size > budget:
-            break
-        total, n = total + size, n + 1
+    if not budget_gib > 0:
+        raise ValueError(f"the joint fit's memory budget must be > 0 GiB or None, got {budget_gib}")
+    n = 1
+    while n < len(sizes) and joint_fit_bytes(sizes[: n + 1], widths[: n + 1]) <= budget_gib * 2**30:
+        n += 1
     return n
 
 
-def fit_pool_and_rest(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
-                      *, budget: int | None, share: float = 1.0,
-                      alphas: Sequence[float] = JOINT_ALPHAS, stimuli: Sequence[Sequence[Hashable]] | None = None,
-                      folds: int = 5) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, float]]], SharedMap]:
-    """:func:`fit_joint_and_shared` for as many subjects as the kernel's ``budget`` (training samples) allows.
+#: what :func:`fit_pool_and_rest` loads for subject ``i``: ``(x (n_s, V_s), targets (n_s, T), stimulus ids or None)``
+SubjectLoader = Callable[[int], tuple[np.ndarray, np.ndarray, "Sequence[Hashable] | None"]]
 
-    The joint fit's cost grows with the square (memory) and cube (time) of the samples of all subjects together,
-    so with hundreds of subjects it cannot take them all.  The leading subjects that fit in ``budget``
-    (:func:`pool_size`) are fitted jointly and give the shared map; every later subject is fitted against that map
-    exactly as a subject added by fine-tuning is (:func:`fit_guidance_ridge_to_shared`: ``c`` and ``alpha`` by
-    cross-validation on its own samples).  Its samples do not shape the shared map; nothing else is lost.  With
-    every subject inside the budget this is :func:`fit_joint_and_shared`.
+
+def fit_pool_and_rest(load: SubjectLoader, positions: Sequence[np.ndarray], sizes: Sequence[int], *,
+                      budget_gib: float | None, share: float = 1.0, alphas: Sequence[float] = JOINT_ALPHAS,
+                      folds: int = 5) -> tuple[int, SharedMap, Iterator[tuple[int, np.ndarray, np.ndarray, dict]]]:
+    """:func:`fit_joint_and_shared` for as many subjects as ``budget_gib`` of memory holds; the rest one at a time.
+
+    The joint fit holds every pooled subject's inputs and an ``(N, N)`` kernel of all their samples (N² memory, N³
+    time), so with hundreds of subjects it cannot take them all.  The leading subjects whose fit fits in
+    ``budget_gib`` (:func:`pool_size`, :func:`joint_fit_bytes`) are loaded and fitted jointly and give the shared map;
+    every later subject is loaded only when its turn comes (one subject's data in memory at a time) and fitted
+    against that map exactly as a subject added by fine-tuning is (:func:`fit_guidance_ridge_to_shared`: ``c`` and
+    ``alpha`` by cross-validation on its own samples).  Its samples do not shape the shared map; nothing else is
+    lost.  With every subject inside the budget this is :func:`fit_joint_and_shared`.
+
+    Args:
+        load: ``load(i)`` -> subject ``i``'s ``(x, targets, stimuli)`` (:data:`SubjectLoader`); a float32 ``x`` is
+            standardised in place (give a copy if it must stay).
+        positions: per subject ``(V_s,)`` flat grid positions (strictly increasing).
+        sizes: per subject its training samples (what ``load`` will return), for the budget.
 
     Returns:
-        per subject ``(mean, weight, info)`` as :func:`fit_joint_and_shared` (``info["pool"]``: ``"joint"`` or
-        ``"against the shared map"``), and the pool's :class:`SharedMap`.
+        ``(pooled, shared map, fits)``: how many leading subjects were fitted jointly, the pool's
+        :class:`SharedMap`, and an iterator over ``(i, mean, weight, info)`` for every subject in order
+        (``info["pool"]``: ``"joint"`` or ``"against the shared map"``), computed as it is consumed after the pool.
     """
-    if not (len(xs) == len(positions) == len(targets)) or not xs:
-        raise ValueError(f"one input, position and target array per subject: got {len(xs)}, {len(positions)}, "
-                         f"{len(targets)}")
-    n = pool_size([len(x) for x in xs], budget)
-    fits, shared = fit_joint_and_shared(xs[:n], positions[:n], targets[:n], share=share, alphas=alphas,
-                                        stimuli=None if stimuli is None else stimuli[:n], folds=folds)
-    fits = [(mean, weight, {**info, "pool": "joint"}) for mean, weight, info in fits]
-    for s in range(n, len(xs)):
-        mean, weight, info = fit_guidance_ridge_to_shared(xs[s], positions[s], targets[s], shared, alphas=alphas,
-                                                          stimuli=None if stimuli is None else stimuli[s],
-                                                          folds=folds)
-        fits.append((mean, weight, {**info, "pool": "against the shared map"}))
-    return fits, shared
+    if len(positions) != len(sizes) or not sizes:
+        raise ValueError(f"one position array and size per subject: got {len(positions)}, {len(sizes)}")
+    n = pool_size(sizes, [len(p) for p in positions], budget_gib)
+    loaded = [load(i) for i in range(n)]
+    ids = [stim for _, _, stim in loaded]
+    fits, shared = fit_joint_and_shared([x for x, _, _ in loaded], positions[:n], [t for _, t, _ in loaded],
+                                        share=share, alphas=alphas, folds=folds, overwrite_inputs=True,
+                                        stimuli=None if any(i is None for i in ids) else ids)
+    del loaded
+
+    def every() -> Iterator[tuple[int, np.ndarray, np.ndarray, dict]]:
+        for i, (mean, weight, info) in enumerate(fits):
+            yield i, mean, weight, {**info, "pool": "joint"}
+        fits.clear()
+        for i in range(n, len(sizes)):
+            x, targets, stimuli = load(i)
+            mean, weight, info = fit_guidance_ridge_to_shared(x, positions[i], targets, shared, alphas=alphas,
+                                                              stimuli=stimuli, folds=folds, overwrite_inputs=True)
+            yield i, mean, weight, {**info, "pool": "against the shared map"}
+
+    return n, shared, every()
 
 
 def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                          *, share: float = 1.0, alphas: Sequence[float] = JOINT_ALPHAS,
                          stimuli: Sequence[Sequence[Hashable]] | None = None, folds: int = 5,
+                         overwrite_inputs: bool = False,
                          ) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, float]]], SharedMap]:
     """Ridge maps of every subject of one volume dataset onto the guidance targets, fitted together, and
     the shared map a later subject is fitted against (:class:`SharedMap`).
@@ -137,6 +166,8 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
             target and leave-one-out would score a sample by its twins in the other subjects (and its
             neighbours in time); without, exact leave-one-out.
         folds: the number of stimulus folds.
+        overwrite_inputs: standardise float32 ``xs`` in place instead of in a copy (halves the memory; the
+            caller's arrays are then the standardised inputs).
 
     Returns:
         per subject ``(mean (V_s,), weight (V_s, T), info)`` with ``(x − mean) @ weight`` its aligned
@@ -151,7 +182,7 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
     zs, means, stds = [], [], []
     for s, (x, pos, t) in enumerate(zip(xs, positions, targets)):
         mean, std = _checked_moments(x, pos, t, who=f"subject {s}: ")
-        zs.append(((x - mean) / std).astype(np.float32))
+        zs.append(_standardise(x, mean, std, overwrite=overwrite_inputs))
         means.append(mean)
         stds.append(std)
     sizes = [len(z) for z in zs]
@@ -162,10 +193,10 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
     for a in range(len(zs)):
         for b in range(a, len(zs)):
             if a == b:
-                block = (1.0 + share) * (zs[a].astype(np.float64) @ zs[a].T.astype(np.float64))
+                block = (1.0 + share) * _gram(zs[a], zs[a])
             else:
                 _, ia, ib = np.intersect1d(positions[a], positions[b], assume_unique=True, return_indices=True)
-                block = share * (zs[a][:, ia].astype(np.float64) @ zs[b][:, ib].T.astype(np.float64))
+                block = share * _gram(zs[a], zs[b], ia, ib)
             kernel[offsets[a]:offsets[a + 1], offsets[b]:offsets[b + 1]] = block
             kernel[offsets[b]:offsets[b + 1], offsets[a]:offsets[a + 1]] = block.T
     # one intercept per subject: centred targets (the shared space is centred, as in fit_guidance_ridge)
@@ -184,7 +215,7 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
     # the shared map in the union of the masks: Σ_t z_tᵀ a_t, each subject's columns at its grid positions
     union = np.unique(np.concatenate([np.asarray(p) for p in positions]))
     columns = [np.searchsorted(union, p) for p in positions]
-    owns = [z.T.astype(np.float64) @ dual[offsets[s]:offsets[s + 1]] for s, z in enumerate(zs)]  # (V_s, T) each
+    owns = [_transposed_product(z, dual[offsets[s]:offsets[s + 1]]) for s, z in enumerate(zs)]  # (V_s, T) each
     shared = np.zeros((len(union), y.shape[1]))
     for cols, own in zip(columns, owns):
         shared[cols] += own
@@ -208,7 +239,7 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
                                  scales: Sequence[float] = NEWCOMER_SCALES,
                                  alphas: Sequence[float] | None = JOINT_ALPHAS,
                                  stimuli: Sequence[Hashable] | None = None, folds: int = 5,
-                                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                                 overwrite_inputs: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """One subject's map fitted against a pool's :class:`SharedMap` (the pool is not refitted).
 
     The map is ``c · (g · w_0) + v`` at the subject's voxels (voxels outside the pool's masks have no shared part):
@@ -230,6 +261,7 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
         alphas: the ``alpha`` grid relative to the subject's mean kernel diagonal; ``None``: ``shared.lam``.
         stimuli: ``(n,)`` stimulus ids of the samples (for the folds).
         folds: the number of stimulus folds.
+        overwrite_inputs: standardise a float32 ``x`` in place (see :func:`fit_joint_and_shared`).
 
     Returns:
         ``(mean (V,), weight (V, T), info)``: ``info`` holds ``alpha`` (relative to the subject's kernel, or the
@@ -243,13 +275,13 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
         raise ValueError(f"targets have {targets.shape[1]} columns, the shared map {shared.weight.shape[1]}")
     if not scales or any(c < 0 or not np.isfinite(c) for c in scales):
         raise ValueError(f"scales must be finite numbers ≥ 0, got {list(scales)}")
-    z = ((x - mean) / std).astype(np.float64)
+    z = _standardise(x, mean, std, overwrite=overwrite_inputs)
     base = np.zeros((len(positions), targets.shape[1]))
     _, mine, theirs = np.intersect1d(positions, shared.positions, assume_unique=True, return_indices=True)
     base[mine] = shared.weight[theirs]
     centred = targets.astype(np.float64) - targets.mean(0, dtype=np.float64)
-    offset = z @ base  # (n, T): the shared map's prediction
-    kernel = z @ z.T
+    offset = _product(z, base)  # (n, T): the shared map's prediction
+    kernel = _gram(z, z)
     info: dict[str, float | str] = {"share": shared.share, "shared_voxels": len(mine) / max(len(positions), 1)}
     if alphas is None:
         lams, rel = [shared.lam], [shared.alpha]
@@ -273,7 +305,7 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
         c = float(scales[which])
         info["cv_mse"] = float(errors[pick, which])
     dual = np.linalg.solve(kernel + lams[pick] * np.eye(len(z)), centred - c * offset)  # (n, T)
-    weight = (c * base + z.T @ dual) / std[:, None]
+    weight = (c * base + _transposed_product(z, dual)) / std[:, None]
     info.update(alpha=float(rel[pick]), shared_scale=c)
     return mean.astype(np.float32), weight.astype(np.float32), info
 
@@ -288,7 +320,53 @@ def _checked_moments(x: np.ndarray, positions: np.ndarray, targets: np.ndarray, 
         raise ValueError(f"{who}an alignment needs at least 3 training samples, got {len(x)}")
     if len(positions) > 1 and np.any(np.diff(positions) <= 0):
         raise ValueError(f"{who}voxel positions must be strictly increasing")
-    return x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
+    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for c in range(0, x.shape[1], _CHUNK):  # float64 moments without an (n, V) float64 copy
+        block = x[:, c:c + _CHUNK].astype(np.float64)
+        mean[c:c + _CHUNK] = block.mean(0)
+        var[c:c + _CHUNK] = block.var(0)
+    return mean, np.sqrt(var) + 1e-6
+
+
+#: voxels per block of the float64 products below: an (n, V) input is never copied whole to float64
+#: (n × 8192 × 8 bytes per block: 128 MB at n = 2 000)
+_CHUNK = 8192
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, *, overwrite: bool) -> np.ndarray:
+    """``(x − mean) / std`` in float32: in place when allowed and ``x`` is a writeable float32 array, else a copy."""
+    z = x if overwrite and x.dtype == np.float32 and x.flags.writeable else np.array(x, dtype=np.float32)
+    z -= mean.astype(np.float32)
+    z /= std.astype(np.float32)
+    return z
+
+
+def _gram(a: np.ndarray, b: np.ndarray, ia: np.ndarray | None = None, ib: np.ndarray | None = None) -> np.ndarray:
+    """``a[:, ia] @ b[:, ib].T`` ``(n_a, n_b)`` accumulated in float64 over blocks of columns."""
+    same = a is b and ia is None and ib is None
+    ia = np.arange(a.shape[1]) if ia is None else ia
+    ib = np.arange(b.shape[1]) if ib is None else ib
+    out = np.zeros((len(a), len(b)))
+    for c in range(0, len(ia), _CHUNK):
+        left = a[:, ia[c:c + _CHUNK]].astype(np.float64)
+        out += left @ (left if same else b[:, ib[c:c + _CHUNK]].astype(np.float64)).T
+    return out
+
+
+def _product(z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``z @ w`` ``(n, T)`` for ``z`` ``(n, V)``, ``w`` ``(V, T)``, accumulated in float64 over blocks of ``V``."""
+    out = np.zeros((len(z), w.shape[1]))
+    for c in range(0, z.shape[1], _CHUNK):
+        out += z[:, c:c + _CHUNK].astype(np.float64) @ w[c:c + _CHUNK]
+    return out
+
+
+def _transposed_product(z: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``z.T @ d`` ``(V, T)`` for ``z`` ``(n, V)``, ``d`` ``(n, T)``, in float64, one block of ``V`` at a time."""
+    out = np.empty((z.shape[1], d.shape[1]))
+    for c in range(0, z.shape[1], _CHUNK):
+        out[c:c + _CHUNK] = z[:, c:c + _CHUNK].astype(np.float64).T @ d
+    return out
 
 
 def _stimulus_folds(stimuli: Sequence[Sequence[Hashable]], sizes: Sequence[int], folds: int) -> list[np.ndarray]:

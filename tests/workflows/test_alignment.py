@@ -293,7 +293,7 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
 
 
 def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shared_map(tmp_path):
-    """``model.alignment_pool_samples``: the trainer fits jointly only the leading subjects that fit in the budget
+    """``model.alignment_pool_gib``: the trainer fits jointly only the leading subjects that fit in the budget
     (here the first, the least the pool takes); the others get exactly the newcomer fit against the pool's shared
     map, and fit.json says so."""
     from foundation.core.config import Recipe
@@ -307,7 +307,7 @@ def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shar
 
     d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
                                       "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
-                                      "model.alignment_pool_samples": 1})
+                                      "model.alignment_pool_gib": 1e-9})
     names = ["sub-01", "sub-02", "sub-03"]
     d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": names,
                       "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
@@ -329,7 +329,7 @@ def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shar
     fit = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
     assert fit["vol/sub-01"]["pool"] == "joint" and "method" not in fit["vol/sub-01"]
     assert fit["vol/sub-03"]["pool"] == "against the shared map"
-    assert "model.alignment_pool_samples" in fit["vol/sub-03"]["method"]
+    assert "model.alignment_pool_gib" in fit["vol/sub-03"]["method"]
 
 
 def test_a_newcomer_with_more_voxels_than_the_pool_widens_the_maps(tmp_path):
