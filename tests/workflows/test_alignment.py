@@ -216,12 +216,7 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     from foundation.workflows.train import train
     from tests.conftest import tiny_recipe_dict
 
-    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
-                                      "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
-                                      "model.alignment_share": 0.5})
-    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": ["sub-01", "sub-02"],
-                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
-                                  "n_categories": 4}}]
+    d = _volume_recipe(tmp_path, ["sub-01", "sub-02"], alignment="guidance-ridge-joint", alignment_share=0.5)
     train(from_dict(Recipe, d), progress=False)
     model, _ = load_model(tmp_path / "run" / "best")
     al = model.alignments["vol"]
@@ -241,7 +236,6 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     # the model keeps the pool's shared map; a subject added by fine-tuning is fitted against it (the others'
     # maps stay bit for bit)
     from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
-    from foundation.workflows.finetune import finetune
 
     _, pool = fit_joint_and_shared([p.x for p in parts],
                                    [np.flatnonzero(index.mask(s).reshape(-1)) for s in ("sub-01", "sub-02")],
@@ -250,12 +244,8 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     kept = al.shared_map()
     assert kept is not None and kept.lam == pytest.approx(pool.lam) and kept.share == 0.5
     np.testing.assert_allclose(kept.weight[pool.positions], pool.weight, rtol=1e-6, atol=1e-7)
-    assert not kept.weight[np.setdiff1d(np.arange(al.in_features), pool.positions)].any()
-    ft = json.loads(json.dumps(d))
-    ft["datasets"][0]["subjects"] = ["sub-03"]
-    ft["run"]["dir"] = str(tmp_path / "ft")
-    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
-    tuned, _ = load_model(tmp_path / "ft" / "best")
+    assert not kept.weight[np.setdiff1d(np.arange(al.grid_features), pool.positions)].any()
+    tuned = _finetune(tmp_path, d, ["sub-03"], "ft")
     new = tuned.alignments["vol"]
     assert torch.equal(new.weight[:2], al.weight) and torch.equal(new.mean[:2], al.mean)
     assert torch.equal(new.shared_weight, al.shared_weight)
@@ -278,9 +268,7 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
     state = {k: v for k, v in load_file(weights).items() if ".shared_" not in k}
     save_file(state, weights)
     write_manifest(weights.parent)  # as an older foundation wrote it
-    ft["run"]["dir"] = str(tmp_path / "ft-old")
-    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
-    old, _ = load_model(tmp_path / "ft-old" / "best")
+    old = _finetune(tmp_path, d, ["sub-03"], "ft-old")
     _, weight, _ = fit_guidance_ridge(part.x, old.alignments["vol"].targets(part.low, part.high))
     np.testing.assert_allclose(old.alignments["vol"].weight[2, :part.x.shape[1]].numpy(), weight, rtol=1e-5, atol=1e-6)
     fit = json.loads((tmp_path / "ft-old" / "alignment" / "fit.json").read_text())
@@ -292,7 +280,7 @@ def test_joint_volume_alignment_fits_every_subject_together_and_refuses_roi_inpu
         train(from_dict(Recipe, roi), progress=False)
 
 
-def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shared_map(tmp_path):
+def test_joint_alignment_beyond_its_memory_budget_fits_the_rest_against_the_shared_map(tmp_path):
     """``model.alignment_pool_gib``: the trainer fits jointly only the leading subjects that fit in the budget
     (here the first, the least the pool takes); the others get exactly the newcomer fit against the pool's shared
     map, and fit.json says so."""
@@ -303,15 +291,9 @@ def test_joint_alignment_beyond_its_sample_budget_fits_the_rest_against_the_shar
     from foundation.engine.checkpoint import load_model
     from foundation.model.alignment_joint import fit_guidance_ridge_to_shared, fit_joint_and_shared
     from foundation.workflows.train import train
-    from tests.conftest import tiny_recipe_dict
 
-    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
-                                      "model.alignment": "guidance-ridge-joint", "model.alignment_dim": 6,
-                                      "model.alignment_pool_gib": 1e-9})
     names = ["sub-01", "sub-02", "sub-03"]
-    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": names,
-                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
-                                  "n_categories": 4}}]
+    d = _volume_recipe(tmp_path, names, alignment="guidance-ridge-joint", alignment_pool_gib=1e-9)
     train(from_dict(Recipe, d), progress=False)
     model, _ = load_model(tmp_path / "run" / "best")
     al = model.alignments["vol"]
@@ -342,15 +324,9 @@ def test_a_newcomer_with_more_voxels_than_the_pool_widens_the_maps(tmp_path):
     from foundation.data.splits import read_split
     from foundation.engine.checkpoint import load_model
     from foundation.model.alignment import fit_guidance_ridge
-    from foundation.workflows.finetune import finetune
     from foundation.workflows.train import train
-    from tests.conftest import tiny_recipe_dict
 
-    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
-                                      "model.alignment": "guidance-ridge", "model.alignment_dim": 6})
-    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": ["sub-01", "sub-03"],
-                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
-                                  "n_categories": 4}}]
+    d = _volume_recipe(tmp_path, ["sub-01", "sub-03"], alignment="guidance-ridge")
     train(from_dict(Recipe, d), progress=False)
     index = read_index(next((tmp_path / "shards").glob("vol-*")))
     voxels = index.data["voxels"]
@@ -358,14 +334,38 @@ def test_a_newcomer_with_more_voxels_than_the_pool_widens_the_maps(tmp_path):
     model, _ = load_model(tmp_path / "run" / "best")
     al = model.alignments["vol"]
     assert al.in_features == max(voxels["sub-01"], voxels["sub-03"])
-    ft = json.loads(json.dumps(d))
-    ft["datasets"][0]["subjects"] = ["sub-02"]
-    ft["run"]["dir"] = str(tmp_path / "ft")
-    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
-    tuned, meta = load_model(tmp_path / "ft" / "best")
+    tuned = _finetune(tmp_path, d, ["sub-02"], "ft")
     new = tuned.alignments["vol"]
     assert new.in_features == voxels["sub-02"] and tuned.config_dict()["alignment_rows"] == {"vol": voxels["sub-02"]}
     assert torch.equal(new.weight[:2, :al.in_features], al.weight) and not new.weight[:2, al.in_features:].any()
     part = read_split(index, "sub-02", "train")
     _, weight, _ = fit_guidance_ridge(part.x, new.targets(part.low, part.high))
     np.testing.assert_allclose(new.weight[2].numpy(), weight, rtol=1e-5, atol=1e-6)
+
+
+def _volume_recipe(tmp_path: Path, subjects: list[str], **model) -> dict:
+    """A 2-step recipe over ``subjects`` of a tiny 3-subject synthetic volume world (6 × 7 × 6 grid, 80 s; the
+    subjects hold 104, 112 and 88 in-mask voxels), ``model.<key>`` = each of ``model`` (``alignment_dim`` 6)."""
+    from tests.conftest import tiny_recipe_dict
+
+    d = tiny_recipe_dict(tmp_path, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                                      "model.alignment_dim": 6, **{f"model.{k}": v for k, v in model.items()}})
+    d["datasets"] = [{"plugin": "synthetic", "name": "vol", "subjects": list(subjects),
+                      "options": {"mode": "volume", "n_subjects": 3, "grid": [6, 7, 6], "seconds": 80,
+                                  "n_categories": 4}}]
+    return d
+
+
+def _finetune(tmp_path: Path, d: dict, subjects: list[str], name: str):
+    """``foundation finetune`` of ``tmp_path/run`` with recipe ``d`` narrowed to ``subjects``, into
+    ``tmp_path/name``; returns the fine-tuned best model."""
+    from foundation.core.config import Recipe
+    from foundation.core.recipe import from_dict
+    from foundation.engine.checkpoint import load_model
+    from foundation.workflows.finetune import finetune
+
+    ft = json.loads(json.dumps(d))
+    ft["datasets"][0]["subjects"] = list(subjects)
+    ft["run"]["dir"] = str(tmp_path / name)
+    finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
+    return load_model(tmp_path / name / "best")[0]
