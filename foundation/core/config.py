@@ -144,6 +144,10 @@ class ModelConfig:
     #: against the pool's shared map, as a subject added by fine-tuning is, one subject in memory at a time.
     #: ``null``: every subject, whatever it costs
     alignment_pool_gib: Optional[PositiveFloat] = 16.0
+    #: ``guidance-ridge-joint``: the most training samples (all pooled subjects together) the joint fit takes, its
+    #: time bound: six eigendecompositions of (N, N) matrices, N³ — about five minutes on two cores at 10 000
+    #: (``alignment_pool_gib`` alone would let many small subjects into a kernel that takes hours). ``null``: no bound
+    alignment_pool_samples: Optional[PositiveInt] = 10_000
     #: the most memory one dataset's alignment buffers may take (subjects × their most in-mask voxels × 2·k float32,
     #: plus the joint alignment's grid-sized shared map): a guard against allocating what the device cannot hold;
     #: raise it on a large accelerator (one HCP subject at 1.6 mm with alignment_dim 32: ~0.1 GB)

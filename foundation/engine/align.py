@@ -139,16 +139,16 @@ def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int
         return (part.x[rows], alignment.targets(part.low[rows], part.high[rows]),
                 [part.stimuli[r] for r in rows])
 
-    budget = model.cfg.alignment_pool_gib
+    budget, most = model.cfg.alignment_pool_gib, model.cfg.alignment_pool_samples
     pooled, shared, fits = fit_pool_and_rest(load, [index.voxel_positions(s) for s in names], sizes,
-                                             budget_gib=budget, share=model.cfg.alignment_share)
+                                             budget_gib=budget, max_samples=most, share=model.cfg.alignment_share)
     if log is not None:
         log(f"{ds}: {model.cfg.alignment} alignment of {pooled} subjects jointly on {sum(sizes[:pooled])} training "
             f"samples, share {model.cfg.alignment_share:g}, alpha {shared.alpha:.3g} × mean kernel diagonal")
         if pooled < len(names):
             log(f"{ds}: the other {len(names) - pooled} subject(s) fitted one at a time against the pool's shared map "
-                f"(model.alignment_pool_gib={budget:g}; raise it to fit more of them jointly: memory grows with "
-                f"their samples × voxels and N², time with N³)")
+                f"(model.alignment_pool_gib={budget}, model.alignment_pool_samples={most}; raise them to fit more "
+                f"of them jointly: memory grows with their samples × voxels and N², time with N³)")
     if alignment.has_shared:
         alignment.set_shared(shared)
     report = {}
@@ -157,8 +157,8 @@ def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int
         alignment.set_subject(int(model.subject_index([gid])[0]), mean, weight)
         report[gid] = {**info, "n": sizes[i]}
         if info["pool"] != "joint":
-            report[gid]["method"] = ("guidance-ridge-joint (outside the pool's memory budget, "
-                                     "model.alignment_pool_gib: own map around the pool's shared map)")
+            report[gid]["method"] = ("guidance-ridge-joint (outside the pool's budget, model.alignment_pool_gib / "
+                                     "alignment_pool_samples: own map around the pool's shared map)")
     return report
 
 

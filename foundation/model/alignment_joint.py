@@ -81,16 +81,21 @@ def joint_fit_bytes(sizes: Sequence[int], widths: Sequence[int]) -> int:
     return 4 * sum(n * v for n, v in zip(sizes, widths)) + 24 * total * total
 
 
-def pool_size(sizes: Sequence[int], widths: Sequence[int], budget_gib: float | None) -> int:
+def pool_size(sizes: Sequence[int], widths: Sequence[int], budget_gib: float | None,
+              max_samples: int | None = None) -> int:
     """How many of the subjects (in order; ``sizes`` their training samples, ``widths`` their in-mask voxels) are
-    fitted jointly: the longest leading run whose :func:`joint_fit_bytes` fits in ``budget_gib`` (every subject
-    with ``None``), and at least one."""
-    if budget_gib is None:
-        return len(sizes)
-    if not budget_gib > 0:
+    fitted jointly: the longest leading run whose :func:`joint_fit_bytes` fits in ``budget_gib`` and whose samples
+    total at most ``max_samples`` (``None``: no such bound), and at least one."""
+    if budget_gib is not None and not budget_gib > 0:
         raise ValueError(f"the joint fit's memory budget must be > 0 GiB or None, got {budget_gib}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"the joint fit's sample budget must be ≥ 1 or None, got {max_samples}")
     n = 1
-    while n < len(sizes) and joint_fit_bytes(sizes[: n + 1], widths[: n + 1]) <= budget_gib * 2**30:
+    while n < len(sizes):
+        fits_memory = budget_gib is None or joint_fit_bytes(sizes[: n + 1], widths[: n + 1]) <= budget_gib * 2**30
+        fits_time = max_samples is None or sum(sizes[: n + 1]) <= max_samples
+        if not (fits_memory and fits_time):
+            break
         n += 1
     return n
 
@@ -100,13 +105,16 @@ SubjectLoader = Callable[[int], tuple[np.ndarray, np.ndarray, "Sequence[Hashable
 
 
 def fit_pool_and_rest(load: SubjectLoader, positions: Sequence[np.ndarray], sizes: Sequence[int], *,
-                      budget_gib: float | None, share: float = 1.0, alphas: Sequence[float] = JOINT_ALPHAS,
-                      folds: int = 5) -> tuple[int, SharedMap, Iterator[tuple[int, np.ndarray, np.ndarray, dict]]]:
-    """:func:`fit_joint_and_shared` for as many subjects as ``budget_gib`` of memory holds; the rest one at a time.
+                      budget_gib: float | None, max_samples: int | None = None, share: float = 1.0,
+                      alphas: Sequence[float] = JOINT_ALPHAS, folds: int = 5,
+                      ) -> tuple[int, SharedMap, Iterator[tuple[int, np.ndarray, np.ndarray, dict]]]:
+    """:func:`fit_joint_and_shared` for as many subjects as ``budget_gib`` of memory and ``max_samples`` hold; the rest
+    one at a time.
 
     The joint fit holds every pooled subject's inputs and an ``(N, N)`` kernel of all their samples (N² memory, N³
     time), so with hundreds of subjects it cannot take them all.  The leading subjects whose fit fits in
-    ``budget_gib`` (:func:`pool_size`, :func:`joint_fit_bytes`) are loaded and fitted jointly and give the shared map;
+    ``budget_gib`` (:func:`joint_fit_bytes`) and whose samples total at most ``max_samples`` (:func:`pool_size`) are
+    loaded and fitted jointly and give the shared map;
     every later subject is loaded only when its turn comes (one subject's data in memory at a time) and fitted
     against that map exactly as a subject added by fine-tuning is (:func:`fit_guidance_ridge_to_shared`: ``c`` and
     ``alpha`` by cross-validation on its own samples).  Its samples do not shape the shared map; nothing else is
@@ -125,7 +133,7 @@ def fit_pool_and_rest(load: SubjectLoader, positions: Sequence[np.ndarray], size
     """
     if len(positions) != len(sizes) or not sizes:
         raise ValueError(f"one position array and size per subject: got {len(positions)}, {len(sizes)}")
-    n = pool_size(sizes, [len(p) for p in positions], budget_gib)
+    n = pool_size(sizes, [len(p) for p in positions], budget_gib, max_samples)
     loaded = [load(i) for i in range(n)]
     ids = [stim for _, _, stim in loaded]
     fits, shared = fit_joint_and_shared([x for x, _, _ in loaded], positions[:n], [t for _, t, _ in loaded],

@@ -164,7 +164,7 @@ def fit_pooled_readout(z: np.ndarray, y: np.ndarray, val: Sequence[tuple[np.ndar
 
 def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solver: Solver, dim: int, seed: int = 0,
                        grid: Sequence[float] | None = None, positions: dict[str, np.ndarray] | None = None,
-                       share: float = 1.0, pool_gib: float | None = None,
+                       share: float = 1.0, pool_gib: float | None = None, pool_samples: int | None = None,
                        ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
     """One read-out for all subjects of a dataset on their aligned inputs (``--alignment``).
 
@@ -176,8 +176,8 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
         dim: components per guidance level (``model.alignment_dim``; at most the features' widths).
         positions: ``guidance-ridge-joint`` only: subject -> ``(F_s,)`` flat grid positions of its inputs.
         share: ``guidance-ridge-joint`` only: ``model.alignment_share``.
-        pool_gib: ``guidance-ridge-joint`` only: ``model.alignment_pool_gib`` (``None``: every subject in the
-            joint fit).
+        pool_gib, pool_samples: ``guidance-ridge-joint`` only: ``model.alignment_pool_gib`` and
+            ``model.alignment_pool_samples`` (``None``: no bound).
 
     Returns:
         ``(subject -> predict, report)``: ``predict`` maps the subject's raw inputs ``(n, F_s)`` to
@@ -203,7 +203,8 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
         trains = [p["train"] for p in data.values()]
         _, _, every = fit_pool_and_rest(
             lambda i: (trains[i].x.copy(), guidance_targets(trains[i].low, trains[i].high, bases), trains[i].stimuli),
-            [positions[s] for s in data], [len(t) for t in trains], budget_gib=pool_gib, share=share)
+            [positions[s] for s in data], [len(t) for t in trains], budget_gib=pool_gib, max_samples=pool_samples,
+            share=share)
         fits = [(mean, weight, info) for _, mean, weight, info in every]
         report["share"] = share
         report["pool"] = {s: info["pool"] for s, (_, _, info) in zip(data, fits)}
@@ -271,7 +272,8 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                                                                 dim=recipe.model.alignment_dim, seed=recipe.seed,
                                                                 positions=positions,
                                                                 share=recipe.model.alignment_share,
-                                                                pool_gib=recipe.model.alignment_pool_gib)
+                                                                pool_gib=recipe.model.alignment_pool_gib,
+                                                                pool_samples=recipe.model.alignment_pool_samples)
                 if progress:
                     c = chosen[cfg.id]
                     print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="

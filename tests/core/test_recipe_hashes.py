@@ -33,7 +33,8 @@ voxel grid by ``model.alignment: guidance-ridge-joint``; every whole-recipe hash
 with its default, which no other alignment reads); ``recipes/hcp_aligned.yaml`` is new. Dataset options,
 guidance options and shard directories are unchanged.
 
-And by issue 14 (stop 23): ``model.alignment_pool_gib`` (the joint alignment's memory budget) and
+And by issue 14 (stop 23): ``model.alignment_pool_gib`` / ``model.alignment_pool_samples`` (the joint alignment's
+memory and time budgets) and
 ``model.alignment_memory_gib`` (the alignment buffers' memory guard, 4 GiB as the constant it replaces) are new
 model fields (every whole-recipe hash; runs made before them resume with their defaults, which only aligned
 models read). Dataset options, guidance options and shard directories are
@@ -54,21 +55,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "f595ff9d93a00217", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "be0054850e5f6a13", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "e56c0d3df479be3c", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "2ce6b02dd4644f12", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "319c3ac17b9f56e4", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "25f8cf5ee2b6dde9", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "346f648d4e6a15c2", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "ef4ab0ab741dcb15", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "6dc36da47d9ad9cf", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "353b5615d3e327b4", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "5c4dd8c307568343", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "b3018706d2209dda", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "1975520ce2325a2d", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "2a55f60da061cf20", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "be6998a6330654e5", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "6ec151aae12c76c4", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

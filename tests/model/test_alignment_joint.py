@@ -187,6 +187,11 @@ def test_the_pool_takes_the_leading_subjects_whose_joint_fit_fits_in_memory():
     assert pool_size(big, widths, joint_fit_bytes(big[:1], widths[:1]) / 2**30) == 1  # a leading run, not packed
     with pytest.raises(ValueError, match="budget"):
         pool_size(sizes, widths, 0)
+    # the sample bound (time, N³) binds where memory would not: many small subjects
+    assert pool_size(sizes, widths, None, 60) == 2 and pool_size(sizes, widths, gib[2], 59) == 1
+    assert pool_size(sizes, widths, gib[1], 90) == 2  # and the memory bound where the samples would not
+    with pytest.raises(ValueError, match="sample budget"):
+        pool_size(sizes, widths, None, 0)
 
 
 def test_subjects_beyond_the_budget_are_fitted_against_the_pools_shared_map():

@@ -376,6 +376,7 @@ def test_names_are_identifiers_not_paths(tmp_path, capsys, request, override, ke
     ("model.mlp_ratio=0", "model.mlp_ratio: must be > 0, got 0.0"),
     ("model.volume_channels=[16,0]", "model.volume_channels.1: must be > 0, got 0"),
     ("model.alignment_pool_gib=0", "model.alignment_pool_gib: must be > 0, got 0.0"),
+    ("model.alignment_pool_samples=0", "model.alignment_pool_samples: must be > 0, got 0"),
     ("model.alignment_memory_gib=-1", "model.alignment_memory_gib: must be > 0, got -1.0"),
     ("train.warmup_steps=-5", "train.warmup_steps: must be >= 0, got -5"),
     ("seed=-1", "seed: must be >= 0, got -1"),
