@@ -125,7 +125,7 @@ def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int
     """Fit the subjects of volume dataset ``ds`` together as far as ``model.alignment_pool_gib`` allows, the rest
     one at a time against the pool's shared map (:func:`~foundation.model.alignment_joint.fit_pool_and_rest`), and
     install the maps as they come."""
-    from foundation.model.alignment_joint import fit_pool_and_rest
+    from foundation.model.alignment_joint import fit_pool_and_rest, pool_size
 
     index = stream.index
     if index.info.kind != "volume":
@@ -140,15 +140,18 @@ def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int
                 [part.stimuli[r] for r in rows])
 
     budget, most = model.cfg.alignment_pool_gib, model.cfg.alignment_pool_samples
-    pooled, shared, fits = fit_pool_and_rest(load, [index.voxel_positions(s) for s in names], sizes,
-                                             budget_gib=budget, max_samples=most, share=model.cfg.alignment_share)
+    positions = [index.voxel_positions(s) for s in names]
+    if log is not None:  # before the fit: at the default budget the joint fit takes minutes
+        pooled = pool_size(sizes, [len(p) for p in positions], budget, most)
+        log(f"{ds}: fitting the {model.cfg.alignment} alignment of {pooled} subject(s) jointly ({sum(sizes[:pooled])} "
+            f"training samples, share {model.cfg.alignment_share:g})"
+            + (f", then the other {len(names) - pooled} one at a time against their shared map "
+               f"(model.alignment_pool_gib={budget}, model.alignment_pool_samples={most} bound the joint fit: memory "
+               f"grows with its samples × voxels and N², time with N³)" if pooled < len(names) else ""))
+    pooled, shared, fits = fit_pool_and_rest(load, positions, sizes, budget_gib=budget, max_samples=most,
+                                             share=model.cfg.alignment_share)
     if log is not None:
-        log(f"{ds}: {model.cfg.alignment} alignment of {pooled} subjects jointly on {sum(sizes[:pooled])} training "
-            f"samples, share {model.cfg.alignment_share:g}, alpha {shared.alpha:.3g} × mean kernel diagonal")
-        if pooled < len(names):
-            log(f"{ds}: the other {len(names) - pooled} subject(s) fitted one at a time against the pool's shared map "
-                f"(model.alignment_pool_gib={budget}, model.alignment_pool_samples={most}; raise them to fit more "
-                f"of them jointly: memory grows with their samples × voxels and N², time with N³)")
+        log(f"{ds}: joint alpha {shared.alpha:.3g} × mean kernel diagonal")
     if alignment.has_shared:
         alignment.set_shared(shared)
     report = {}

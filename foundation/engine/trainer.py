@@ -358,7 +358,9 @@ class Trainer:
         if self.model.alignments:  # closed-form per-subject maps: fitted before any training step
             from foundation.engine.align import fit_alignments
 
-            self.alignment_report = fit_alignments(self.model, self.streams, to_align, fit_basis=finetune is None)
+            say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress and acc.is_main_process else None
+            self.alignment_report = fit_alignments(self.model, self.streams, to_align, fit_basis=finetune is None,
+                                                   log=say)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         optimizer = build_adam(param_groups, lr=t.lr, weight_decay=t.weight_decay, device=acc.device)
         warmup = max(t.warmup_steps, 1)
