@@ -349,6 +349,28 @@ class CachedSamples(IterableDataset):
                 yield self.samples[i]
 
 
+def exit_with_parent(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker exits when the process that started it is gone.
+
+    A trainer killed with SIGKILL (out of memory, a scheduler's kill) cannot stop its loader workers; torch's own
+    check runs only between batches, and a worker whose queue to the dead trainer is full then waits forever at
+    exit (seen in the 2-process kill test: an orphaned ``pt_data_worker`` holding the launcher's output open).  A
+    daemon thread polls the parent pid once a second and leaves with ``os._exit`` (no queue flush to wait on).
+    Touches no random state, so the batches are unchanged.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="foundation-exit-with-parent", daemon=True).start()
+
+
 class DatasetStream:
     """Training and evaluation batches of one dataset's shards (optionally a subset of subjects).
 
@@ -390,10 +412,12 @@ class DatasetStream:
             # drawing its base seed from the global RNG (which the model's dropout draws from).  Forked
             # (Linux only): the pipeline is not pickled (a spawned worker would need it to be)
             return DataLoader(pipeline, batch_size=None, num_workers=1, pin_memory=pin_memory,
-                              generator=torch.Generator(), multiprocessing_context="fork")
+                              generator=torch.Generator(), multiprocessing_context="fork",
+                              worker_init_fn=exit_with_parent)
         if num_workers == 0:
             return pipeline
-        return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                          worker_init_fn=exit_with_parent)
 
     def train_keys(self) -> dict[str, list[str]]:
         """``{tar path: kept sample keys}`` of the training shards under ``train_fraction`` (cached)."""

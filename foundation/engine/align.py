@@ -96,11 +96,15 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     return report
 
 
-def _kept_samples(stream, ds: str, subject: str) -> int:
-    """How many of ``subject``'s training samples the run keeps (``train_fraction``), from the shard listing alone;
-    refuses fewer than 3 (an alignment needs them)."""
+def _kept_keys(stream, subject: str) -> set[str]:
+    """The keys of ``subject``'s training samples the run keeps (``train_fraction``), from the shard listing alone."""
     kept = stream.train_keys()
-    n = sum(len(kept.get(str(path), ())) for path, _, _ in stream.index.shards("train", {subject}))
+    return {k for path, _, _ in stream.index.shards("train", {subject}) for k in kept.get(str(path), ())}
+
+
+def _kept_samples(stream, ds: str, subject: str) -> int:
+    """How many of ``subject``'s training samples the run keeps; refuses fewer than 3 (an alignment needs them)."""
+    n = len(_kept_keys(stream, subject))
     if n < 3:
         raise DataError(f"{ds}/{subject}: {n} training samples kept (train_fraction {stream.train_fraction}); an "
                         f"input alignment needs at least 3")
@@ -111,7 +115,7 @@ def _training_part(stream, ds: str, subject: str) -> tuple[Any, np.ndarray]:
     """``subject``'s training split read from the shards, and the rows of it the run keeps (``train_fraction``)."""
     from foundation.data.splits import read_split
 
-    keep = {k for keys in stream.train_keys().values() for k in keys}
+    keep = _kept_keys(stream, subject)
     part = read_split(stream.index, subject, "train")
     rows = np.asarray([i for i, k in enumerate(part.keys) if k in keep], dtype=np.int64)
     if len(rows) < 3:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,52 @@ def test_background_loader_forks_on_linux_only(built, monkeypatch) -> None:
     elsewhere = stream.train_batches(6, seed=0, segment=0, shuffle_buffer=20, background=True)
     assert not isinstance(elsewhere, DataLoader)
     assert [b.keys for b in itertools.islice(iter(elsewhere), 2)] == [b.keys for b in _take(index, 2)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the background loader forks on Linux only")
+def test_loader_workers_exit_when_their_trainer_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed trainer cannot stop its loader workers; they must not outlive it (the 2-process kill test once
+    hung on an orphaned worker holding the launcher's output open: its queue to the dead trainer full, it waited
+    at exit forever).  A child process reads one batch of ~0.9 MB volumes (more than a pipe holds, so the workers'
+    prefetched batches fill their queues) through the background loader and through two plain workers, reports
+    its workers' pids and is SIGKILLed: within 4 s none of them is left.  (That hang was not reproduced in
+    isolation: here torch's own check, between batches every 5 s, ends the workers after ~5 s, so the 4 s bound is
+    what tells ``exit_with_parent``'s 1-second watch from it; the old code fails this test on time.)"""
+    import signal
+    import subprocess
+    import time
+
+    index = build_shards(make_recipe(tmp_path / "shards", {**VOLUME, "n_subjects": 1, "grid": [24, 24, 24],
+                                                            "seconds": 80}), progress=False)["synthetic"]
+    script = tmp_path / "reader.py"
+    script.write_text(
+        "import sys, time, os, psutil\n"
+        "from foundation.data.index import read_index\n"
+        "from foundation.data.loader import DatasetStream\n"
+        "stream = DatasetStream(read_index(sys.argv[1]))\n"
+        "its = [iter(stream.train_batches(16, seed=0, segment=0, rank=0, shuffle_buffer=20, background=True)),\n"
+        "       iter(stream.train_batches(16, seed=0, segment=1, rank=0, shuffle_buffer=20, num_workers=2))]\n"
+        "for it in its: next(it)\n"
+        "print(' '.join(str(c.pid) for c in psutil.Process().children()), flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(index.root)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2])
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) >= 3, workers  # the background worker and two plain ones
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 4
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in workers if _running(pid)]
+    assert not alive, f"loader workers {alive} outlived their killed parent"
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

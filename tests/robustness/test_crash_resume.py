@@ -128,7 +128,9 @@ def _kill_when(proc: subprocess.Popen, ready, delay: float, *, group: bool = Fal
                 pass
     else:
         proc.kill()  # SIGKILL
-    proc.communicate()
+    # a process that outlives the kill and holds the output open would block here for ever (the loader worker
+    # of a rank forked while the tree was listed did, until foundation.data.loader.exit_with_parent): fail instead
+    proc.communicate(timeout=120)
     return True
 
 
