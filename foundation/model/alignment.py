@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .alignment_joint import SharedMap
 
-__all__ = ["ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding",
+__all__ = ["ALIGNMENTS", "FITTED_ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding",
            "fit_guidance_ridge", "guidance_basis", "guidance_bases", "guidance_targets"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
@@ -110,7 +110,9 @@ FITTERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, dict[str, float]]
 }
 #: alignments fitted over all subjects of a volume dataset together (``foundation.model.alignment_joint``)
 JOINT_FITTERS = ("guidance-ridge-joint",)
-ALIGNMENTS = ("none", *FITTERS, *JOINT_FITTERS)
+#: every fitted alignment (what ``--alignment`` of the linear workflow takes)
+FITTED_ALIGNMENTS = (*FITTERS, *JOINT_FITTERS)
+ALIGNMENTS = ("none", *FITTED_ALIGNMENTS)
 
 
 def guidance_basis(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

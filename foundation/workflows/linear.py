@@ -184,11 +184,11 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
         probabilities ``(n, C)``; ``report`` holds the chosen value, its validation mAP (mean over
         subjects) and each subject's alignment ``alpha``.
     """
-    from foundation.model.alignment import FITTERS, JOINT_FITTERS, guidance_bases, guidance_targets
+    from foundation.model.alignment import FITTED_ALIGNMENTS, FITTERS, JOINT_FITTERS, guidance_bases, guidance_targets
     from foundation.model.alignment_joint import fit_pool_and_rest
 
-    if alignment not in FITTERS and alignment not in JOINT_FITTERS:
-        raise ValueError(f"alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
+    if alignment not in FITTED_ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {FITTED_ALIGNMENTS}, got {alignment!r}")
     if alignment in JOINT_FITTERS and positions is None:
         raise ValueError(f"alignment {alignment!r} needs the subjects' voxel grid positions (volume datasets)")
     seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -233,14 +233,14 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
     """Fit the linear read-outs of every dataset of ``recipe``: one per subject, or (``alignment``) one pooled
     over each dataset's subjects on their aligned inputs; writes and returns ``RUN_DIR/metrics.json``."""
     from foundation.core.atomic import write_json
-    from foundation.model.alignment import FITTERS, JOINT_FITTERS
+    from foundation.model.alignment import FITTED_ALIGNMENTS, JOINT_FITTERS
     from foundation.objectives.scoring import metrics_from_predictions
     from foundation.workflows.closed_form import prepare_run
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
-    if alignment is not None and alignment not in FITTERS and alignment not in JOINT_FITTERS:
-        raise FoundationError(f"--alignment must be one of {(*FITTERS, *JOINT_FITTERS)}, got {alignment!r}")
+    if alignment is not None and alignment not in FITTED_ALIGNMENTS:
+        raise FoundationError(f"--alignment must be one of {FITTED_ALIGNMENTS}, got {alignment!r}")
     what = solver if alignment is None else f"aligned {solver}"
     t0 = time.perf_counter()
     with prepare_run(recipe, progress=progress) as (run_dir, indices):
@@ -306,10 +306,10 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
 
 
 def _arguments(p) -> None:
-    from foundation.model.alignment import FITTERS, JOINT_FITTERS
+    from foundation.model.alignment import FITTED_ALIGNMENTS
 
     p.add_argument("--solver", choices=SOLVERS, default="ridge")
-    p.add_argument("--alignment", choices=(*FITTERS, *JOINT_FITTERS), default=None,
+    p.add_argument("--alignment", choices=FITTED_ALIGNMENTS, default=None,
                    help="one read-out pooled over each dataset's subjects on their inputs aligned this way")
 
 
