@@ -402,7 +402,7 @@ def test_loader_workers_exit_when_their_trainer_is_killed(tmp_path: Path) -> Non
     prefetched batches fill their queues) through the background loader and through two plain workers, reports
     its workers' pids and is SIGKILLed: within 4 s none of them is left.  (That hang was not reproduced in
     isolation: here torch's own check, between batches every 5 s, ends the workers after ~5 s, so the 4 s bound is
-    what tells ``exit_with_parent``'s 1-second watch from it; the old code fails this test on time.)"""
+    what tells ``exit_with_parent``'s quarter-second watch from it; the old code fails this test on time.)"""
     import signal
     import subprocess
     import time
