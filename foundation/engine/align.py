@@ -51,7 +51,7 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     fitter = FITTERS.get(model.cfg.alignment, FITTERS["guidance-ridge"])
     report: dict[str, dict[str, float]] = {}
     todo = {ds: list(names) for ds, names in subjects.items() if ds in model.alignments and names}
-    sizes = {ds: {s: _kept_samples(streams[ds], ds, s) for s in names} for ds, names in todo.items()}
+    kept = {ds: {s: _kept_keys(streams[ds], ds, s) for s in names} for ds, names in todo.items()}  # refuses < 3
     if fit_basis:
         # alignment_basis=shared: one basis from every dataset's training stimuli, else one per dataset
         groups = [list(todo)] if model.cfg.alignment_basis == "shared" else [[ds] for ds in todo]
@@ -59,7 +59,7 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
             seen: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
             for ds in group:
                 for s in todo[ds]:
-                    part, rows = _training_part(streams[ds], ds, s)
+                    part, rows = _training_part(streams[ds], s, kept[ds][s])
                     for i in rows:
                         seen.setdefault((ds, part.stimuli[i]), (part.low[i], part.high[i]))
                     del part
@@ -69,12 +69,12 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     for ds, names in todo.items():
         alignment = model.alignments[ds]
         if model.cfg.alignment in JOINT_FITTERS and fit_basis:
-            report.update(_fit_joint(model, ds, streams[ds], names, [sizes[ds][s] for s in names], log=log))
+            report.update(_fit_joint(model, ds, streams[ds], names, [kept[ds][s] for s in names], log=log))
             continue
         shared = alignment.shared_map() if model.cfg.alignment in JOINT_FITTERS else None
         for s in names:
             gid = f"{ds}/{s}"
-            part, rows = _training_part(streams[ds], ds, s)
+            part, rows = _training_part(streams[ds], s, kept[ds][s])
             targets = alignment.targets(part.low[rows], part.high[rows])
             if shared is not None:
                 mean, weight, info = fit_guidance_ridge_to_shared(part.x[rows], streams[ds].index.voxel_positions(s),
@@ -96,35 +96,26 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
     return report
 
 
-def _kept_keys(stream, subject: str) -> set[str]:
-    """The keys of ``subject``'s training samples the run keeps (``train_fraction``), from the shard listing alone."""
+def _kept_keys(stream, ds: str, subject: str) -> set[str]:
+    """The keys of ``subject``'s training samples the run keeps (``train_fraction``), from the shard listing alone;
+    refuses fewer than 3 (an alignment needs them)."""
     kept = stream.train_keys()
-    return {k for path, _, _ in stream.index.shards("train", {subject}) for k in kept.get(str(path), ())}
+    keys = {k for path, _, _ in stream.index.shards("train", {subject}) for k in kept.get(str(path), ())}
+    if len(keys) < 3:
+        raise DataError(f"{ds}/{subject}: {len(keys)} training samples kept (train_fraction {stream.train_fraction}); "
+                        f"an input alignment needs at least 3")
+    return keys
 
 
-def _kept_samples(stream, ds: str, subject: str) -> int:
-    """How many of ``subject``'s training samples the run keeps; refuses fewer than 3 (an alignment needs them)."""
-    n = len(_kept_keys(stream, subject))
-    if n < 3:
-        raise DataError(f"{ds}/{subject}: {n} training samples kept (train_fraction {stream.train_fraction}); an "
-                        f"input alignment needs at least 3")
-    return n
-
-
-def _training_part(stream, ds: str, subject: str) -> tuple[Any, np.ndarray]:
-    """``subject``'s training split read from the shards, and the rows of it the run keeps (``train_fraction``)."""
+def _training_part(stream, subject: str, keep: set[str]) -> tuple[Any, np.ndarray]:
+    """``subject``'s training split read from the shards, and the rows of it whose keys are in ``keep``."""
     from foundation.data.splits import read_split
 
-    keep = _kept_keys(stream, subject)
     part = read_split(stream.index, subject, "train")
-    rows = np.asarray([i for i, k in enumerate(part.keys) if k in keep], dtype=np.int64)
-    if len(rows) < 3:
-        raise DataError(f"{ds}/{subject}: {len(rows)} training samples kept (train_fraction {stream.train_fraction}); "
-                        f"an input alignment needs at least 3")
-    return part, rows
+    return part, np.asarray([i for i, k in enumerate(part.keys) if k in keep], dtype=np.int64)
 
 
-def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int], *,
+def _fit_joint(model, ds: str, stream, names: Sequence[str], kept: Sequence[set[str]], *,
                log: Callable[[str], None] | None) -> dict[str, dict[str, float]]:
     """Fit the subjects of volume dataset ``ds`` together as far as ``model.alignment_pool_gib`` allows, the rest
     one at a time against the pool's shared map (:func:`~foundation.model.alignment_joint.fit_pool_and_rest`), and
@@ -138,8 +129,10 @@ def _fit_joint(model, ds: str, stream, names: Sequence[str], sizes: Sequence[int
                         f"guidance-ridge there)")
     alignment = model.alignments[ds]
 
+    sizes = [len(keys) for keys in kept]
+
     def load(i: int):
-        part, rows = _training_part(stream, ds, names[i])
+        part, rows = _training_part(stream, names[i], kept[i])
         return (part.x[rows], alignment.targets(part.low[rows], part.high[rows]),
                 [part.stimuli[r] for r in rows])
 

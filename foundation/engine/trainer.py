@@ -339,7 +339,7 @@ class Trainer:
                 model_cfg = dataclasses.replace(model_cfg, guidance_dims=[first.feature_dim("low"),
                                                                           first.feature_dim("high")])
             # a volume dataset's alignment maps hold as many rows as its subjects' most in-mask voxels, not the grid
-            rows = {cfg.id: max(int(self.indices[cfg.id].mask(s).sum()) for s in self.infos[cfg.id].subjects)
+            rows = {cfg.id: max(int(self.indices[cfg.id].data["voxels"][s]) for s in self.infos[cfg.id].subjects)
                     for cfg in recipe.datasets
                     if model_cfg.alignment != "none" and self.infos[cfg.id].kind == "volume"}
             self.model = CLIPMUSED(model_cfg, self.infos, vocab, alignment_rows=rows)

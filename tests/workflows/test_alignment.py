@@ -369,3 +369,17 @@ def _finetune(tmp_path: Path, d: dict, subjects: list[str], name: str):
     ft["run"]["dir"] = str(tmp_path / name)
     finetune(tmp_path / "run", from_dict(Recipe, ft), progress=False)
     return load_model(tmp_path / name / "best")[0]
+
+
+def test_an_alignment_with_fewer_than_three_kept_samples_is_refused_naming_the_subject(tmp_path):
+    """``train_fraction`` can leave a subject 1 training sample; its map cannot be fitted: the trainer stops before
+    reading any subject's data, naming the subject and the fraction."""
+    from foundation.core.config import Recipe
+    from foundation.core.errors import DataError
+    from foundation.core.recipe import from_dict
+    from foundation.workflows.train import train
+
+    d = _volume_recipe(tmp_path, ["sub-01", "sub-02"], alignment="guidance-ridge-joint")
+    d["datasets"][0]["train_fraction"] = 0.01
+    with pytest.raises(DataError, match=r"vol/sub-01: 1 training samples kept \(train_fraction 0.01\)"):
+        train(from_dict(Recipe, d), progress=False)
