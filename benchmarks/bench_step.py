@@ -23,7 +23,8 @@ on the device without a sync) on random data of the right shapes:
 Per shape it reports the median step time, samples/s, the model FLOPs of one step (counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over forward + loss + backward; CPU flash attention
 included; the optimizer's elementwise work is not counted), the achieved FLOP/s and its fraction of
-the machine's matmul peak.  The peak is a ``--gemm``×``--gemm`` GEMM (fp32 on CPU, bf16 on a GPU)
+the machine's matmul peak.  The peak is a ``--gemm``×``--gemm`` GEMM (fp32 on CPU, bf16 on a GPU;
+``--gemm-dtype bf16`` on a CPU with AMX, the peak a ``--amp`` step can reach)
 timed in the same process, *interleaved with the steps* (one GEMM timing per step), so load from
 other jobs hits both alike: "efficiency" is the median over steps of (step FLOP/s ÷ the GEMM FLOP/s
 measured right before that step).  Each shape runs in its own subprocess, so its peak RSS is its own.
@@ -221,7 +222,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     step, fwd_bwd, running = make_step(setup, device, args)
     build_s = time.perf_counter() - t_build
 
-    gemm = _perf.Gemm(args.gemm, device=device)
+    gemm_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.gemm_dtype]
+    gemm = _perf.Gemm(args.gemm, device=device, dtype=gemm_dtype)
     gemm.time(1)  # warm-up (allocations, thread pool)
     t0 = time.perf_counter()
     for _ in range(args.warmup):
@@ -314,7 +316,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
     out = ["--shape", shape or args.shape, "--steps", str(args.steps or 0), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device, "--gemm", str(args.gemm),
-           "--gemm-reps", str(args.gemm_reps), "--token-dim", str(args.token_dim), "--adam", args.adam,
+           "--gemm-reps", str(args.gemm_reps), "--gemm-dtype", args.gemm_dtype,
+           "--token-dim", str(args.token_dim), "--adam", args.adam,
            "--seed", str(args.seed), "--patchifier", args.patchifier,
            "--channels", *map(str, args.channels), "--hcp-grid", *map(str, args.hcp_grid)]
     if args.depth:
@@ -391,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 512], help="HCP volume_channels")
     p.add_argument("--hcp-grid", type=int, nargs=3, default=list(HCP_GRID), help="HCP grid (default: the crop)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
+    p.add_argument("--gemm-dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="dtype of the reference GEMM (auto: fp32 on CPU, bf16 on a GPU); bf16 on a CPU with AMX "
+                        "gives the peak a --amp step should be held to")
     p.add_argument("--gemm-reps", type=int, default=2, help="GEMM timings (median) before each step")
     p.add_argument("--ceiling", type=int, default=0, metavar="N",
                    help="also time the step's matmuls/convolutions/attention alone (same shapes, N passes): "
@@ -443,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {shape}: FAILED {r['error']}", flush=True)
         else:
             print(f"  {shape}: batch {r['batch']}, median step {1e3 * r['median_step_s']:.0f} ms, "
-                  f"efficiency {100 * r['efficiency']:.1f} % of fp32 GEMM peak" if args.device == "cpu" else
-                  f"  {shape}: batch {r['batch']}, median step {1e3 * r['median_step_s']:.1f} ms, "
                   f"efficiency {100 * r['efficiency']:.1f} % of {r['gemm_dtype']} GEMM peak", flush=True)
         if r.get("profile_table"):
             print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time:\n{r['profile_table']}")
@@ -464,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{1e3 * r['median_step_s']:.0f} | {100 * c['kernel_share_of_step']:.1f} % | "
                   f"{100 * c['efficiency']:.1f} % | {100 * r['efficiency']:.1f} % |")
     print("\nGFLOP/step: FlopCounterMode over forward + loss + backward (matmul/conv/attention FLOPs). "
-          f"Efficiency: step FLOP/s ÷ the {args.gemm}² GEMM FLOP/s timed just before that step, median over steps.")
+          f"Efficiency: step FLOP/s ÷ the {args.gemm}² {args.gemm_dtype} GEMM FLOP/s timed just before that step, median over steps.")
     out = {"benchmark": "step", "command": command, "machine": info, "loadavg_end": list(os.getloadavg()),
            "results": results}
     if args.out:
