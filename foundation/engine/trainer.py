@@ -176,6 +176,20 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _allow_another_precision(precision: str) -> None:
+    """Let this process build an Accelerator with another mixed precision than an earlier Trainer's.
+
+    Accelerate keeps one process-wide state and refuses a second ``Accelerator(mixed_precision=...)`` that
+    differs from the first ("AcceleratorState has already been initialized"), so a notebook or sweep
+    script training a float32 and a bf16 recipe one after the other stopped at the second.  Only that
+    state is reset; the distributed one (process group, ranks) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def _on_main_then_everyone(accelerator, fn) -> None:
     """Run ``fn`` on the main process; if it raises, every rank raises (no rank waits forever)."""
     from accelerate.utils import broadcast_object_list
@@ -225,8 +239,10 @@ class Trainer:
         self.run_dir = run_dir_for(recipe)
         self.progress = progress
         t = recipe.train
+        precision = _mixed_precision(t.mixed_precision)
+        _allow_another_precision(precision)
         self.accelerator = Accelerator(
-            mixed_precision=_mixed_precision(t.mixed_precision),
+            mixed_precision=precision,
             gradient_accumulation_steps=t.grad_accum,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard",
@@ -662,6 +678,9 @@ class Trainer:
                 "parameters": self.n_params,
                 "train_seconds": getattr(self, "train_seconds", None),
                 "num_processes": acc.num_processes,
+                # what train.mixed_precision resolved to on this machine ("auto": bf16 on a GPU that has it)
+                "device": acc.device.type,
+                "mixed_precision": acc.mixed_precision,
                 "guidance": provenance,
                 "random_weights": random_weights,
                 "shards": {name: str(idx.root) for name, idx in self.indices.items()},
