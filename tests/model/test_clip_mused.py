@@ -236,6 +236,25 @@ def test_linear_head_is_one_map_from_the_readout_tokens_and_survives_a_round_tri
         CLIPMUSED(cfg("subject", head="deep"), DATASETS, SUBJECTS)
 
 
+@pytest.mark.parametrize("backbone", ["transformer", "mlp"])
+def test_the_label_head_and_mappers_stay_float32_under_bf16_autocast(backbone):
+    """docs/PERFORMANCE.md round 8: a bf16 label head cost the default world 0.034 test mAP; the head (and
+    the mapping loss's mappers) must compute in float32 from float32 tokens, autocast or not."""
+    torch.manual_seed(0)
+    tokens = "shared" if backbone == "mlp" else "subject"
+    m = CLIPMUSED(cfg(tokens, backbone=backbone, mapping_dims=(6, 5)), DATASETS, SUBJECTS).eval()
+    x, idx = torch.randn(3, 5, 7), m.subject_index(["nsd/s1", "nsd/s2", "nsd/s1"])
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = m("nsd", x, idx)
+    assert out.logits.dtype == out.mapped_low.dtype == out.mapped_high.dtype == torch.float32
+    z = torch.stack([out.z_low, out.z_high], 1).float()  # what the head reads: the tokens, in float32
+    assert torch.allclose(out.logits, m.heads["nsd"](z.flatten(1)), atol=1e-6)  # float32 outside autocast
+    assert torch.allclose(out.mapped_low, m.mappers["low"](z[:, 0]), atol=1e-6)
+    # the float32 path is untouched: no autocast, the same numbers as before the change
+    plain = m("nsd", x, idx)
+    assert torch.equal(plain.logits, m.heads["nsd"](torch.cat([plain.z_low, plain.z_high], 1)))
+
+
 def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
     import torch
 
