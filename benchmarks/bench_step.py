@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"  {shape}: FAILED {r['error']}", flush=True)
         else:
-            print(f"  {shape}: batch {r['batch']}, median step {1e3 * r['median_step_s']:.0f} ms, "
+            print(f"  {shape}: batch {r['batch']}, median step {1e3 * r['median_step_s']:.1f} ms, "
                   f"efficiency {100 * r['efficiency']:.1f} % of {r['gemm_dtype']} GEMM peak", flush=True)
         if r.get("profile_table"):
             print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time:\n{r['profile_table']}")
@@ -468,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{1e3 * r['median_step_s']:.0f} | {100 * c['kernel_share_of_step']:.1f} % | "
                   f"{100 * c['efficiency']:.1f} % | {100 * r['efficiency']:.1f} % |")
     print("\nGFLOP/step: FlopCounterMode over forward + loss + backward (matmul/conv/attention FLOPs). "
-          f"Efficiency: step FLOP/s ÷ the {args.gemm}² {args.gemm_dtype} GEMM FLOP/s timed just before that step, median over steps.")
+          f"Efficiency: step FLOP/s ÷ the {args.gemm}² {args.gemm_dtype} GEMM FLOP/s timed just before that step, "
+          "median over steps.")
     out = {"benchmark": "step", "command": command, "machine": info, "loadavg_end": list(os.getloadavg()),
            "results": results}
     if args.out:
