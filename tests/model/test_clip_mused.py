@@ -253,6 +253,11 @@ def test_the_label_head_and_mappers_stay_float32_under_bf16_autocast(backbone):
     # the float32 path is untouched: no autocast, the same numbers as before the change
     plain = m("nsd", x, idx)
     assert torch.equal(plain.logits, m.heads["nsd"](torch.cat([plain.z_low, plain.z_high], 1)))
+    # a volume dataset (3-D patchifier, interleaved with the encoder) ends in the same float32 head
+    vox, index = volume_batch(2)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = m("hcp", vox, m.subject_index(["hcp/100"] * 2), voxel_index=index)
+    assert out.logits.dtype == torch.float32 and out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
 
 
 def test_mlp_backbone_baseline_has_no_tokens_or_transformer():
