@@ -202,6 +202,8 @@ class TrainConfig:
     #: debug a plugin's data)
     background_loader: bool = True
     shuffle_buffer: PositiveInt = 2000
+    #: autocast precision; ``auto``: bf16 on a GPU that has it, float32 on CPUs (bf16 is opt-in there: faster on CPUs
+    #: with AMX, docs/PERFORMANCE.md round 8); the label head and the losses compute in float32 either way
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     eval_batch_size: PositiveInt = 256
 
