@@ -96,7 +96,8 @@ def time_stages(stream, batch: int, reps: int) -> dict[str, Any]:
     """decode and collate alone, on raw samples already in memory (no tar reading, no shuffle); medians."""
     import webdataset as wds
 
-    from foundation.data.loader import read_tars, decode
+    from foundation.data.loader import decode
+    from foundation.data.tars import read_tars
 
     shards = stream.index.shards("train", stream.subjects)
     raw = []

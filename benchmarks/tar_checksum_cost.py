@@ -4,14 +4,14 @@
     python benchmarks/tar_checksum_cost.py /tmp/tar_checksum
 
 Prints the tar's size and write time, the SHA-256 of its bytes in memory, the first verification
-(``loader.verify_tar``: stat + SHA-256 of the file) and a later one (a stat), and one full read and decode
+(``tars.verify_tar``: stat + SHA-256 of the file) and a later one (a stat), and one full read and decode
 of its samples for comparison.  Writes one tar under the given folder.
 """
 import json, os, sys, time
 from pathlib import Path
 import numpy as np
 from foundation.data.shards import _TarSink, _npy_bytes
-from foundation.data import loader
+from foundation.data import loader, tars
 from foundation.core.integrity import file_digest
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
@@ -34,14 +34,14 @@ data = Path(path).read_bytes()
 import hashlib
 t = time.perf_counter(); hashlib.sha256(data).hexdigest(); hash_mem = time.perf_counter() - t
 want = {"sha256": entry["sha256"], "bytes": entry["bytes"]}
-loader._VERIFIED.clear()
-t = time.perf_counter(); loader.verify_tar(path, want); first = time.perf_counter() - t
+tars._VERIFIED.clear()
+t = time.perf_counter(); tars.verify_tar(path, want); first = time.perf_counter() - t
 t = time.perf_counter()
 for _ in range(1000):
-    loader.verify_tar(path, want)
+    tars.verify_tar(path, want)
 again = (time.perf_counter() - t) / 1000
 t = time.perf_counter()
-n = sum(1 for s in loader.read_tars([{"url": path}], expected={path: 2000}) if loader.decode(s))
+n = sum(1 for s in tars.read_tars([{"url": path}], expected={path: 2000}) if loader.decode(s))
 read = time.perf_counter() - t
 print(f"tar: {size/1e6:.1f} MB, 2000 samples; written (hashed while writing) in {write_s:.2f} s; "
       f"sha256 of its bytes in memory {hash_mem*1e3:.0f} ms")

@@ -202,6 +202,10 @@ class TrainConfig:
     #: debug a plugin's data)
     background_loader: bool = True
     shuffle_buffer: PositiveInt = 2000
+    #: MiB of training shards each loading process keeps in memory once read (0: re-read every tar at
+    #: every draw); a dataset that fits is parsed from disk once instead of at every pass, with the same
+    #: batches (not part of the run's identity).  Counted by the tars' size on disk, per process
+    shard_cache_mib: NonNegativeInt = 256
     #: autocast precision; ``auto``: bf16 on a GPU that has it, float32 on CPUs (bf16 is opt-in there: faster on CPUs
     #: with AMX, docs/PERFORMANCE.md round 8); the label head and the losses compute in float32 either way
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

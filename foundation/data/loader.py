@@ -10,7 +10,7 @@ split by seed), so no rank waits for another and uneven shard counts cannot stal
 Evaluation reads each sample exactly once: the split's shards are dealt round-robin to ranks and
 read in order.
 
-Length (~470 lines, over the ~400 guide): decoding, the value checks of ``collate``, tar verification and
+Length (~460 lines, over the ~400 guide): decoding, the value checks of ``collate``, the batch transfer and
 the two streams share the sample format and its error messages; split, they would import each other.
 """
 
@@ -24,18 +24,18 @@ import math
 import os
 import random
 import sys
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from foundation.data.index import ShardIndex
 from foundation.core.errors import ShardError
+from foundation.data.index import ShardIndex
+from foundation.data.tars import TAR_CACHE, list_tar_keys, read_tars, verify_tar
 
 MEMBERS = ("fmri.npy", "labels.npy", "low.npy", "high.npy", "json")
 
@@ -63,6 +63,19 @@ class Batch:
     keys: list[str]
     urls: list[str] = dataclasses.field(default_factory=list)
 
+    #: a CPU batch of at most this many tensor bytes crosses to another process (a loader process to
+    #: the trainer) inside its pickle, as arrays; a larger one goes through torch's shared memory, one
+    #: file per tensor, whose descriptors torch passes over a connection each (~0.4 ms per tensor,
+    #: most of a small batch's transfer: docs/PERFORMANCE.md, round 9)
+    inline_bytes: ClassVar[int] = 4 << 20
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        parts = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        tensors = [p for p in parts if isinstance(p, torch.Tensor)]
+        if all(t.device.type == "cpu" for t in tensors) and sum(t.nbytes for t in tensors) <= self.inline_bytes:
+            parts = [p.numpy() if isinstance(p, torch.Tensor) else p for p in parts]
+        return _batch_from_parts, tuple(parts)
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -76,71 +89,9 @@ class Batch:
                                    low=self.low.pin_memory(), high=self.high.pin_memory())
 
 
-def _raise_shard_error(exc: Exception) -> bool:
-    """webdataset handler: re-raise with the shard named (webdataset appends the URL to args)."""
-    if isinstance(exc, ShardError):
-        raise exc
-    args = list(exc.args)
-    urls = [a for a in args[1:] if isinstance(a, str)]
-    if not urls:
-        raise ShardError(f"cannot read shard: {type(exc).__name__}: {' '.join(map(str, args))}") from exc
-    raise ShardError(f"shard {urls[-1]}: cannot read it ({type(exc).__name__}: {args[0]}); the tar is corrupt or "
-                     f"not a tar ({REBUILD})") from exc
-
-
-#: how to rebuild shards that changed after their build (a plain ``foundation shard`` would reuse them)
-REBUILD = ("rebuild the dataset's shards with `foundation shard RECIPE --rebuild`, then train in a new run.dir "
-           "(the existing checkpoints were trained on the old shards)")
-
-#: tar path -> (size, mtime_ns, sha256) verified in this process: a tar is hashed once, not at every draw
-_VERIFIED: dict[str, tuple[int, int, str]] = {}
-
-
-def verify_tar(path: str, want: dict[str, Any] | None) -> None:
-    """Raise :class:`ShardError` naming the tar when it is not the one ``index.json`` recorded (``want``:
-    ``{"sha256": …, "bytes": …}``; ``None``: shards built before checksums, nothing to check).
-
-    A tar is hashed the first time this process opens it; later opens cost one ``stat`` (a file replaced
-    since has another mtime and is hashed again).
-    """
-    if not want:
-        return
-    from foundation.core.integrity import mismatch
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # a missing tar is reported by the reader, naming it
-    seen = (st.st_size, st.st_mtime_ns, want["sha256"])
-    if _VERIFIED.get(path) == seen:
-        return
-    problem = mismatch(path, want=want, recorded_in="index.json")
-    if problem:
-        raise ShardError(f"shard {problem}: the tar was damaged or replaced (another tar copied over it?) after "
-                         f"the build; {REBUILD}")
-    _VERIFIED[path] = seen
-
-
-def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int],
-              checksums: dict[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples of each tar named by ``src``, checked against the sample count index.json lists and,
-    before its first sample, against the tar's checksum when index.json records one (:func:`verify_tar`).
-
-    Python's streaming tarfile stops silently at a tar cut short at a member boundary, so without
-    this check a truncated shard would just lose samples (and evaluation would not be exact-once).
-    """
-    for item in src:
-        url = item["url"]
-        if checksums:
-            verify_tar(url, checksums.get(url))
-        n = 0
-        for sample in wds.tarfile_samples([item], handler=_raise_shard_error):
-            n += 1
-            yield sample
-        want = expected.get(url)
-        if want is not None and n != want:
-            raise ShardError(f"shard {url}: holds {n} samples but index.json lists {want} "
-                             f"(truncated or replaced tar; {REBUILD})")
+def _batch_from_parts(*parts: Any) -> Batch:
+    """Unpickle a :class:`Batch` (its tensors arrive as tensors or, when small, as arrays)."""
+    return Batch(*(torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts))
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -308,20 +259,6 @@ class EvalShardList(IterableDataset):
             yield {"url": url}
 
 
-def _tar_keys(path: str) -> list[str]:
-    """Sample keys of one tar (a path or any URL webdataset opens) from its member names alone."""
-    keys: dict[str, None] = {}
-    try:
-        with wds.gopen(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                base, _ = wds.tariterators.base_plus_ext(member.name)
-                if base is not None:
-                    keys[base] = None
-    except (OSError, tarfile.TarError) as exc:
-        raise ShardError(f"cannot list shard {path}: {type(exc).__name__}: {exc}") from exc
-    return list(keys)
-
-
 def _stable_rank(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=8).digest()
 
@@ -425,7 +362,7 @@ class DatasetStream:
             by_subject: dict[str, list[tuple[str, str]]] = {}
             for path, _, subject in self.index.shards("train", self.subjects):
                 verify_tar(str(path), self.checksums.get(str(path)))
-                by_subject.setdefault(subject, []).extend((str(path), k) for k in _tar_keys(str(path)))
+                by_subject.setdefault(subject, []).extend((str(path), k) for k in list_tar_keys(str(path)))
             kept: dict[str, list[str]] = {}
             for rows in by_subject.values():
                 n = max(1, math.ceil(self.train_fraction * len(rows)))
@@ -452,13 +389,16 @@ class DatasetStream:
 
     def train_batches(self, batch_size: int, *, seed: int, segment: int, rank: int = 0,
                       shuffle_buffer: int = 2000, num_workers: int = 0, pin_memory: bool = False,
-                      background: bool = False) -> Iterable[Batch]:
+                      background: bool = False, cache_bytes: int = 0) -> Iterable[Batch]:
         """Endless shuffled training batches of this segment (deterministic given the arguments).
 
         ``rank`` is the stream's slot: the trainer gives every (process, micro-batch) its own.
         ``background`` (with ``num_workers=0`` only, on Linux): read, decode and collate in one forked
         background process instead of the caller's, overlapping with its work; the batches are the
         same, and the caller's RNGs are not touched.  Elsewhere the batches are made in-process.
+        ``cache_bytes``: keep up to this many bytes of training tars in memory (:class:`TarCache`), so a
+        tar is parsed once per process, not at every draw; with loader processes the tars that fit are
+        read here first (:meth:`warm_cache`), so forked processes start with them.  The same batches.
         """
         shards = self.index.shards("train", self.subjects)
         expected = {str(p): c for p, c, _ in shards}
@@ -467,7 +407,8 @@ class DatasetStream:
         if self.train_fraction >= 1.0:
             urls, weights = [str(p) for p, _, _ in shards], [c for _, c, _ in shards]
             source: list[Any] = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                                 partial(read_tars, expected=expected, checksums=self.checksums)]
+                                 partial(read_tars, expected=expected, checksums=self.checksums,
+                                         cache_bytes=cache_bytes)]
         elif n_train <= CACHE_KEPT_SAMPLES:
             # a small subset: read its raw samples once, then draw from memory (re-reading whole tars for
             # a few kept samples each would make every batch cost dozens of tar reads)
@@ -478,8 +419,11 @@ class DatasetStream:
             weights = [len(kept[u]) for u in urls]
             keep = {k for keys in kept.values() for k in keys}
             source = [WeightedShardSampler(urls, weights, seed=seed, segment=segment, rank=rank),
-                      partial(read_tars, expected=expected, checksums=self.checksums),
+                      partial(read_tars, expected=expected, checksums=self.checksums, cache_bytes=cache_bytes),
                       wds.select(lambda sample: sample["__key__"] in keep)]
+        if cache_bytes and not isinstance(source[0], CachedSamples) and (
+                num_workers or (background and sys.platform.startswith("linux"))):
+            self.warm_cache(cache_bytes)
         pipeline = wds.DataPipeline(
             *source,
             *stages,
@@ -490,6 +434,17 @@ class DatasetStream:
             wds.batched(batch_size, collation_fn=self._collate, partial=False),
         )
         return self._loader(pipeline, num_workers, pin_memory, background)
+
+    def warm_cache(self, cache_bytes: int) -> None:
+        """Read this stream's training tars into :data:`TAR_CACHE` of this process, in index order, while
+        they fit in ``cache_bytes`` (a tar cached already costs one ``stat``)."""
+        shards = self.index.shards("train", self.subjects)
+        expected = {str(p): c for p, c, _ in shards}
+        for url in expected:
+            if TAR_CACHE.get(url) is None and TAR_CACHE.fits(url, cache_bytes):
+                for _ in read_tars([{"url": url}], expected=expected, checksums=self.checksums,
+                                   cache_bytes=cache_bytes):
+                    pass
 
     def eval_batches(self, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                      num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:

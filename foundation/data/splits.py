@@ -45,7 +45,8 @@ class Split:
 
 def read_split(index, subject: str, split: str) -> Split:
     """Read every sample of ``subject``'s ``split`` from a :class:`~foundation.data.index.ShardIndex`."""
-    from foundation.data.loader import decode, read_tars
+    from foundation.data.loader import decode
+    from foundation.data.tars import read_tars
 
     shards = index.shards(split, {subject})
     keys, stimuli, xs, ys, lows, highs = [], [], [], [], [], []

@@ -41,7 +41,8 @@ log = logging.getLogger("foundation.train")
 #: recipe keys that may change between a run and its resumption without changing its results
 #: (``train.num_workers`` is not one: each DataLoader worker draws and shuffles its own stream, so the
 #: batch order, and the results, depend on it)
-RESUMABLE_CHANGES = {"run.dir", "train.log_every", "train.eval_batch_size", "train.background_loader"}
+RESUMABLE_CHANGES = {"run.dir", "train.log_every", "train.eval_batch_size", "train.background_loader",
+                     "train.shard_cache_mib"}
 
 
 #: the file that marks a directory as a run directory made by foundation (only such a directory, or an
@@ -415,7 +416,7 @@ class Trainer:
                 t.batch_size, seed=self.recipe.seed, segment=segment,
                 rank=micro * acc.num_processes + acc.process_index,
                 shuffle_buffer=t.shuffle_buffer, num_workers=t.num_workers, pin_memory=acc.device.type == "cuda",
-                background=t.background_loader))
+                background=t.background_loader, cache_bytes=t.shard_cache_mib << 20))
                 for micro in range(t.grad_accum)]
             for name, stream in self.streams.items()
         }

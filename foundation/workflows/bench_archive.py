@@ -4,7 +4,8 @@ A bench run directory holds checkpoints (tens of MB); a table needs only its ``m
 ``foundation bench --archive DIR`` copies, for every finished run, ``metrics.json`` and the resolved recipe
 the run was planned with to ``DIR/<recipe stem>/<run name>/``.  A later ``bench`` (another machine, a clean
 ``runs/``) whose run is missing restores its ``metrics.json`` from the archive instead of retraining it —
-but only when the archived recipe equals the one planned now (every key except ``run.dir``), so a changed
+but only when the archived recipe equals the one planned now (every key except ``run.dir`` and the other
+keys that change no result, ``RESUMABLE_CHANGES``), so a changed
 recipe, method or override is retrained, never silently reused.  A restored run directory holds
 ``metrics.json`` and nothing else (no checkpoint, no logs): tables can be rebuilt from it, figures cannot.
 
@@ -28,8 +29,16 @@ RESTORED = ".restored-from-archive"
 
 
 def _comparable(recipe_text: str) -> dict[str, Any]:
+    """The recipe without the keys that change no result (``run.dir``: where the run lives, not what it is;
+    the loader and logging settings a run may also resume under: ``RESUMABLE_CHANGES``), so an archived
+    run stays reusable when such a key is added or changed."""
+    from foundation.engine.trainer import RESUMABLE_CHANGES
+
     d = yaml.safe_load(recipe_text) or {}
-    d.get("run", {}).pop("dir", None)  # where the run lives, not what it is
+    for dotted in RESUMABLE_CHANGES:
+        section, _, key = dotted.partition(".")
+        if isinstance(d.get(section), dict):
+            d[section].pop(key, None)
     return d
 
 

@@ -319,7 +319,8 @@ def _list_tars(input: Path) -> list[Path]:
 def _shard_chunks(model, input: Path, *, subject: str | None, dataset: str | None,
                   batch_size: int) -> tuple[int | None, Iterator[_Chunk]]:
     """Chunks of every sample in the tars of ``input``, grouped by the shard directory they belong to."""
-    from foundation.data.loader import read_tars, collate, decode
+    from foundation.data.loader import collate, decode
+    from foundation.data.tars import read_tars
     from foundation.data.voxels import VoxelIndexBank
 
     if dataset is not None and dataset not in model.infos:

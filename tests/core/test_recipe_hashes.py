@@ -39,6 +39,10 @@ memory and time budgets) and
 model fields (every whole-recipe hash; runs made before them resume with their defaults, which only aligned
 models read). Dataset options, guidance options and shard directories are
 unchanged.
+
+And by issue 18 (stop 25): ``train.shard_cache_mib`` (training tars kept in memory per loading process) is a new
+train field (every whole-recipe hash; it changes no result and is resumable, ``RESUMABLE_CHANGES``, which bench
+archives also ignore). Dataset options, guidance options and shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -55,21 +59,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "be0054850e5f6a13", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "ffd1d4b86f5b23c8", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "2ce6b02dd4644f12", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "ca0ec4c7f5ad590f", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "25f8cf5ee2b6dde9", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "b5f12c213840ed1d", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "ef4ab0ab741dcb15", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "3cef1257fc1891ba", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "353b5615d3e327b4", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "79fbaa863910d978", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "b3018706d2209dda", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "a1025e5de44ac6b0", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "2a55f60da061cf20", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "776859c75375b12d", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "6ec151aae12c76c4", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "bb723b36cefa4a42", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

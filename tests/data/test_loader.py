@@ -53,13 +53,13 @@ def fresh(tmp_path: Path):
 def test_tar_that_differs_from_its_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tar is hashed once per process (later reads cost a stat) and one that differs is named."""
     from foundation.core import integrity
-    from foundation.data import loader
+    from foundation.data import tars as tars_module
 
     index = build_shards(make_recipe(tmp_path), progress=False)["synthetic"]
     hashed: list[str] = []
     real = integrity.file_digest
     monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(str(path)) or real(path))
-    monkeypatch.setattr(loader, "_VERIFIED", {})
+    monkeypatch.setattr(tars_module, "_VERIFIED", {})
     n = _read_all(index)
     assert _read_all(index) == n
     tars = [str(p) for p, _, _ in index.shards("test")]
@@ -441,3 +441,101 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ----------------------------------------------------------------------------- tar cache, batch transfer
+
+
+@pytest.fixture
+def tar_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
+    """Counts the tars webdataset parses (by path), with an empty :data:`TAR_CACHE` for the test."""
+    from foundation.data import tars as loader
+
+    reads: collections.Counter = collections.Counter()
+    real = loader.wds.tarfile_samples
+
+    def counting(src, **kw):
+        src = list(src)
+        reads.update(item["url"] for item in src)
+        return real(src, **kw)
+
+    monkeypatch.setattr(loader.wds, "tarfile_samples", counting)
+    loader.TAR_CACHE.clear()
+    yield reads
+    loader.TAR_CACHE.clear()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_cached_tars_give_the_same_batches_and_are_parsed_once(built, tar_reads, background: bool) -> None:
+    """Issue 18, round 9: with ``cache_bytes`` a training tar is parsed once per process (with the background
+    loader: read here first, so the forked process starts with it) and the batches do not change."""
+    index, _ = built
+    plain = _take(index, 12)
+    assert max(tar_reads.values()) > 1  # the stream draws its tars again and again
+    tar_reads.clear()
+    cached = _take(index, 12, cache_bytes=1 << 30, background=background)
+    assert [b.keys for b in cached] == [b.keys for b in plain]
+    for a, b in zip(plain, cached):
+        for name in ("fmri", "labels", "low", "high"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    train_tars = {str(p) for p, _, _ in index.shards("train")}
+    if background:  # the worker's reads are not counted here: this process read every tar once, up front
+        assert tar_reads == collections.Counter(train_tars)
+    else:
+        assert set(tar_reads) <= train_tars and max(tar_reads.values()) == 1
+    tar_reads.clear()
+    _take(index, 12, cache_bytes=1 << 30)  # a second stream in the same process: nothing parsed again
+    assert not tar_reads
+
+
+def test_tar_cache_keeps_to_its_budget_and_rereads_a_changed_tar(built, tar_reads) -> None:
+    from foundation.data.tars import TAR_CACHE
+
+    index, _ = built
+    sizes = sorted(os.path.getsize(p) for p, _, _ in index.shards("train"))
+    budget = sizes[0] + sizes[1] - 1  # room for one tar, not for two
+    DatasetStream(index).warm_cache(budget)
+    assert 0 < TAR_CACHE.used <= budget
+    assert sum(tar_reads.values()) == 1  # a tar that would not fit any more is not read at all
+    kept = [str(p) for p, _, _ in index.shards("train") if TAR_CACHE.get(str(p)) is not None]
+    assert len(kept) == 1
+    tar_reads.clear()
+    stat = os.stat(kept[0])
+    os.utime(kept[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # "replaced" (same bytes)
+    try:
+        assert TAR_CACHE.get(kept[0]) is None and TAR_CACHE.used == 0
+        DatasetStream(index).warm_cache(budget)
+        assert tar_reads[kept[0]] == 1
+    finally:
+        os.utime(kept[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    TAR_CACHE.clear()
+    tar_reads.clear()
+    _take(index, 4, cache_bytes=0)  # no budget: nothing kept
+    assert TAR_CACHE.used == 0
+
+
+def test_small_batches_cross_processes_inside_the_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader process hands a small batch over as arrays in its pickle (no shared-memory file per tensor,
+    whose descriptor torch passes over a connection of its own); a large one keeps torch's shared memory."""
+    from foundation.data.loader import Batch
+
+    g = torch.Generator().manual_seed(0)
+    sent = Batch("d", torch.randn(4, 3, 8, generator=g).half(), torch.ones(4, 5), torch.randn(4, 16, generator=g).half(),
+                 torch.randn(4, 16, generator=g).half(), ["d/sub-01"] * 4, [f"d/sub-01/{i}" for i in range(4)],
+                 ["t.tar"] * 4)
+
+    def through_a_loader_process() -> Batch:
+        loader = torch.utils.data.DataLoader([sent], batch_size=None, num_workers=1, multiprocessing_context="fork")
+        (got,) = list(loader)
+        return got
+
+    got_small = through_a_loader_process()
+    assert not got_small.fmri.is_shared()
+    monkeypatch.setattr(Batch, "inline_bytes", 0)  # the fork inherits it
+    got_large = through_a_loader_process()
+    assert got_large.fmri.is_shared()
+    for got in (got_small, got_large):
+        assert isinstance(got, Batch) and got.keys == sent.keys and got.subjects == sent.subjects
+        for name in ("fmri", "labels", "low", "high"):
+            a, b = getattr(got, name), getattr(sent, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name

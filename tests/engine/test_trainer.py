@@ -182,23 +182,30 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_recipe, tmp_path):
 
 
 def test_background_loader_changes_no_result(tiny_recipe, tmp_path):
-    """Issue 18: the training batches made in a background process (the default) or in the main process
-    give bit-identical metrics and weights, so the setting is not part of a run's identity."""
+    """Issue 18: the training batches made in a background process (the default) or in the main process, with
+    or without the training tars held in memory, give bit-identical metrics and weights, so neither setting is
+    part of a run's identity."""
     from safetensors.torch import load_file
 
     from foundation.engine.trainer import RESUMABLE_CHANGES
     from foundation.workflows.train import train
 
-    runs = {}
-    for background in (False, True):
-        run = tmp_path / f"run-{background}"
-        path = train(tiny_recipe(**{"train.background_loader": background, "run.dir": str(run)}), progress=False)
-        runs[background] = (_metric_values(json.loads(Path(path).read_text())),
-                            load_file(run / "best" / "model.safetensors"))
-    (m0, w0), (m1, w1) = runs[False], runs[True]
-    assert m0 == m1
-    assert w0.keys() == w1.keys() and all(w0[k].equal(w1[k]) for k in w0)
-    assert "train.background_loader" in RESUMABLE_CHANGES
+    from foundation.data.tars import TAR_CACHE
+
+    runs = []
+    for background, cache_mib in ((False, 0), (True, 0), (False, 256), (True, 256)):  # round 9: the tar cache too
+        TAR_CACHE.clear()
+        run = tmp_path / f"run-{background}-{cache_mib}"
+        path = train(tiny_recipe(**{"train.background_loader": background, "train.shard_cache_mib": cache_mib,
+                                    "run.dir": str(run)}), progress=False)
+        runs.append((_metric_values(json.loads(Path(path).read_text())), load_file(run / "best" / "model.safetensors")))
+    assert TAR_CACHE.used > 0  # the last run read its training tars into this process (before forking its loader)
+    TAR_CACHE.clear()
+    m0, w0 = runs[0]
+    for m1, w1 in runs[1:]:
+        assert m0 == m1
+        assert w0.keys() == w1.keys() and all(w0[k].equal(w1[k]) for k in w0)
+    assert {"train.background_loader", "train.shard_cache_mib"} <= RESUMABLE_CHANGES
 
 
 def test_bf16_on_cpu_trains_in_bf16_and_metrics_record_the_precision(tiny_recipe, tmp_path):

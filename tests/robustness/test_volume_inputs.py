@@ -58,7 +58,8 @@ def _train(root: Path, plugin: str):
 def _volumes(shards: Path, n: int) -> np.ndarray:
     """``n`` volumes ``(X, Y, Z, n)`` of subject sub-02, from its test samples (NaN outside the brain)."""
     from foundation.data.index import read_index
-    from foundation.data.loader import decode, read_tars
+    from foundation.data.loader import decode
+    from foundation.data.tars import read_tars
 
     index = read_index(shards)
     tars = index.shards("test", {"sub-02"})

@@ -174,18 +174,25 @@ def test_bench_archive_restores_unchanged_runs_and_retrains_changed_ones(recipe_
     run = tmp_path / "b" / "tiny" / "ridge-seed0"
     assert is_restored(run) and sorted(p.name for p in run.iterdir()) == [".restored-from-archive", "metrics.json"]
 
-    # a changed recipe is another run: not restored (bench then trains it); only run.dir may differ
+    # a changed recipe is another run: not restored (bench then trains it); only run.dir and the keys that
+    # change no result (RESUMABLE_CHANGES: loader and logging settings, present or not) may differ
     from foundation.workflows.bench_archive import restore
 
     planned = yaml.safe_load((tmp_path / "a" / "tiny" / "recipes" / "ridge-seed0.yaml").read_text())
-    for key, value in (("dir", str(tmp_path / "elsewhere" / "tiny" / "ridge-seed0")), ("lr", 0.5)):
+    for i, (key, value, same) in enumerate((("dir", str(tmp_path / "elsewhere" / "tiny" / "ridge-seed0"), True),
+                                            ("lr", 0.5, False), ("shard_cache_mib", 0, True),
+                                            ("shard_cache_mib", None, True))):
         d = json.loads(json.dumps(planned))
-        (d["run"] if key == "dir" else d["train"])[key] = value
-        changed = tmp_path / f"{key}.yaml"
+        section = d["run"] if key == "dir" else d["train"]
+        if value is None:
+            del section[key]  # an archive written before the key existed
+        else:
+            section[key] = value
+        changed = tmp_path / f"changed-{i}.yaml"
         changed.write_text(yaml.safe_dump(d))
-        fresh = tmp_path / key / "tiny" / "ridge-seed0"
-        assert restore(archive, run_dir=fresh, recipe_file=changed) is (key == "dir"), key
-        assert (fresh / "metrics.json").is_file() is (key == "dir")
+        fresh = tmp_path / f"changed-{i}" / "tiny" / "ridge-seed0"
+        assert restore(archive, run_dir=fresh, recipe_file=changed) is same, key
+        assert (fresh / "metrics.json").is_file() is same
 
     with pytest.raises(RecipeError, match="holds a run of another recipe"):  # never overwrite another recipe's run
         bench(recipe_file, out=tmp_path / "d", overrides=["train.lr=0.5"], **kw)

@@ -185,7 +185,8 @@ def test_volume_nifti_matches_shards(volume_run, tmp_path):
     import nibabel as nib
 
     from foundation.data.index import read_index
-    from foundation.data.loader import read_tars, decode
+    from foundation.data.loader import decode
+    from foundation.data.tars import read_tars
     from foundation.workflows.predict import predict_run
 
     _, run_dir, shards = volume_run
