@@ -441,7 +441,7 @@ class DatasetStream:
         shards = self.index.shards("train", self.subjects)
         expected = {str(p): c for p, c, _ in shards}
         for url in expected:
-            if TAR_CACHE.get(url) is None and TAR_CACHE.fits(url, cache_bytes):
+            if TAR_CACHE.get(url) is None and TAR_CACHE.room_for(url, cache_bytes) is not None:
                 for _ in read_tars([{"url": url}], expected=expected, checksums=self.checksums,
                                    cache_bytes=cache_bytes):
                     pass

@@ -73,7 +73,8 @@ class TarCache:
     further tar is kept (no eviction: every tar of a resampled stream is equally likely to come next).
     An entry is dropped when its tar's size or mtime changed since it was read (:func:`verify_tar`
     then hashes the new tar against index.json before it is read).  Forked loader processes inherit
-    the entries of their parent, so the trainer reads a small dataset once per run (:meth:`warm`).
+    the entries of their parent, so the trainer reads a small dataset once per run
+    (:meth:`foundation.data.loader.DatasetStream.warm_cache`).
     """
 
     def __init__(self) -> None:
@@ -94,12 +95,15 @@ class TarCache:
             return None
         return entry[2]
 
-    def fits(self, url: str, budget: int) -> bool:
-        """Whether ``url`` (a local tar) would be kept under ``budget`` bytes."""
+    def room_for(self, url: str, budget: int) -> os.stat_result | None:
+        """The ``stat`` of ``url`` if it is a local tar not kept yet that fits under ``budget`` bytes, else ``None``."""
+        if url in self._entries:
+            return None
         try:
-            return url not in self._entries and self.used + os.stat(url).st_size <= budget
+            st = os.stat(url)
         except OSError:
-            return False  # a URL webdataset streams (http, pipe:) or a missing file: not cached
+            return None  # a URL webdataset streams (http, pipe:) or a missing file: not cached
+        return st if self.used + st.st_size <= budget else None
 
     def put(self, url: str, stat: os.stat_result, samples: list[dict[str, Any]]) -> None:
         self._entries[url] = (stat.st_size, stat.st_mtime_ns, samples)
@@ -134,9 +138,8 @@ def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int],
         if cached is not None:
             yield from cached
             continue
-        keep: list[dict[str, Any]] | None = None
-        if cache_bytes and TAR_CACHE.fits(url, cache_bytes):
-            keep, stat = [], os.stat(url)
+        stat = TAR_CACHE.room_for(url, cache_bytes) if cache_bytes else None
+        keep: list[dict[str, Any]] | None = [] if stat is not None else None
         n = 0
         for sample in wds.tarfile_samples([item], handler=_raise_shard_error):
             n += 1
@@ -147,7 +150,7 @@ def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int],
         if want is not None and n != want:
             raise ShardError(f"shard {url}: holds {n} samples but index.json lists {want} "
                              f"(truncated or replaced tar; {REBUILD})")
-        if keep is not None and TAR_CACHE.fits(url, cache_bytes):  # read in full and counted
+        if keep is not None and TAR_CACHE.room_for(url, cache_bytes) is not None:  # read in full and counted
             TAR_CACHE.put(url, stat, keep)
 
 
