@@ -127,6 +127,31 @@ def _subject_splits(index, cfg, subject: str, *, what: str) -> dict[str, Any]:
     return data
 
 
+def _predict_subject(gid: str, parts: dict[str, Any], predict: Callable[[np.ndarray], np.ndarray],
+                     out: dict[str, dict[str, list]]) -> None:
+    """Append one subject's val and test predictions to ``out`` (``{split: {"keys", "subjects", "probs",
+    "labels"}}``)."""
+    for split in ("val", "test"):
+        part = parts[split]
+        if len(part) == 0:
+            continue
+        o = out[split]
+        o["keys"] += part.keys
+        o["subjects"] += [gid] * len(part)
+        o["probs"].append(predict(part.x).astype(np.float32))
+        o["labels"].append(part.y)
+
+
+def _fit_and_predict_subject(index, cfg, subject: str, *, solver: Solver, seed: int, what: str,
+                             out: dict[str, dict[str, list]]) -> dict[str, Any]:
+    """Read one subject's splits, fit its own read-out, append its predictions to ``out``; returns what was
+    chosen.  Its samples are released on return, so the per-subject baseline holds one subject at a time."""
+    parts = _subject_splits(index, cfg, subject, what=what)
+    strength, val_map, predict = fit_subject(parts["train"], parts["val"], solver=solver, seed=seed)
+    _predict_subject(f"{cfg.id}/{subject}", parts, predict, out)
+    return {"strength": strength, "val_mAP": val_map, "n_train": len(parts["train"])}
+
+
 def fit_pooled_readout(z: np.ndarray, y: np.ndarray, val: Sequence[tuple[np.ndarray, np.ndarray]], *,
                        solver: Solver, seed: int = 0, grid: Sequence[float] | None = None,
                        ) -> tuple[float, float, Callable[[np.ndarray], np.ndarray]]:
@@ -250,18 +275,19 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
             index = indices[cfg.id]
             infos[cfg.id] = index.info
             subjects = list(cfg.subjects or index.data["subjects"])
-            data = {s: _subject_splits(index, cfg, s, what=what) for s in subjects}
-            if alignment is None:
-                predictors = {}
-                for subject, parts in data.items():
+            out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
+                                               for s in ("val", "test")}
+            if alignment is None:  # one subject in memory at a time: read, fit, predict, let go
+                for subject in subjects:
                     gid = f"{cfg.id}/{subject}"
-                    strength, val_map, predictors[subject] = fit_subject(parts["train"], parts["val"], solver=solver,
-                                                                         seed=recipe.seed)
-                    chosen[gid] = {"strength": strength, "val_mAP": val_map, "n_train": len(parts["train"])}
+                    chosen[gid] = _fit_and_predict_subject(index, cfg, subject, solver=solver, seed=recipe.seed,
+                                                           what=what, out=out)
                     if progress:
-                        print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={strength:.3g} "
-                              f"val mAP {val_map:.4f}", file=sys.stderr)
+                        c = chosen[gid]
+                        print(f"{gid}: {solver} {'alpha' if solver == 'ridge' else 'C'}={c['strength']:.3g} "
+                              f"val mAP {c['val_mAP']:.4f}", file=sys.stderr)
             else:
+                data = {s: _subject_splits(index, cfg, s, what=what) for s in subjects}
                 positions = None
                 if alignment in JOINT_FITTERS:
                     if index.info.kind != "volume":
@@ -278,18 +304,8 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                     c = chosen[cfg.id]
                     print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="
                           f"{c['strength']:.3g} val mAP {c['val_mAP']:.4f}", file=sys.stderr)
-            out: dict[str, dict[str, list]] = {s: {"keys": [], "subjects": [], "probs": [], "labels": []}
-                                               for s in ("val", "test")}
-            for subject, parts in data.items():
-                for split in ("val", "test"):
-                    part = parts[split]
-                    if len(part) == 0:
-                        continue
-                    o = out[split]
-                    o["keys"] += part.keys
-                    o["subjects"] += [f"{cfg.id}/{subject}"] * len(part)
-                    o["probs"].append(predictors[subject](part.x).astype(np.float32))
-                    o["labels"].append(part.y)
+                for subject, parts in data.items():
+                    _predict_subject(f"{cfg.id}/{subject}", parts, predictors[subject], out)
             for split in ("val", "test"):
                 o = out[split]
                 if o["keys"]:

@@ -36,6 +36,29 @@ def test_linear_baseline_beats_chance_per_subject_and_writes_run_metrics(tmp_pat
     assert all(c["strength"] in grid for c in metrics["linear"]["chosen"].values())
 
 
+def test_the_per_subject_baseline_holds_one_subject_at_a_time(tmp_path, monkeypatch):
+    """Issue 18, round 9: the per-subject read-out reads, fits and predicts one subject, then lets its samples go
+    before the next is read (it held every subject's splits at once: memory grew with the subject count)."""
+    import weakref
+
+    from foundation.workflows import linear
+
+    alive_when_read: list[int] = []
+    held: list[weakref.ref] = []
+    real = linear._subject_splits
+
+    def tracked(*args, **kwargs):
+        alive_when_read.append(sum(ref() is not None for ref in held))
+        data = real(*args, **kwargs)
+        held.extend(weakref.ref(part) for part in data.values())
+        return data
+
+    monkeypatch.setattr(linear, "_subject_splits", tracked)
+    metrics = json.loads(Path(linear.run_linear(_recipe(tmp_path, n_subjects=3), progress=False)).read_text())
+    assert len(metrics["test"]["per_subject"]) == 3
+    assert alive_when_read == [0, 0, 0]
+
+
 def test_train_fraction_fits_on_the_subset_the_trained_methods_see(tmp_path):
     """``datasets[].train_fraction`` keeps the same fixed training samples as the trainer's stream."""
     import dataclasses
