@@ -43,8 +43,12 @@ class Split:
                      x=self.x[rows], y=self.y[rows], low=self.low[rows], high=self.high[rows])
 
 
-def read_split(index, subject: str, split: str) -> Split:
-    """Read every sample of ``subject``'s ``split`` from a :class:`~foundation.data.index.ShardIndex`."""
+def read_split(index, subject: str, split: str, *, inputs: bool = True) -> Split:
+    """Read every sample of ``subject``'s ``split`` from a :class:`~foundation.data.index.ShardIndex`.
+
+    ``inputs=False``: everything but the fMRI inputs (``x`` is ``(n, 0)``), for a caller that needs only the
+    stimuli, labels or guidance: a volume split's voxels are not converted and stacked (gigabytes on HCP).
+    """
     from foundation.data.loader import decode
     from foundation.data.tars import read_tars
 
@@ -55,11 +59,13 @@ def read_split(index, subject: str, split: str) -> Split:
         s = decode(raw)
         keys.append(s["key"])
         stimuli.append(str(s["meta"]["stimulus"]))
-        xs.append(s["fmri"].reshape(-1).astype(np.float32))
+        if inputs:
+            xs.append(s["fmri"].reshape(-1).astype(np.float32))
         ys.append(s["labels"].astype(np.float32))
         lows.append(np.asarray(s["low"], np.float32).reshape(-1))
         highs.append(np.asarray(s["high"], np.float32).reshape(-1))
-    if not xs:
+    if not keys:
         empty = np.zeros((0, 0), np.float32)
         return Split([], [], empty, np.zeros((0, index.info.num_labels), np.float32), empty, empty)
-    return Split(keys, stimuli, np.stack(xs), np.stack(ys), np.stack(lows), np.stack(highs))
+    x = np.stack(xs) if inputs else np.zeros((len(keys), 0), np.float32)
+    return Split(keys, stimuli, x, np.stack(ys), np.stack(lows), np.stack(highs))

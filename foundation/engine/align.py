@@ -27,8 +27,9 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
                    fit_basis: bool, log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
     """Fit ``subjects`` (dataset id -> subject names) of ``model``'s aligned datasets in place.
 
-    Memory: one subject's training data at a time (read from the shards when its map is fitted, and once before
-    for the guidance basis), except the joint alignment's pool, which is held together (``model.alignment_pool_gib``).
+    Memory: one subject's training data at a time (read from the shards when its map is fitted; the guidance basis
+    reads only the stimuli and their guidance features, not the inputs), except the joint alignment's pool, which is
+    held together (``model.alignment_pool_gib``).
 
     Args:
         model: a :class:`~foundation.model.CLIPMUSED` with ``cfg.alignment != "none"``.
@@ -59,7 +60,7 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
             seen: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
             for ds in group:
                 for s in todo[ds]:
-                    part, rows = _training_part(streams[ds], s, kept[ds][s])
+                    part, rows = _training_part(streams[ds], s, kept[ds][s], inputs=False)  # stimuli only
                     for i in rows:
                         seen.setdefault((ds, part.stimuli[i]), (part.low[i], part.high[i]))
                     del part
@@ -107,11 +108,12 @@ def _kept_keys(stream, ds: str, subject: str) -> set[str]:
     return keys
 
 
-def _training_part(stream, subject: str, keep: set[str]) -> tuple[Any, np.ndarray]:
-    """``subject``'s training split read from the shards, and the rows of it whose keys are in ``keep``."""
+def _training_part(stream, subject: str, keep: set[str], *, inputs: bool = True) -> tuple[Any, np.ndarray]:
+    """``subject``'s training split read from the shards (``inputs=False``: without its fMRI inputs), and the rows
+    of it whose keys are in ``keep``."""
     from foundation.data.splits import read_split
 
-    part = read_split(stream.index, subject, "train")
+    part = read_split(stream.index, subject, "train", inputs=inputs)
     return part, np.asarray([i for i, k in enumerate(part.keys) if k in keep], dtype=np.int64)
 
 
