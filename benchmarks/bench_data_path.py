@@ -14,8 +14,8 @@ plugin at the two model shapes of ``bench_step.py``:
   guidance; 2 subjects × ``--seconds`` volumes.
 
 Then ``DatasetStream.train_batches`` — exactly what ``foundation.engine.trainer`` iterates: weighted shard
-sampling, tar reading, shuffle buffer, ``decode``, ``collate`` — is timed with ``num_workers`` in
-``--workers``, each batch moved to ``--device`` (``Batch.to``, non-blocking; pinned by the DataLoader
+sampling, tar reading (with the tar cache of ``--cache-mib``, the trainer's ``train.shard_cache_mib``; 0 = off),
+shuffle buffer, ``decode``, ``collate`` — is timed with ``num_workers`` in ``--workers``, each batch moved to ``--device`` (``Batch.to``, non-blocking; pinned by the DataLoader
 on CUDA).  Reported: samples/s in the steady state (after the first batch, which waits for the shuffle
 buffer to fill), the time to the first batch, and the ratio to the samples/s the model consumes at
 the same shape (read from ``--step-json``, a ``bench_step.py --out`` file, when given).  The goal is a
@@ -64,13 +64,17 @@ def recipe_for(shape: str, root: Path, args: argparse.Namespace):
     return recipe
 
 
-def time_loader(stream, batch: int, workers: int, device: Any, n_batches: int, shuffle_buffer: int) -> dict[str, Any]:
+def time_loader(stream, batch: int, workers: int, device: Any, n_batches: int, shuffle_buffer: int,
+                cache_mib: int = 0) -> dict[str, Any]:
     import torch
 
+    from foundation.data.tars import TAR_CACHE
+
+    TAR_CACHE.clear()  # each configuration starts as a fresh trainer process does
     dev = torch.device(device)
     t0 = time.perf_counter()
     it = iter(stream.train_batches(batch, seed=0, segment=0, shuffle_buffer=shuffle_buffer,
-                                   num_workers=workers, pin_memory=dev.type == "cuda"))
+                                   num_workers=workers, pin_memory=dev.type == "cuda", cache_bytes=cache_mib << 20))
     first = next(it).to(dev)
     _perf.sync(dev)
     t_first = time.perf_counter() - t0
@@ -85,7 +89,7 @@ def time_loader(stream, batch: int, workers: int, device: Any, n_batches: int, s
     wall = time.perf_counter() - t_all
     cpu = time.process_time() - c0
     del it
-    return {"workers": workers, "batch": batch, "batches": n_batches, "first_batch_s": t_first,
+    return {"workers": workers, "cache_mib": cache_mib, "batch": batch, "batches": n_batches, "first_batch_s": t_first,
             "samples_per_s": batch * n_batches / wall, "median_batch_s": statistics.median(times),
             "main_process_cpu_s_per_batch": cpu / n_batches, "fmri_dtype": str(first.fmri.dtype),
             "fmri_shape": list(first.fmri.shape), "batch_bytes": sum(
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch = args.batch or DEFAULT_BATCH[shape]
             n_batches = max(2, args.samples // batch)
             rows = [time_loader(stream, batch, w, args.device, n_batches,
-                                min(args.shuffle_buffer, stream.train_count())) for w in args.workers]
+                                min(args.shuffle_buffer, stream.train_count()), cache_mib=c)
+                    for w in args.workers for c in args.cache_mib]
             stages = time_stages(stream, 64 if shape == "nsd" else 16, args.stage_reps)
             consume, consume_batch = model_rate(args.step_json, shape)
             for r in rows:
@@ -175,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = ("| shape | batch | workers | loader samples/s | first batch s | main-process CPU ms/batch "
+    head = ("| shape | batch | workers | tar cache MiB | loader samples/s | first batch s | main-process CPU ms/batch "
             "| model samples/s | loader ÷ model | decode alone samples/s | collate alone samples/s "
             "| tar read alone samples/s | sample KiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -185,7 +190,8 @@ def table(results: list[dict[str, Any]]) -> str:
             ratio = "–" if r["ratio_to_model"] is None else f"{r['ratio_to_model']:.1f}×"
             model = "–" if res["model_samples_per_s"] is None else f"{res['model_samples_per_s']:.2f}"
             lines.append(
-                f"| {res['shape']} | {r['batch']} | {r['workers']} | {r['samples_per_s']:.0f} | {r['first_batch_s']:.2f} "
+                f"| {res['shape']} | {r['batch']} | {r['workers']} | {r.get('cache_mib', 0)} | {r['samples_per_s']:.0f} "
+                f"| {r['first_batch_s']:.2f} "
                 f"| {1e3 * r['main_process_cpu_s_per_batch']:.1f} | {model} | {ratio} "
                 f"| {st['decode_samples_per_s']:.0f} | {st['collate_samples_per_s']:.0f} "
                 f"| {st['tar_read_samples_per_s']:.0f} | {st['sample_bytes'] / 1024:.1f} |")
@@ -212,7 +218,8 @@ def cli_args(args: argparse.Namespace) -> list[str]:
     out = ["--shape", args.shape, "--workers", *map(str, args.workers), "--samples", str(args.samples),
            "--device", args.device, "--threads", str(args.threads), "--token-dim", str(args.token_dim),
            "--seconds", str(args.seconds), "--stimuli-per-subject", str(args.stimuli_per_subject),
-           "--shuffle-buffer", str(args.shuffle_buffer), "--stage-reps", str(args.stage_reps)]
+           "--shuffle-buffer", str(args.shuffle_buffer), "--stage-reps", str(args.stage_reps),
+           "--cache-mib", *map(str, args.cache_mib)]
     if args.batch:
         out += ["--batch", str(args.batch)]
     if args.step_json:
@@ -229,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: nsd 64, hcp 4, as bench_step)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to time")
+    p.add_argument("--cache-mib", type=int, nargs="+", default=[256],
+                   help="train.shard_cache_mib values to time (256: what the trainer uses by default; 0: no tar cache)")
     p.add_argument("--samples", type=int, default=1024, help="samples timed per configuration (after the first batch)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
