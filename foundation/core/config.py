@@ -204,7 +204,8 @@ class TrainConfig:
     shuffle_buffer: PositiveInt = 2000
     #: MiB of training shards each loading process keeps in memory once read (0: re-read every tar at
     #: every draw); a dataset that fits is parsed from disk once instead of at every pass, with the same
-    #: batches (not part of the run's identity).  Counted by the tars' size on disk, per process
+    #: batches (not part of the run's identity).  Counted by the tars' size on disk, per process; lowered,
+    #: with a warning, so that this machine's loading processes keep at most half of its available memory
     shard_cache_mib: NonNegativeInt = 256
     #: autocast precision; ``auto``: bf16 on a GPU that has it, float32 on CPUs (bf16 is opt-in there: faster on CPUs
     #: with AMX, docs/PERFORMANCE.md round 8); the label head and the losses compute in float32 either way

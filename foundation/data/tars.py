@@ -118,6 +118,35 @@ class TarCache:
 TAR_CACHE = TarCache()
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), ``None`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cache_budget(mib: int, *, processes: int = 1) -> tuple[int, str | None]:
+    """The tar cache's byte budget per loading process for ``train.shard_cache_mib`` = ``mib``, and a warning
+    when it was lowered: ``processes`` loading processes (one per rank and loader worker on this machine) together
+    keep at most half of the memory available now, so a budget set larger than the machine cannot exhaust it
+    (each process reads tars until its budget is full)."""
+    want = max(0, int(mib)) << 20
+    free = available_memory()
+    if not want or free is None:
+        return want, None
+    ceiling = free // 2 // max(1, processes)
+    if want <= ceiling:
+        return want, None
+    return ceiling, (f"train.shard_cache_mib={mib} is more than half of the memory available now "
+                     f"({free / 2**30:.1f} GiB over {processes} loading process(es)): each keeps at most "
+                     f"{ceiling >> 20} MiB of training tars")
+
+
 def read_tars(src: Iterable[dict[str, str]], *, expected: dict[str, int],
               checksums: dict[str, dict[str, Any]] | None = None, cache_bytes: int = 0) -> Iterator[dict[str, Any]]:
     """Raw samples of each tar named by ``src``, checked against the sample count index.json lists and,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import pickle
 import random
 import sys
@@ -371,6 +372,15 @@ class Trainer:
             for key in self.finetune.new_subjects:
                 ds, subject = key.split("/", 1)
                 to_align.setdefault(ds, []).append(subject)
+        from foundation.data.tars import cache_budget
+
+        # processes that may hold tars on this machine: every local rank, plus each rank's loader workers (or its
+        # background loader: forked, it shares the rank's cache until pages are copied)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+        per_rank = 1 + max(t.num_workers, int(t.background_loader))
+        self.cache_bytes, why = cache_budget(t.shard_cache_mib, processes=local_ranks * per_rank)
+        if why and acc.is_main_process:
+            print(f"warning: {why}", file=sys.stderr)
         self.alignment_report = {}
         if self.model.alignments:  # closed-form per-subject maps: fitted before any training step
             from foundation.engine.align import fit_alignments
@@ -416,7 +426,7 @@ class Trainer:
                 t.batch_size, seed=self.recipe.seed, segment=segment,
                 rank=micro * acc.num_processes + acc.process_index,
                 shuffle_buffer=t.shuffle_buffer, num_workers=t.num_workers, pin_memory=acc.device.type == "cuda",
-                background=t.background_loader, cache_bytes=t.shard_cache_mib << 20))
+                background=t.background_loader, cache_bytes=self.cache_bytes))
                 for micro in range(t.grad_accum)]
             for name, stream in self.streams.items()
         }

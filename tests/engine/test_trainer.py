@@ -208,6 +208,20 @@ def test_background_loader_changes_no_result(tiny_recipe, tmp_path):
     assert {"train.background_loader", "train.shard_cache_mib"} <= RESUMABLE_CHANGES
 
 
+def test_a_tar_cache_larger_than_the_machine_is_lowered_with_a_warning(tiny_recipe, tmp_path, monkeypatch, capsys):
+    from foundation.data import tars
+    from foundation.engine.trainer import Trainer
+
+    monkeypatch.setattr(tars, "available_memory", lambda: 256 << 20)  # 256 MiB available
+    trainer = Trainer(tiny_recipe(**{"train.shard_cache_mib": 1024, "run.dir": str(tmp_path / "run")}), progress=False)
+    try:
+        # one process, its background loader: together at most half of 256 MiB
+        assert trainer.cache_bytes == 64 << 20
+        assert "warning: train.shard_cache_mib=1024 is more than half of the memory available" in capsys.readouterr().err
+    finally:
+        trainer.close()
+
+
 def test_bf16_on_cpu_trains_in_bf16_and_metrics_record_the_precision(tiny_recipe, tmp_path):
     """``train.mixed_precision=bf16`` autocasts the CPU forward (docs/PERFORMANCE.md round 8: faster on CPUs
     with AMX, at a cost in test mAP on the default world): the run finishes with finite metrics, its weights
