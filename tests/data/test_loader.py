@@ -449,20 +449,20 @@ def _running(pid: int) -> bool:
 @pytest.fixture
 def tar_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     """Counts the tars webdataset parses (by path), with an empty :data:`TAR_CACHE` for the test."""
-    from foundation.data import tars as loader
+    from foundation.data import tars
 
     reads: collections.Counter = collections.Counter()
-    real = loader.wds.tarfile_samples
+    real = tars.wds.tarfile_samples
 
     def counting(src, **kw):
         src = list(src)
         reads.update(item["url"] for item in src)
         return real(src, **kw)
 
-    monkeypatch.setattr(loader.wds, "tarfile_samples", counting)
-    loader.TAR_CACHE.clear()
+    monkeypatch.setattr(tars.wds, "tarfile_samples", counting)
+    tars.TAR_CACHE.clear()
     yield reads
-    loader.TAR_CACHE.clear()
+    tars.TAR_CACHE.clear()
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -540,16 +540,3 @@ def test_small_batches_cross_processes_inside_the_pickle(monkeypatch: pytest.Mon
             a, b = getattr(got, name), getattr(sent, name)
             assert a.dtype == b.dtype and torch.equal(a, b), name
 
-
-def test_the_tar_cache_budget_stays_under_half_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A ``train.shard_cache_mib`` larger than the machine is lowered (with a warning naming the key), so a
-    training process does not read tars into memory until it is killed; without a reading it is taken as set."""
-    from foundation.data import tars
-
-    monkeypatch.setattr(tars, "available_memory", lambda: 1 << 30)  # 1 GiB available
-    assert tars.cache_budget(256, processes=2) == (256 << 20, None)  # 2 x 256 MiB fit in half of it
-    budget, why = tars.cache_budget(256, processes=4)
-    assert budget == 128 << 20 and "train.shard_cache_mib=256" in why and "128 MiB" in why
-    assert tars.cache_budget(0, processes=4) == (0, None)
-    monkeypatch.setattr(tars, "available_memory", lambda: None)
-    assert tars.cache_budget(100_000) == (100_000 << 20, None)
