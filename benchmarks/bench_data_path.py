@@ -15,7 +15,8 @@ plugin at the two model shapes of ``bench_step.py``:
 
 Then ``DatasetStream.train_batches`` — exactly what ``foundation.engine.trainer`` iterates: weighted shard
 sampling, tar reading (with the tar cache of ``--cache-mib``, the trainer's ``train.shard_cache_mib``; 0 = off),
-shuffle buffer, ``decode``, ``collate`` — is timed with ``num_workers`` in ``--workers``, each batch moved to ``--device`` (``Batch.to``, non-blocking; pinned by the DataLoader
+shuffle buffer, ``decode``, ``collate`` — is timed with ``num_workers`` in ``--workers``, each batch moved to
+``--device`` (``Batch.to``, non-blocking; pinned by the DataLoader
 on CUDA).  Reported: samples/s in the steady state (after the first batch, which waits for the shuffle
 buffer to fill), the time to the first batch, and the ratio to the samples/s the model consumes at
 the same shape (read from ``--step-json``, a ``bench_step.py --out`` file, when given).  The goal is a
@@ -190,7 +191,8 @@ def table(results: list[dict[str, Any]]) -> str:
             ratio = "–" if r["ratio_to_model"] is None else f"{r['ratio_to_model']:.1f}×"
             model = "–" if res["model_samples_per_s"] is None else f"{res['model_samples_per_s']:.2f}"
             lines.append(
-                f"| {res['shape']} | {r['batch']} | {r['workers']} | {r.get('cache_mib', 0)} | {r['samples_per_s']:.0f} "
+                f"| {res['shape']} | {r['batch']} | {r['workers']} | {r.get('cache_mib', 0)} "
+                f"| {r['samples_per_s']:.0f} "
                 f"| {r['first_batch_s']:.2f} "
                 f"| {1e3 * r['main_process_cpu_s_per_batch']:.1f} | {model} | {ratio} "
                 f"| {st['decode_samples_per_s']:.0f} | {st['collate_samples_per_s']:.0f} "

@@ -15,10 +15,10 @@ second ("cores busy"), and a ``--gemm``² fp32 GEMM timed with every core just b
 "normalised" steps/s is steps/s × (this run's GEMM time ÷ the median GEMM time), which removes most of
 the minute-to-minute drift a shared machine adds.  It prints medians with IQR over rounds, the load
 average, and whether the runs of one thread count ended with bit-identical weights and validation
-metrics (the loader's process must not change the batches).  ``--variants LABEL:OVERRIDE,…`` adds a third axis of
-recipe overrides (and ``Batch.inline_bytes=N``, the loader's in-pickle transfer bound, set on the class before
-the run: the loader process is forked from this one), interleaved like the others.  Like the ``foundation`` command, it sets
-``OMP_WAIT_POLICY=PASSIVE`` before torch loads (unless the environment chose a policy).
+metrics (the loader's process must not change the batches).  ``--variants LABEL:OVERRIDE,…`` adds a third axis
+of recipe overrides (and ``Batch.inline_bytes=N``, the loader's in-pickle transfer bound, set on the class before
+the run: the loader process is forked from this one), interleaved like the others.  Like the ``foundation``
+command, it sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads (unless the environment chose a policy).
 """
 
 from __future__ import annotations

@@ -520,9 +520,9 @@ def test_small_batches_cross_processes_inside_the_pickle(monkeypatch: pytest.Mon
     from foundation.data.loader import Batch
 
     g = torch.Generator().manual_seed(0)
-    sent = Batch("d", torch.randn(4, 3, 8, generator=g).half(), torch.ones(4, 5), torch.randn(4, 16, generator=g).half(),
-                 torch.randn(4, 16, generator=g).half(), ["d/sub-01"] * 4, [f"d/sub-01/{i}" for i in range(4)],
-                 ["t.tar"] * 4)
+    sent = Batch("d", torch.randn(4, 3, 8, generator=g).half(), torch.ones(4, 5),
+                 torch.randn(4, 16, generator=g).half(), torch.randn(4, 16, generator=g).half(),
+                 ["d/sub-01"] * 4, [f"d/sub-01/{i}" for i in range(4)], ["t.tar"] * 4)
 
     def through_a_loader_process() -> Batch:
         loader = torch.utils.data.DataLoader([sent], batch_size=None, num_workers=1, multiprocessing_context="fork")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -19,7 +21,7 @@ def test_the_tar_cache_budget_stays_under_half_the_available_memory(monkeypatch:
     assert tars.cache_budget(100_000) == (100_000 << 20, None)
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="MemAvailable is read from /proc/meminfo")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MemAvailable is read from /proc/meminfo")
 def test_available_memory_is_read_on_linux() -> None:
     from foundation.data.tars import available_memory
 

@@ -217,7 +217,8 @@ def test_a_tar_cache_larger_than_the_machine_is_lowered_with_a_warning(tiny_reci
     try:
         # one process, its background loader: together at most half of 256 MiB
         assert trainer.cache_bytes == 64 << 20
-        assert "warning: train.shard_cache_mib=1024 is more than half of the memory available" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "warning: train.shard_cache_mib=1024 is more than half of the memory available" in err
     finally:
         trainer.close()
 
