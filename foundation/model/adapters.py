@@ -98,16 +98,26 @@ class VolumeGrid(nn.Module):
     of ``factor = 2**n_down`` (``n_down`` stride-2 steps), whose ``out_grid`` cells are the
     ``num_tokens`` patches (C order).
 
+    With ``standardize`` each sample's in-mask voxels are first shifted and scaled to mean 0 and standard
+    deviation 1 over that sample (``model.volume_input: standardize``): a volume normalised to [0, 1] per voxel
+    (the public code's min-max) carries a constant in-brain offset of about 0.5 against the zeros outside the
+    mask, and that edge, not the response, is what the first convolutions and their GroupNorm then see
+    (docs/RESULTS.md §4i).
+
     Args:
         grid: ``(X, Y, Z)`` voxel grid of the dataset.
         n_down: number of stride-2 steps of the patchifier.
+        standardize: standardise each sample's in-mask voxels before scattering them.
     """
 
     #: whether the model's Transformer layers run inside the patchifier (see ``ResNetVolumeAdapter``)
     interleaved = False
+    #: the smallest variance a sample's voxels are divided by (a constant volume stays 0, not NaN)
+    eps = 1e-6
 
-    def __init__(self, grid: Sequence[int], n_down: int) -> None:
+    def __init__(self, grid: Sequence[int], n_down: int, *, standardize: bool = False) -> None:
         super().__init__()
+        self.standardize = bool(standardize)
         grid = tuple(int(g) for g in grid)
         if len(grid) != 3 or min(grid) < 1:
             raise ValueError(f"volume adapter grid must be three positive sizes, got {grid}")
@@ -165,6 +175,8 @@ class VolumeGrid(nn.Module):
         b = voxels.shape[0]
         n_pad = math.prod(self.padded_grid)
         index = index.to(device=voxels.device, dtype=torch.long)
+        if self.standardize:
+            voxels = self.standardized(voxels, index < self.num_voxels)
         # One flat buffer for the whole batch plus a single dummy slot at the very end: sample b's
         # voxels land at b*n_pad + pos, every padding entry lands in the dummy slot, which is dropped.
         pos = self._padded_positions(index) + torch.arange(b, device=index.device).unsqueeze(1) * n_pad
@@ -182,6 +194,22 @@ class VolumeGrid(nn.Module):
             vol = vol[:, :, :x, :y, :z]
         return vol
 
+    def standardized(self, voxels: Tensor, valid: Tensor) -> Tensor:
+        """Each sample's valid voxels shifted and scaled to mean 0, standard deviation 1 (padding entries 0).
+
+        Args:
+            voxels: ``(B, Vmax)`` voxel values.
+            valid: ``(B, Vmax)`` bool, ``False`` at padding entries.
+
+        Returns:
+            ``(B, Vmax)`` float32 (statistics in float32 whatever the input dtype).
+        """
+        v = torch.where(valid, voxels.float(), 0.0)
+        n = valid.sum(1, keepdim=True).clamp_min(1)
+        mean = v.sum(1, keepdim=True) / n
+        centred = torch.where(valid, v - mean, 0.0)
+        var = centred.square().sum(1, keepdim=True) / n
+        return centred * torch.rsqrt(var + self.eps)
 
 
 class VolumeAdapter(VolumeGrid):
@@ -195,13 +223,14 @@ class VolumeAdapter(VolumeGrid):
         grid: ``(X, Y, Z)`` voxel grid of the dataset.
         dim: token width.
         channels: widths of the stride-2 stages; the stem has ``channels[0]``.
+        standardize: standardise each sample's in-mask voxels first (:class:`VolumeGrid`).
     """
 
-    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int]) -> None:
+    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int], *, standardize: bool = False) -> None:
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1:
             raise ValueError(f"VolumeAdapter channels must be non-empty positive ints, got {channels}")
-        super().__init__(grid, len(channels))
+        super().__init__(grid, len(channels), standardize=standardize)
         self.channels = channels
         self.stem = ConvNormAct(1, channels[0])
         self.stages = nn.Sequential(
@@ -218,4 +247,5 @@ class VolumeAdapter(VolumeGrid):
         return self.tokens(self.proj(self.stages(self.stem(x))))  # (B, num_tokens, dim)
 
     def extra_repr(self) -> str:
-        return f"grid={self.grid}, out_grid={self.out_grid}, num_tokens={self.num_tokens}"
+        return (f"grid={self.grid}, out_grid={self.out_grid}, num_tokens={self.num_tokens}"
+                + (", standardize" if self.standardize else ""))

@@ -269,10 +269,12 @@ class CLIPMUSED(nn.Module):
             n_tokens, token_dim = info.token_shape  # type: ignore[misc]
             return ROIAdapter(n_tokens, token_dim, self.cfg.dim)
         if info.kind == "volume":
+            standardize = self.cfg.volume_input == "standardize"
             if self.cfg.patchifier == "cnn":
-                return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels)  # type: ignore[arg-type]
+                return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels,  # type: ignore[arg-type]
+                                     standardize=standardize)
             return ResNetVolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels,  # type: ignore[arg-type]
-                                       blocks=self.cfg.volume_blocks)
+                                       blocks=self.cfg.volume_blocks, standardize=standardize)
         raise ValueError(f"unknown DatasetInfo.kind {info.kind!r} (expected 'roi' or 'volume')")
 
     def _check_subject_datasets(self, keys: Sequence[str]) -> None:

@@ -81,17 +81,19 @@ class ResNetVolumeAdapter(VolumeGrid):
         dim: token width (the Transformer's).
         channels: widths ``[c0, ..., c_{k-1}]`` of the ``k`` stride-2 steps (paper: ``[32, 64, 128, 512]``).
         blocks: BasicBlocks per residual stage (ResNet-18: 2).
+        standardize: standardise each sample's in-mask voxels first (:class:`~foundation.model.adapters.VolumeGrid`).
     """
 
     interleaved = True
 
-    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int], *, blocks: int = 2) -> None:
+    def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int], *, blocks: int = 2,
+                 standardize: bool = False) -> None:
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1:
             raise ValueError(f"ResNetVolumeAdapter channels must be non-empty positive ints, got {channels}")
         if blocks < 1:
             raise ValueError(f"ResNetVolumeAdapter blocks must be >= 1, got {blocks}")
-        super().__init__(grid, len(channels))
+        super().__init__(grid, len(channels), standardize=standardize)
         self.channels = channels
         n_stem = min(2, len(channels))
         stem: list[nn.Module] = []
@@ -149,4 +151,5 @@ class ResNetVolumeAdapter(VolumeGrid):
         return h, weights
 
     def extra_repr(self) -> str:
-        return f"grid={self.grid}, out_grid={self.out_grid}, num_tokens={self.num_tokens}, interleaved"
+        return (f"grid={self.grid}, out_grid={self.out_grid}, num_tokens={self.num_tokens}, interleaved"
+                + (", standardize" if self.standardize else ""))

@@ -43,6 +43,11 @@ unchanged.
 And by issue 18 (stop 25): ``train.shard_cache_mib`` (training tars kept in memory per loading process) is a new
 train field (every whole-recipe hash; it changes no result and is resumable, ``RESUMABLE_CHANGES``, which bench
 archives also ignore). Dataset options, guidance options and shard directories are unchanged.
+
+And by issue 14 (stop 26): ``model.volume_input`` (``raw``, the default and what every run so far was fed, or
+``standardize``: each sample's in-mask voxels standardised before the volume patchifier) is a new model field
+(every whole-recipe hash; runs made before it resume with its default). Dataset options, guidance options and
+shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -59,21 +64,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "ffd1d4b86f5b23c8", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "af74a110579083d2", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "ca0ec4c7f5ad590f", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "afd006723a2ebb4f", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "b5f12c213840ed1d", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "5e77e029ad9af04f", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "3cef1257fc1891ba", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "f288f3da03f719d5", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "79fbaa863910d978", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "69a84118e958344a", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "a1025e5de44ac6b0", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "e4609a16666a1318", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "776859c75375b12d", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "8da3ad8b55b05b19", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "bb723b36cefa4a42", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "8cc00e438076cf5d", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

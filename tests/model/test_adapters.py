@@ -113,3 +113,37 @@ def test_volume_channels_last_3d_gives_same_tokens():
     ref = ad(voxels, index)
     ad = ad.to(memory_format=torch.channels_last_3d)
     assert torch.allclose(ad(voxels, index), ref, atol=1e-5)
+
+
+def test_standardize_gives_each_sample_mean_0_sd_1_over_its_own_voxels_only():
+    rng = np.random.default_rng(4)
+    grid = (9, 8, 7)
+    masks = [rng.random(grid) < p for p in (0.3, 0.8)]
+    voxels, index, dense = _batch_from_masks(masks, rng, pad_value=1e6)  # padding must not enter the statistics
+    voxels = voxels * 0.2 + 0.5  # a [0, 1]-like volume: offset 0.5 inside the mask
+    ad = VolumeAdapter(grid, 8, [4, 4], standardize=True)
+    vol = ad.densify(voxels, index, padded=False)[:, 0]
+    for b, mask in enumerate(masks):
+        inside = vol[b][torch.from_numpy(mask)].double()
+        assert inside.mean().item() == pytest.approx(0.0, abs=1e-5)
+        assert inside.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-4)
+        assert vol[b][torch.from_numpy(~mask)].abs().max().item() == 0.0  # outside the mask stays 0
+        expected = (dense[b][mask] * 0.2 + 0.5 - (dense[b][mask] * 0.2 + 0.5).mean()) / (dense[b][mask] * 0.2).std()
+        np.testing.assert_allclose(inside.numpy(), expected, rtol=1e-4, atol=1e-4)
+    # raw (the default) scatters the values as they are
+    raw = VolumeAdapter(grid, 8, [4, 4]).densify(voxels, index, padded=False)[:, 0]
+    assert raw[0][torch.from_numpy(masks[0])].mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_standardize_removes_a_per_sample_offset_and_scale_and_keeps_a_constant_volume_finite():
+    rng = np.random.default_rng(5)
+    grid = (6, 6, 6)
+    voxels, index, _ = _batch_from_masks([rng.random(grid) < 0.5 for _ in range(2)], rng)
+    torch.manual_seed(0)
+    ad = VolumeAdapter(grid, 8, [4, 4], standardize=True).eval()
+    ref = ad(voxels, index)
+    assert torch.allclose(ad(voxels * 7.0 + 3.0, index), ref, atol=1e-4)
+    flat = torch.where(index < math.prod(grid), torch.full_like(voxels, 2.5), voxels)
+    assert torch.isfinite(ad(flat, index)).all()
+    assert ad.densify(flat, index).abs().max().item() == 0.0
+

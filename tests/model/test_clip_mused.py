@@ -314,3 +314,25 @@ def test_shared_label_head_scores_each_dataset_on_its_own_columns_of_one_head():
                        m("more", y, m.subject_index(["more/s1"] * 3)).logits)
     # the per-dataset default: no shared head, one head per dataset
     assert CLIPMUSED(cfg("subject"), DATASETS, SUBJECTS).label_head is None
+
+
+@pytest.mark.parametrize("patchifier", ["resnet", "cnn"])
+def test_volume_input_reaches_the_patchifier_and_survives_the_config_round_trip(patchifier):
+    torch.manual_seed(0)
+    voxels, index = volume_batch(2)
+    outs = {}
+    for how, expected in (("raw", False), ("standardize", True)):
+        torch.manual_seed(0)
+        m = CLIPMUSED(cfg(patchifier=patchifier, volume_input=how), DATASETS, SUBJECTS).eval()
+        assert m.adapters["hcp"].standardize is expected
+        idx = m.subject_index(["hcp/100"] * 2)
+        outs[how] = m("hcp", voxels * 0.1 + 0.5, idx, voxel_index=index).logits
+        m2 = CLIPMUSED.from_config_dict(json.loads(json.dumps(m.config_dict()))).eval()
+        m2.load_state_dict(m.state_dict())
+        assert m2.adapters["hcp"].standardize is expected
+        assert torch.equal(m2("hcp", voxels * 0.1 + 0.5, idx, voxel_index=index).logits, outs[how])
+    assert not torch.allclose(outs["raw"], outs["standardize"])  # same weights, another input
+    # a checkpoint written before the key existed loads as the raw input it was trained on
+    d = json.loads(json.dumps(m.config_dict()))
+    del d["model"]["volume_input"]
+    assert CLIPMUSED.from_config_dict(d).adapters["hcp"].standardize is False
