@@ -29,12 +29,20 @@ RESTORED = ".restored-from-archive"
 
 
 def _comparable(recipe_text: str) -> dict[str, Any]:
-    """The recipe without the keys that change no result (``run.dir``: where the run lives, not what it is;
-    the loader and logging settings a run may also resume under: ``RESUMABLE_CHANGES``), so an archived
-    run stays reusable when such a key is added or changed."""
+    """The recipe with every key added to the schema since it was written at its default (as a resumed run
+    takes them: a new key's default is what runs before it did) and without the keys that change no result
+    (``run.dir``: where the run lives, not what it is; the loader and logging settings a run may also resume
+    under: ``RESUMABLE_CHANGES``), so an archived run stays reusable when such a key is added or changed."""
+    from foundation.core.config import Recipe
+    from foundation.core.convert import from_dict, to_dict
+    from foundation.core.errors import RecipeError
     from foundation.engine.trainer import RESUMABLE_CHANGES
 
     d = yaml.safe_load(recipe_text) or {}
+    try:
+        d = to_dict(from_dict(Recipe, d))
+    except (RecipeError, TypeError):
+        pass  # compared as written
     for dotted in RESUMABLE_CHANGES:
         section, _, key = dotted.partition(".")
         if isinstance(d.get(section), dict):

@@ -175,15 +175,17 @@ def test_bench_archive_restores_unchanged_runs_and_retrains_changed_ones(recipe_
     assert is_restored(run) and sorted(p.name for p in run.iterdir()) == [".restored-from-archive", "metrics.json"]
 
     # a changed recipe is another run: not restored (bench then trains it); only run.dir and the keys that
-    # change no result (RESUMABLE_CHANGES: loader and logging settings, present or not) may differ
+    # change no result (RESUMABLE_CHANGES: loader and logging settings, present or not) may differ, and a key
+    # the archive predates counts at its default (model.volume_input absent = raw, what every run before it was fed)
     from foundation.workflows.bench_archive import restore
 
     planned = yaml.safe_load((tmp_path / "a" / "tiny" / "recipes" / "ridge-seed0.yaml").read_text())
     for i, (key, value, same) in enumerate((("dir", str(tmp_path / "elsewhere" / "tiny" / "ridge-seed0"), True),
                                             ("lr", 0.5, False), ("shard_cache_mib", 0, True),
-                                            ("shard_cache_mib", None, True))):
+                                            ("shard_cache_mib", None, True), ("volume_input", None, True),
+                                            ("volume_input", "standardize", False))):
         d = json.loads(json.dumps(planned))
-        section = d["run"] if key == "dir" else d["train"]
+        section = d["run"] if key == "dir" else d["model"] if key == "volume_input" else d["train"]
         if value is None:
             del section[key]  # an archive written before the key existed
         else:
