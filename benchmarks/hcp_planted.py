@@ -193,6 +193,16 @@ def random_features(recipe_file: str, overrides: list[str], *, seed: int) -> lis
     return rows
 
 
+def data_overrides(base: Path, *, subjects: int, delay: int, val_seconds: int) -> list[str]:
+    """The overrides of ``recipes/hcp.yaml`` that read the planted world in ``base`` (its ``hcp`` tree, its
+    ``shards``): every labelled second a clip, ``val_seconds`` at the end of movies 1-3, no movie frames."""
+    return [f"datasets.0.root={base / 'hcp'}", "datasets.0.options.subjects=null", f"datasets.0.options.n_subjects={subjects}",
+            "datasets.0.options.crop=null", "datasets.0.options.segments=wordnet", "datasets.0.options.split=val_gap",
+            f"datasets.0.options.val_seconds={val_seconds}", "datasets.0.options.val_gap=5",
+            f"datasets.0.options.hemodynamic_delay={delay}", "datasets.0.options.movie_frames=null",
+            "guidance.low=minilm", "guidance.high=minilm", "guidance.options={}", f"shards.root={base / 'shards'}"]
+
+
 def _run(cmd: list[str], threads: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     print("$ " + " ".join(cmd), flush=True)
@@ -241,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "planted.json").write_text(json.dumps(world) + "\n")
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
 
-    data = [f"datasets.0.root={root}", "datasets.0.options.subjects=null", f"datasets.0.options.n_subjects={a.subjects}",
-            "datasets.0.options.crop=null", "datasets.0.options.segments=wordnet", "datasets.0.options.split=val_gap",
-            f"datasets.0.options.val_seconds={a.val_seconds}", "datasets.0.options.val_gap=5",
-            f"datasets.0.options.hemodynamic_delay={a.delay}", "datasets.0.options.movie_frames=null",
-            "guidance.low=minilm", "guidance.high=minilm", "guidance.options={}", f"shards.root={base / 'shards'}"]
+    data = data_overrides(base, subjects=a.subjects, delay=a.delay, val_seconds=a.val_seconds)
     recipe = str(REPO / "recipes" / "hcp.yaml")
     py = sys.executable
     t0 = time.perf_counter()
