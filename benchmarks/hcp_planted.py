@@ -196,7 +196,8 @@ def random_features(recipe_file: str, overrides: list[str], *, seed: int) -> lis
 def data_overrides(base: Path, *, subjects: int, delay: int, val_seconds: int) -> list[str]:
     """The overrides of ``recipes/hcp.yaml`` that read the planted world in ``base`` (its ``hcp`` tree, its
     ``shards``): every labelled second a clip, ``val_seconds`` at the end of movies 1-3, no movie frames."""
-    return [f"datasets.0.root={base / 'hcp'}", "datasets.0.options.subjects=null", f"datasets.0.options.n_subjects={subjects}",
+    return [f"datasets.0.root={base / 'hcp'}", "datasets.0.options.subjects=null",
+            f"datasets.0.options.n_subjects={subjects}",
             "datasets.0.options.crop=null", "datasets.0.options.segments=wordnet", "datasets.0.options.split=val_gap",
             f"datasets.0.options.val_seconds={val_seconds}", "datasets.0.options.val_gap=5",
             f"datasets.0.options.hemodynamic_delay={delay}", "datasets.0.options.movie_frames=null",

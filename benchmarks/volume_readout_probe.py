@@ -109,7 +109,8 @@ def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("world", type=Path, help="a world-<key> folder written by benchmarks/hcp_planted.py")
     p.add_argument("--subject", type=int, default=0, help="which subject (index into the shard's subjects)")
     p.add_argument("--inputs", nargs="+", default=["raw", "centre", "standardize"],
