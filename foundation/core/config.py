@@ -169,7 +169,7 @@ class ModelConfig:
     #: code feeds its min-max [0, 1] volumes) or ``standardize`` (each sample's in-mask voxels shifted and scaled to
     #: mean 0, sd 1 first, for plugins whose values carry an offset or scale: with a read-out that weighs each
     #: patch, a min-max volume's constant in-brain offset hides a planted response from the 3-D CNN; the paper's
-    #: model learned it no better either way in 600 steps, docs/RESULTS.md §4i, so the default stays the paper's)
+    #: model learned it no better either way in 600 or 2000 steps, docs/RESULTS.md §4i: the default stays the paper's)
     volume_input: Literal["raw", "standardize"] = "raw"
 
 

@@ -101,7 +101,7 @@ class VolumeGrid(nn.Module):
     With ``standardize`` each sample's in-mask voxels are first shifted and scaled to mean 0 and standard
     deviation 1 over that sample (``model.volume_input: standardize``): a volume normalised to [0, 1] per voxel
     (the public code's min-max) carries a constant in-brain offset of about 0.5 against the zeros outside the
-    mask, and that edge, not the response, is what the first convolutions and their GroupNorm then see
+    mask, and from such input the 3-D ResNet did not learn a planted response that it learns from centred input
     (docs/RESULTS.md §4i).
 
     Args:
