@@ -37,15 +37,6 @@ sys.path.insert(0, str(REPO))
 from hcp_planted import data_overrides  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
-def _macro(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """Macro mAP and AUC over the labels that are neither absent nor everywhere in ``y`` ``(n, C)``."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    cols = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
-    return (float(np.mean([average_precision_score(y[:, k], p[:, k]) for k in cols])),
-            float(np.mean([roc_auc_score(y[:, k], p[:, k]) for k in cols])))
-
-
 def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str, steps: int, batch: int, lr: float,
           eval_every: int, seed: int) -> list[tuple[int, float, tuple[float, float], tuple[float, float]]]:
     """Train one (input, read-out) pair; ``[(step, train loss, (val mAP, AUC), (test mAP, AUC))]``."""
@@ -53,6 +44,7 @@ def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str,
     from torch import nn
 
     from foundation.model.volume_resnet import ResNetVolumeAdapter
+    from foundation.objectives.metrics import multilabel_metrics
 
     x = {s: d.x for s, d in data.items()}
     if how == "centre":
@@ -85,11 +77,13 @@ def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str,
         return head(attn(query.expand(len(tok), -1, -1), tok, tok, need_weights=False)[0][:, 0])
 
     def score(split: str) -> tuple[float, float]:
+        """Macro mAP and AUC over the labels the split can score (the project's own metric)."""
         modules.eval()
         with torch.no_grad():
             p = torch.cat([torch.sigmoid(logits(x[split][i:i + 32])) for i in range(0, len(x[split]), 32)])
         modules.train()
-        return _macro(y[split], p.numpy())
+        m = multilabel_metrics(p, torch.from_numpy(y[split]))
+        return m["mAP"], m["AUC"]
 
     rng = np.random.default_rng(seed)
     bce = nn.BCEWithLogitsLoss()

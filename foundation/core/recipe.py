@@ -288,6 +288,16 @@ def _check_identifier(key: str, value: str) -> None:
                           f"so it cannot be a path (set run.dir or shards.root for where things go)")
 
 
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe (the dict of a run's ``config.yaml`` or an archived ``recipe.yaml``) as today's schema
+    reads it: every key added since it was written takes its default, which is what runs before that key did.
+    Returned as written when it no longer parses (the caller then reports the difference key by key)."""
+    try:
+        return to_dict(from_dict(Recipe, data))
+    except (RecipeError, TypeError):
+        return data
+
+
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the resolved ``recipe`` to ``path`` as YAML, atomically (see :mod:`foundation.core.atomic`)."""
     text = yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)

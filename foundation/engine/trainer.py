@@ -34,7 +34,7 @@ from foundation.engine.optim import build_adam
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
-from foundation.core.recipe import save_recipe
+from foundation.core.recipe import save_recipe, with_defaults
 from foundation.objectives.scoring import metrics_from_predictions, selection_score
 
 log = logging.getLogger("foundation.train")
@@ -93,13 +93,7 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> None:
         raise RecipeError(f"run directory {run_dir}: {saved} is unreadable ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); pass run.dir=<new directory> "
                           f"(nothing is deleted)") from exc
-    try:  # keys added to the schema since the run was made take their defaults
-        from foundation.core.convert import from_dict
-
-        raw = to_dict(from_dict(Recipe, raw))
-    except (RecipeError, TypeError):
-        pass  # compared as written: the difference is reported below
-    old, new = _flatten(raw), _flatten(to_dict(recipe))
+    old, new = _flatten(with_defaults(raw)), _flatten(to_dict(recipe))  # keys added since the run: their defaults
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:5])

@@ -33,16 +33,10 @@ def _comparable(recipe_text: str) -> dict[str, Any]:
     takes them: a new key's default is what runs before it did) and without the keys that change no result
     (``run.dir``: where the run lives, not what it is; the loader and logging settings a run may also resume
     under: ``RESUMABLE_CHANGES``), so an archived run stays reusable when such a key is added or changed."""
-    from foundation.core.config import Recipe
-    from foundation.core.convert import from_dict, to_dict
-    from foundation.core.errors import RecipeError
+    from foundation.core.recipe import with_defaults
     from foundation.engine.trainer import RESUMABLE_CHANGES
 
-    d = yaml.safe_load(recipe_text) or {}
-    try:
-        d = to_dict(from_dict(Recipe, d))
-    except (RecipeError, TypeError):
-        pass  # compared as written
+    d = with_defaults(yaml.safe_load(recipe_text) or {})
     for dotted in RESUMABLE_CHANGES:
         section, _, key = dotted.partition(".")
         if isinstance(d.get(section), dict):
