@@ -12,7 +12,8 @@ combination of
 * **read-out** of the ``(B, C, *out_grid)`` feature map: ``tokens`` (one linear map over every token's
   channels: a weight per position), ``pool`` (the tokens averaged, then linear), ``attn`` (one learned query
   attending over the tokens plus learned positions, then linear: how the model's subject tokens read the
-  patches).
+  patches), ``spatial`` (``model.volume_readout: spatial``'s :class:`~foundation.model.readout.SpatialReadout`:
+  each token's channels reduced to 16, then a weight per position and reduced channel, then linear).
 
 Every run uses the same seed, steps and batch; validation and test mAP / AUC (macro over the labels that
 occur in the split) every ``--eval-every`` steps and at the best validation step. ::
@@ -38,11 +39,12 @@ from hcp_planted import data_overrides  # noqa: E402  (benchmarks/ is on sys.pat
 
 
 def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str, steps: int, batch: int, lr: float,
-          eval_every: int, seed: int) -> list[tuple[int, float, tuple[float, float], tuple[float, float]]]:
+          eval_every: int, seed: int, mixer: bool = False) -> list[tuple[int, float, tuple[float, float], tuple[float, float]]]:
     """Train one (input, read-out) pair; ``[(step, train loss, (val mAP, AUC), (test mAP, AUC))]``."""
     import torch
     from torch import nn
 
+    from foundation.model.readout import SpatialReadout
     from foundation.model.volume_resnet import ResNetVolumeAdapter
     from foundation.objectives.metrics import multilabel_metrics
 
@@ -53,10 +55,13 @@ def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str,
     y = {s: d.y for s, d in data.items()}
     torch.manual_seed(seed)
     width = channels[-1]
-    net = ResNetVolumeAdapter(grid, width, channels, standardize=how == "standardize")
+    net = ResNetVolumeAdapter(grid, width, channels, standardize=how == "standardize", mixer=mixer)
     n_labels = y["train"].shape[1]
     head = nn.Linear(width * net.num_tokens if readout == "tokens" else width, n_labels)
     modules = nn.ModuleList([net, head])
+    if readout == "spatial":  # model.volume_readout: spatial's map, then the linear head
+        spatial = SpatialReadout(net.num_tokens, width, 1)
+        modules.append(spatial)
     if readout == "attn":
         attn = nn.MultiheadAttention(width, 4, batch_first=True)
         norm = nn.LayerNorm(width)
@@ -73,6 +78,8 @@ def probe(data: dict, pos, *, grid, channels: list[int], how: str, readout: str,
             return head(f.flatten(1))
         if readout == "pool":
             return head(f.mean((2, 3, 4)))
+        if readout == "spatial":
+            return head(spatial(net.tokens(f))[:, 0])
         tok = norm(net.tokens(f) + positions)  # (B, T, C)
         return head(attn(query.expand(len(tok), -1, -1), tok, tok, need_weights=False)[0][:, 0])
 
@@ -109,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject", type=int, default=0, help="which subject (index into the shard's subjects)")
     p.add_argument("--inputs", nargs="+", default=["raw", "centre", "standardize"],
                    choices=["raw", "centre", "standardize"])
-    p.add_argument("--readouts", nargs="+", default=["tokens", "pool", "attn"], choices=["tokens", "pool", "attn"])
+    p.add_argument("--readouts", nargs="+", default=["tokens", "pool", "attn", "spatial"],
+                   choices=["tokens", "pool", "attn", "spatial"])
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixer", action="store_true", help="the patchifier's position mixer (model.volume_mixer)")
     a = p.parse_args(argv)
 
     import torch
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for readout in a.readouts:
             t0 = time.perf_counter()
             rows = probe(data, pos, grid=mask.shape, channels=a.channels, how=how, readout=readout, steps=a.steps,
-                         batch=a.batch, lr=a.lr, eval_every=a.eval_every, seed=a.seed)
+                         batch=a.batch, lr=a.lr, eval_every=a.eval_every, seed=a.seed, mixer=a.mixer)
             for step, loss, (vm, va), (tm, ta) in rows:
                 print(f"  {how:11s} {readout:6s} step {step:4d}: train loss {loss:.4f}  val mAP {vm:.4f} AUC {va:.4f}"
                       f"  test mAP {tm:.4f} AUC {ta:.4f}", flush=True)

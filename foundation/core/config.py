@@ -171,6 +171,13 @@ class ModelConfig:
     #: patch, a min-max volume's constant in-brain offset hides a planted response from the 3-D CNN; the paper's
     #: model learned it no better either way in 600 or 2000 steps, docs/RESULTS.md §4i: the default stays the paper's)
     volume_input: Literal["raw", "standardize"] = "raw"
+    #: volume datasets, how the readout tokens read the patches: ``attention`` (the paper: only through the
+    #: Transformer's attention) or ``spatial`` (plus a linear map with a weight per patch position, added to the
+    #: normalised readout tokens and starting at zero: ``foundation.model.readout``, docs/RESULTS.md §4j)
+    volume_readout: Literal["attention", "spatial"] = "attention"
+    #: the ``resnet`` patchifier: run the public code's position mixer (``ShallowAttention``: an MLP over channels,
+    #: then one over the cell positions) before its last stride-2 stage (``foundation.model.volume_resnet``)
+    volume_mixer: bool = False
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .clip_mused import CLIPMUSED, TOKEN_MODES, ModelOutput
 from .encoder import Attention, Block, Encoder, Mlp
+from .readout import SpatialReadout
 from .tokens import SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
 
@@ -16,6 +17,7 @@ __all__ = [
     "VolumeAdapter",
     "VolumeGrid",
     "ResNetVolumeAdapter",
+    "SpatialReadout",
     "Attention",
     "Mlp",
     "Block",

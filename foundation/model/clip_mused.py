@@ -12,6 +12,9 @@ Sequence layout for a batch of one dataset (``R`` readout tokens, ``M`` patches)
     z_low, z_high = LN(h[:, 0]), LN(h[:, 1])                          (B, D) each     Eq. 8-9
     logits = MLP(concat(z_low, z_high))                               (B, C)          Eq. 12-13
 
+(``model.volume_readout: spatial``, volume datasets: ``z += SpatialReadout(h[:, R:])``, a read-out with a weight per
+patch position, ``readout.py``; not in the paper.)
+
 Readout tokens by ``ModelConfig.tokens``:
 
 * ``"subject"`` (CLIP-MUSED) — a low- and a high-level token per subject (``R = 2``).
@@ -37,6 +40,7 @@ from foundation.core.errors import CheckpointError
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .alignment import ALIGNMENTS, JOINT_FITTERS, SubjectAlignment
 from .encoder import Encoder
+from .readout import SpatialReadout
 from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
 
@@ -204,6 +208,8 @@ class CLIPMUSED(nn.Module):
         # layer per dataset, instead of readout tokens and the Transformer; ROI tokens are flattened, volume
         # tokens average-pooled (the public code's CNN head; a flatten of 392 × 512 would be a 200 k-input layer)
         self.mlps = nn.ModuleDict()
+        # model.volume_readout=spatial: a read-out with a weight per patch position beside the attention (readout.py)
+        self.spatial_readouts = nn.ModuleDict()
         for ds, info in self.infos.items():
             adapter = self._make_adapter(info)
             self.adapters[ds] = adapter
@@ -213,6 +219,8 @@ class CLIPMUSED(nn.Module):
                     nn.Linear(n_in, self.n_readout * d), nn.GELU(), nn.Dropout(cfg.dropout))
             else:
                 self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
+                if cfg.volume_readout == "spatial" and isinstance(adapter, VolumeGrid):
+                    self.spatial_readouts[ds] = SpatialReadout(adapter.num_tokens, d, self.n_readout)
             if cfg.label_head == "dataset":
                 self.heads[ds] = self._make_head(info.num_labels)
         # label_head=shared: one head over the union of label names (first-seen order over the datasets)
@@ -242,6 +250,8 @@ class CLIPMUSED(nn.Module):
         self.apply(_init_transformer_weights)
         for p in self.pos_embed.values():
             _trunc_normal_(p.data)
+        for readout in self.spatial_readouts.values():
+            readout.reset_parameters()  # starts at zero: the paper's model until it learns
 
     # ------------------------------------------------------------------ construction helpers
     def _make_head(self, num_labels: int) -> nn.Sequential:
@@ -274,7 +284,8 @@ class CLIPMUSED(nn.Module):
                 return VolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels,  # type: ignore[arg-type]
                                      standardize=standardize)
             return ResNetVolumeAdapter(info.grid, self.cfg.dim, self.cfg.volume_channels,  # type: ignore[arg-type]
-                                       blocks=self.cfg.volume_blocks, standardize=standardize)
+                                       blocks=self.cfg.volume_blocks, standardize=standardize,
+                                       mixer=self.cfg.volume_mixer)
         raise ValueError(f"unknown DatasetInfo.kind {info.kind!r} (expected 'roi' or 'volume')")
 
     def _check_subject_datasets(self, keys: Sequence[str]) -> None:
@@ -351,6 +362,15 @@ class CLIPMUSED(nn.Module):
             return self.shared_tokens.expand(subject_idx.shape[0], -1, -1)
         return self.subject_tokens(subject_idx)
 
+    def _read(self, dataset: str, h: Tensor) -> Tensor:
+        """The encoder's output ``(B, R + M, D)`` -> the normalised readout tokens ``(B, R, D)``, plus the spatial
+        read-out of the patches with ``model.volume_readout: spatial`` (after the norm: added before it, the readout
+        tokens' own scale hid it and it learned more slowly, docs/RESULTS.md §4j)."""
+        z = self.norm(h[:, : self.n_readout])
+        if dataset in self.spatial_readouts:
+            z = z + self.spatial_readouts[dataset](h[:, self.n_readout:])
+        return z
+
     def forward(
         self,
         dataset: str,
@@ -399,13 +419,13 @@ class CLIPMUSED(nn.Module):
             h, attention = adapter.forward_with_encoder(
                 fmri, voxel_index, readout, pos=self.pos_embed[dataset], blocks=self.encoder.blocks,
                 pos_drop=self.pos_drop, return_attention=return_attention)  # (B, R + M, D)
-            z = self.norm(h[:, : self.n_readout])  # (B, R, D)
+            z = self._read(dataset, h)  # (B, R, D)
         else:
             patches = adapter(fmri, voxel_index) if isinstance(adapter, VolumeGrid) else adapter(fmri)  # (B, M, D)
             readout = self.readout_tokens(subject_idx)  # (B, R, D)
             x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
             h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
-            z = self.norm(h[:, : self.n_readout])  # (B, R, D)
+            z = self._read(dataset, h)  # (B, R, D)
         z_low, z_high = z[:, 0], z[:, -1]
         # The label head and the mappers run in float32 even under bf16 autocast (as the losses do): with a bf16
         # head the default world's test mAP fell by 0.034 over 3 seeds, with a float32 one it matched float32

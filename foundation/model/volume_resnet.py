@@ -33,6 +33,7 @@ last GroupNorm of each block is zero-initialised, as the public code's ``zero_in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from .adapters import VolumeGrid, _norm
 
-__all__ = ["BasicBlock3d", "ResNetVolumeAdapter"]
+__all__ = ["BasicBlock3d", "PositionMixer3d", "ResNetVolumeAdapter"]
 
 
 class BasicBlock3d(nn.Module):
@@ -73,6 +74,44 @@ def _stage(in_ch: int, out_ch: int, *, stride: int, blocks: int) -> nn.Sequentia
                          *[BasicBlock3d(out_ch, out_ch) for _ in range(blocks - 1)])
 
 
+class PositionMixer3d(nn.Module):
+    """The public code's ``ShallowAttention`` (after ``layer2``): an MLP over channels, then one over positions.
+
+    ``(B, C, X, Y, Z) -> (B, C, X, Y, Z)``, flattened to ``(B, C, N)`` with ``N = X·Y·Z``::
+
+        h = x + GN(MLP_C(x))        # per position, C -> C/2 -> C (1×1 convolutions)
+        h = h + GN(MLP_N(h))        # per channel,  N -> N/2 -> N: a learned weight for every pair of positions
+
+    The position MLP is the only place in the patchifier with weights tied to *where* a cell is (convolutions
+    are the same everywhere), so a response confined to particular voxels can be read here before the
+    attention pools the cells.  GroupNorm instead of the public code's BatchNorm1d; the second norm starts
+    at zero, so the position MLP starts switched off (as there).
+    """
+
+    def __init__(self, channels: int, grid: Sequence[int]) -> None:
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        n = math.prod(self.grid)
+        self.channel_mlp = nn.Sequential(nn.Conv1d(channels, max(1, channels // 2), kernel_size=1), nn.GELU(),
+                                         nn.Conv1d(max(1, channels // 2), channels, kernel_size=1))
+        self.norm1 = _norm(channels)
+        self.position_mlp = nn.Sequential(nn.Linear(n, max(1, n // 2)), nn.GELU(), nn.Linear(max(1, n // 2), n))
+        self.norm2 = _norm(channels)
+        nn.init.zeros_(self.norm2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        if tuple(x.shape[2:]) != self.grid:
+            raise ValueError(f"PositionMixer3d built for grid {self.grid}, got a feature map {tuple(x.shape)}")
+        h = x.reshape(b, c, -1)  # (B, C, N)
+        h = h + self.norm1(self.channel_mlp(h))
+        h = h + self.norm2(self.position_mlp(h))
+        return h.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}"
+
+
 class ResNetVolumeAdapter(VolumeGrid):
     """ResNet-style 3-D patchifier with token attention between its last stages (module docstring).
 
@@ -82,17 +121,22 @@ class ResNetVolumeAdapter(VolumeGrid):
         channels: widths ``[c0, ..., c_{k-1}]`` of the ``k`` stride-2 steps (paper: ``[32, 64, 128, 512]``).
         blocks: BasicBlocks per residual stage (ResNet-18: 2).
         standardize: standardise each sample's in-mask voxels first (:class:`~foundation.model.adapters.VolumeGrid`).
+        mixer: run a :class:`PositionMixer3d` before the last stride-2 stage (the public code's
+            ``ShallowAttention`` after ``layer2``; needs at least 3 ``channels``).
     """
 
     interleaved = True
 
     def __init__(self, grid: Sequence[int], dim: int, channels: Sequence[int], *, blocks: int = 2,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, mixer: bool = False) -> None:
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1:
             raise ValueError(f"ResNetVolumeAdapter channels must be non-empty positive ints, got {channels}")
         if blocks < 1:
             raise ValueError(f"ResNetVolumeAdapter blocks must be >= 1, got {blocks}")
+        if mixer and len(channels) < 3:
+            raise ValueError(f"ResNetVolumeAdapter mixer runs before the last stride-2 residual stage: it needs at "
+                             f"least 3 channels, got {channels}")
         super().__init__(grid, len(channels), standardize=standardize)
         self.channels = channels
         n_stem = min(2, len(channels))
@@ -102,7 +146,9 @@ class ResNetVolumeAdapter(VolumeGrid):
         self.stem = nn.Sequential(*stem)
         c = channels[n_stem - 1]
         stages = [_stage(c, c, stride=1, blocks=blocks)]
-        for c_out in channels[n_stem:]:
+        for i, c_out in enumerate(channels[n_stem:], start=n_stem):
+            if mixer and i == len(channels) - 1:
+                stages.append(PositionMixer3d(c, [2 * g for g in self.out_grid]))
             stages.append(_stage(c, c_out, stride=2, blocks=blocks))
             c = c_out
         self.stages = nn.Sequential(*stages)

@@ -48,6 +48,13 @@ And by issue 14 (stop 26): ``model.volume_input`` (``raw``, the default and what
 ``standardize``: each sample's in-mask voxels standardised before the volume patchifier) is a new model field
 (every whole-recipe hash; runs made before it resume with its default). Dataset options, guidance options and
 shard directories are unchanged.
+
+And by issue 14 (stop 27): ``model.volume_readout`` (``attention``, the paper's and the default, or ``spatial``: a
+read-out with a weight per patch position added to the readout tokens) and ``model.volume_mixer`` (the public
+code's position mixer in the ResNet patchifier, default off) are new model fields (every whole-recipe hash; runs
+made before them resume with their defaults), and ``recipes/hcp.yaml`` sets ``volume_input: standardize`` and
+``volume_readout: spatial`` (docs/RESULTS.md §4j). Dataset options, guidance options and shard directories are
+unchanged.
 """
 
 from __future__ import annotations
@@ -64,21 +71,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "af74a110579083d2", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "d6ef1faa1fd01175", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "afd006723a2ebb4f", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "edfbd8cfa1536e16", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "5e77e029ad9af04f", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "13fdf5d3b1ccbb94", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "f288f3da03f719d5", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "0d9c9c63f791b13f", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "69a84118e958344a", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "35cbae4053f8dc73", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "e4609a16666a1318", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "469823f53a0c102b", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "8da3ad8b55b05b19", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "0ef16935a790d237", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "8cc00e438076cf5d", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "4db714cbcbe48ccb", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

@@ -9,7 +9,7 @@ import torch
 from foundation.core.api import DatasetInfo
 from foundation.core.config import ModelConfig
 from foundation.model import CLIPMUSED, ResNetVolumeAdapter, VolumeAdapter
-from foundation.model.volume_resnet import BasicBlock3d
+from foundation.model.volume_resnet import BasicBlock3d, PositionMixer3d
 
 GRID = (12, 14, 12)
 VOL = DatasetInfo(kind="volume", label_names=("x", "y", "z"), subjects=("a", "b"), grid=GRID)
@@ -103,3 +103,43 @@ def test_cnn_patchifier_kept_as_an_option_and_old_checkpoints_rebuild_it() -> No
     assert type(CLIPMUSED(cfg(), {"v": VOL}, ["v/a"]).adapters["v"]) is ResNetVolumeAdapter
     with pytest.raises(ValueError, match="patchifier"):
         CLIPMUSED(cfg(patchifier="vit"), {"v": VOL}, ["v/a"])
+
+
+def test_the_public_codes_position_mixer_sits_before_the_last_stride_2_stage_at_its_grid() -> None:
+    a = ResNetVolumeAdapter((111, 127, 111), 512, [32, 64, 128, 512], mixer=True)
+    kinds = [type(s).__name__ for s in a.stages]
+    assert kinds == ["Sequential", "Sequential", "PositionMixer3d", "Sequential"]
+    mixer = a.stages[2]
+    # the public code's ShallowAttention(dim1=128, dim2=14*16*14): 128 channels at the 14×16×14 grid of layer2
+    assert mixer.grid == (14, 16, 14) and mixer.channel_mlp[0].in_channels == 128
+    assert (mixer.position_mlp[0].in_features, mixer.position_mlp[0].out_features) == (3136, 1568)
+    with pytest.raises(ValueError, match="at least 3 channels"):
+        ResNetVolumeAdapter(GRID, 16, [4, 8], mixer=True)
+
+
+def test_position_mixer_starts_without_its_position_mlp_and_then_mixes_positions() -> None:
+    torch.manual_seed(0)
+    mixer = PositionMixer3d(6, (3, 4, 2))
+    x = torch.randn(2, 6, 3, 4, 2)
+    channel_only = x.flatten(2) + mixer.norm1(mixer.channel_mlp(x.flatten(2)))
+    torch.testing.assert_close(mixer(x), channel_only.view_as(x))  # the position MLP's norm starts at zero
+    with torch.no_grad():
+        mixer.norm2.weight.fill_(1.0)
+    y = x.clone()
+    y[:, :, 0, 0, 0] += 1.0  # one cell changes: with the position MLP on, other cells see it
+    changed = (mixer(y) - mixer(x)).abs().amax(dim=1)  # (B, X, Y, Z)
+    assert (changed.flatten(1)[:, 1:] > 1e-6).any()
+    with pytest.raises(ValueError, match=r"built for grid \(3, 4, 2\)"):
+        mixer(torch.randn(2, 6, 3, 4, 3))
+
+
+def test_the_mixer_reaches_the_model_and_its_config_round_trip() -> None:
+    grid = (16, 16, 16)
+    info = DatasetInfo(kind="volume", label_names=("x", "y"), subjects=("a",), grid=grid)
+    m = CLIPMUSED(cfg(volume_channels=[4, 8, 16], volume_mixer=True), {"v": info}, ["v/a"])
+    assert any(isinstance(s, PositionMixer3d) for s in m.adapters["v"].stages)
+    d = m.config_dict()
+    m2 = CLIPMUSED.from_config_dict(d)
+    m2.load_state_dict(m.state_dict())
+    del d["model"]["volume_mixer"]  # a checkpoint written before the option existed: no mixer
+    assert not any(isinstance(s, PositionMixer3d) for s in CLIPMUSED.from_config_dict(d).adapters["v"].stages)

@@ -1,0 +1,58 @@
+"""A read-out that weighs every patch position on its own (``model.volume_readout: spatial``).
+
+The paper's readout tokens see the patches only through attention: a softmax over positions per head, then one
+value map shared by every position.  A response that lives in particular voxels (a category's map over the brain)
+must then be found by the convolutions, which are the same at every position, and by the few attention masks;
+on planted HCP data that read-out learned slowly (docs/RESULTS.md §4i–§4j) where a linear map with a weight per
+position learned in a few hundred steps.  :class:`SpatialReadout` adds such a map to the readout tokens::
+
+    patches (B, M, D) -> Linear(D -> r) per patch -> (B, M·r) -> Linear(M·r -> R·D) -> (B, R, D)
+
+a factorised read-out (a shared channel reduction, then a weight for every position and reduced channel), added
+to the readout tokens after the final LayerNorm (``z = LN(h_R) + SpatialReadout(h_M)``, what the label head and
+the guidance losses see).  Its last map starts at zero, so an untrained model computes exactly what the paper's
+does.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["SpatialReadout"]
+
+
+class SpatialReadout(nn.Module):
+    """``patches (B, M, D) -> (B, R, D)``: a linear read-out with a weight per patch position (module docstring).
+
+    Args:
+        num_tokens: ``M``, the patches per sample.
+        dim: ``D``, the token width.
+        n_readout: ``R``, the readout tokens it adds to.
+        rank: ``r``, the channels each patch is reduced to first (parameters: ``D·r + M·r·R·D``).
+    """
+
+    def __init__(self, num_tokens: int, dim: int, n_readout: int, *, rank: int = 16) -> None:
+        super().__init__()
+        if min(num_tokens, dim, n_readout, rank) < 1:
+            raise ValueError(f"SpatialReadout needs positive sizes, got num_tokens={num_tokens} dim={dim} "
+                             f"n_readout={n_readout} rank={rank}")
+        self.num_tokens, self.dim, self.n_readout, self.rank = num_tokens, dim, n_readout, rank
+        self.reduce = nn.Linear(dim, rank)
+        self.read = nn.Linear(num_tokens * rank, n_readout * dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reduction as a Linear layer's default; the position map at zero (the read-out starts switched off)."""
+        self.reduce.reset_parameters()
+        nn.init.zeros_(self.read.weight)
+        nn.init.zeros_(self.read.bias)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        b, m, d = patches.shape
+        if m != self.num_tokens or d != self.dim:
+            raise ValueError(f"SpatialReadout built for ({self.num_tokens}, {self.dim}) patches, got "
+                             f"{tuple(patches.shape)}")
+        return self.read(self.reduce(patches).flatten(1)).view(b, self.n_readout, self.dim)  # (B, R, D)
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, dim={self.dim}, n_readout={self.n_readout}, rank={self.rank}"
