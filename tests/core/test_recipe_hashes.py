@@ -71,7 +71,7 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "d6ef1faa1fd01175", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "46704c60e8e4cc19", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
     "hcp_aligned": {"recipe": "edfbd8cfa1536e16", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
