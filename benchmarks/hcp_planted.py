@@ -34,7 +34,8 @@ What is planted (fixed before any model was run on it; the generative choices an
 
 Per-subject logistic and ridge read-outs, and one ridge pooled over the subjects aligned onto the guidance
 space (``--alignment guidance-ridge``, the pooled linear yardstick of RESULTS §4d; ``guidance-ridge-joint``:
-the subjects' alignments fitted together, sharing a map in the voxel grid), are the baselines.
+the subjects' alignments fitted together, sharing a map in the voxel grid; ``grid``: no alignment, the
+subjects' voxels pooled where they lie in the grid, one map for all), are the baselines.
 The dataset options used: ``segments: wordnet`` (clips = runs of labelled seconds; every second here is
 labelled), ``split: val_gap`` (``--val-seconds`` at the end of movies 1–3, 5 s gaps), ``crop: null``
 (the default crop is for the 113×136×113 grid), no movie frames, so guidance is ``minilm`` text (the
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, dict]] = []
     linear = [("logistic", None, "logistic per subject (shard voxels)"), ("ridge", None, "ridge per subject (shard voxels)"),
               ("ridge", "guidance-ridge", "ridge pooled over subjects aligned onto the guidance space"),
-              ("ridge", "guidance-ridge-joint", "ridge pooled over subjects aligned jointly (map shared in the grid)")]
+              ("ridge", "guidance-ridge-joint", "ridge pooled over subjects aligned jointly (map shared in the grid)"),
+              ("ridge", "grid", "ridge pooled over subjects' voxels in the grid (one map, no alignment)")]
     for solver, alignment, name in linear:
         run_dir = base / ({"guidance-ridge": "linear-aligned-ridge", None: f"linear-{solver}"}.get(alignment)
                           or f"linear-{alignment}")

@@ -113,6 +113,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            ("model.tokens=subject", "model.alignment=guidance-ridge-joint", "model.head=linear"),
            description="aligned-lin-clip-mused with the subjects' maps fitted together, sharing a map in the voxel "
                        "grid (model.alignment=guidance-ridge-joint; volume datasets)", volume_only=True),
+    Method("grid-ridge", "Ridge pooled in the voxel grid", (), kind="linear",
+           args=("--solver", "ridge", "--alignment", "grid"),
+           description="one ridge read-out over all subjects' voxels placed in the dataset's voxel grid, each "
+                       "standardised with its own training statistics: one map shared by every subject, no fitted "
+                       "alignment (volume datasets)", volume_only=True),
+    Method("spatial-clip-mused", "CLIP-MUSED, spatial read-out",
+           ("model.tokens=subject", "model.volume_input=standardize", "model.volume_readout=spatial"),
+           description="CLIP-MUSED with each sample's voxels standardised and a read-out with a weight per patch "
+                       "position added to the readout tokens (model.volume_readout=spatial, recipes/hcp.yaml's "
+                       "default; on ROI datasets it is clip-mused)"),
     Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
            ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
            description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),

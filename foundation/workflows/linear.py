@@ -24,6 +24,14 @@ the mean over subjects of each subject's validation mAP.  No learned per-subject
 counterpart of ``aligned-mlp``, which tells whether a shared model's gain comes from pooling or from
 its network.
 
+``--alignment grid`` (bench method ``grid-ridge``; volume datasets) pools without any fitted alignment: each
+subject's voxels, standardised with its own training statistics, are placed at their positions in the dataset's
+voxel grid (the registration the data already has; the union of the subjects' masks, 0 outside a subject's own),
+and one read-out is fitted on all subjects' training samples — one map over the brain shared by every subject,
+the linear counterpart of a network whose read-out weighs positions the same for every subject
+(``model.volume_readout: spatial``, ``model.volume_linear_rank``).  It holds every subject's training samples at
+the union's width in memory (samples × voxels × 4 bytes).
+
 Writes ``metrics.json`` in the schema of a training run (per-subject test metrics, the chosen
 values), so ``foundation bench`` reports it beside every other method.  ``datasets[].train_fraction``
 < 1 fits on the same fixed subset of each subject's training samples as the trained methods.
@@ -48,6 +56,8 @@ SOLVERS: tuple[str, ...] = ("ridge", "logistic")
 #: ridge ``alpha`` grid (on standardised features) and logistic ``C`` grid (inverse strength)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-5, 1, 13))
+#: ``--alignment grid``: the subjects' voxels placed in the shared grid, no fitted alignment (volume datasets)
+GRID = "grid"
 
 
 def ridge_probabilities(scores: np.ndarray) -> np.ndarray:
@@ -254,6 +264,39 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     return predictors, report
 
 
+def fit_pooled_grid(data: dict[str, dict[str, Any]], *, positions: dict[str, np.ndarray], solver: Solver,
+                    seed: int = 0, grid: Sequence[float] | None = None,
+                    ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
+    """One read-out for all subjects of a volume dataset on their voxels placed in the shared grid (``--alignment
+    grid``).
+
+    Args:
+        data: subject -> ``{"train", "val", "test"}`` :class:`~foundation.data.splits.Split` (``x`` ``(n, V_s)``:
+            the subject's in-mask voxels).
+        positions: subject -> ``(V_s,)`` flat grid positions of its voxels, in the order of ``x``'s columns.
+        solver, seed, grid: as :func:`fit_subject`.
+
+    Returns:
+        ``(subject -> predict, report)`` as :func:`fit_pooled_aligned`; ``report["grid_voxels"]``: the union's size.
+    """
+    union = np.unique(np.concatenate([positions[s] for s in data]))
+    columns = {s: np.searchsorted(union, positions[s]) for s in data}
+    stats = {s: (p["train"].x.mean(0), p["train"].x.std(0) + 1e-6) for s, p in data.items()}
+
+    def placed(subject: str, x: np.ndarray) -> np.ndarray:
+        mean, std = stats[subject]
+        out = np.zeros((len(x), len(union)), dtype=np.float32)
+        out[:, columns[subject]] = (x - mean) / std
+        return out  # (n, U)
+
+    z = np.concatenate([placed(s, parts["train"].x) for s, parts in data.items()])
+    y = np.concatenate([parts["train"].y for parts in data.values()])
+    val = [(placed(s, p["val"].x), p["val"].y) for s, p in data.items()]
+    strength, score, fit = fit_pooled_readout(z, y, val, solver=solver, seed=seed, grid=grid)
+    report = {"alignment": GRID, "grid_voxels": len(union), "strength": strength, "val_mAP": score, "n_train": len(z)}
+    return {s: (lambda x, s=s: fit(placed(s, x))) for s in data}, report
+
+
 def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None, progress: bool = True) -> Path:
     """Fit the linear read-outs of every dataset of ``recipe``: one per subject, or (``alignment``) one pooled
     over each dataset's subjects on their aligned inputs; writes and returns ``RUN_DIR/metrics.json``."""
@@ -264,9 +307,9 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
 
     if solver not in SOLVERS:
         raise FoundationError(f"--solver must be one of {SOLVERS}, got {solver!r}")
-    if alignment is not None and alignment not in FITTED_ALIGNMENTS:
-        raise FoundationError(f"--alignment must be one of {FITTED_ALIGNMENTS}, got {alignment!r}")
-    what = solver if alignment is None else f"aligned {solver}"
+    if alignment is not None and alignment not in (*FITTED_ALIGNMENTS, GRID):
+        raise FoundationError(f"--alignment must be one of {(*FITTED_ALIGNMENTS, GRID)}, got {alignment!r}")
+    what = solver if alignment is None else f"{'grid-pooled' if alignment == GRID else 'aligned'} {solver}"
     t0 = time.perf_counter()
     with prepare_run(recipe, progress=progress) as (run_dir, indices):
         preds: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
@@ -289,12 +332,16 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
             else:
                 data = {s: _subject_splits(index, cfg, s, what=what) for s in subjects}
                 positions = None
-                if alignment in JOINT_FITTERS:
+                if alignment in (*JOINT_FITTERS, GRID):
                     if index.info.kind != "volume":
                         raise FoundationError(f"--alignment {alignment} shares a map between subjects through the "
                                               f"voxel grid; dataset {cfg.id!r} holds {index.info.kind!r} inputs")
                     positions = {s: index.voxel_positions(s) for s in subjects}
-                predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
+                if alignment == GRID:
+                    predictors, chosen[cfg.id] = fit_pooled_grid(data, positions=positions, solver=solver,
+                                                                 seed=recipe.seed)
+                else:
+                    predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
                                                                 dim=recipe.model.alignment_dim, seed=recipe.seed,
                                                                 positions=positions,
                                                                 share=recipe.model.alignment_share,
@@ -314,7 +361,8 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
         results = {split: metrics_from_predictions(preds[split], infos) for split in ("val", "test")}
         grid = RIDGE_ALPHAS if solver == "ridge" else LOGISTIC_CS
         path = run_dir / "metrics.json"
-        write_json(path, {**results, "method": solver if alignment is None else f"aligned-{solver}",
+        method = solver if alignment is None else f"{'grid' if alignment == GRID else 'aligned'}-{solver}"
+        write_json(path, {**results, "method": method,
                           "linear": {"solver": solver, "parameter": "alpha" if solver == "ridge" else "C",
                                      "alignment": alignment, "grid": list(grid), "chosen": chosen},
                           "recipe": recipe.name, "seed": recipe.seed, "train_seconds": time.perf_counter() - t0})
@@ -325,8 +373,9 @@ def _arguments(p) -> None:
     from foundation.model.alignment import FITTED_ALIGNMENTS
 
     p.add_argument("--solver", choices=SOLVERS, default="ridge")
-    p.add_argument("--alignment", choices=FITTED_ALIGNMENTS, default=None,
-                   help="one read-out pooled over each dataset's subjects on their inputs aligned this way")
+    p.add_argument("--alignment", choices=(*FITTED_ALIGNMENTS, GRID), default=None,
+                   help="one read-out pooled over each dataset's subjects on their inputs aligned this way (grid: "
+                        "volume datasets, the voxels placed in the shared grid, no fitted alignment)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,3 +241,84 @@ def test_joint_aligned_readout_on_volumes_and_refused_on_roi(tmp_path):
     with pytest.raises(FoundationError, match="'roi'"):
         run_linear(dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, dir=str(tmp_path / "r"))),
                    alignment="guidance-ridge-joint", progress=False)
+
+
+def test_grid_pooled_readout_is_one_ridge_over_the_subjects_voxels_in_the_grid_and_refused_on_roi(tmp_path):
+    """``--alignment grid``: the predictions are those of one ridge fitted by hand on every subject's standardised
+    voxels placed at their grid positions (alpha as chosen); an ROI dataset is refused naming it."""
+    import dataclasses
+
+    from foundation.core.config import Recipe
+    from foundation.core.errors import FoundationError
+    from foundation.core.recipe import from_dict
+    from foundation.data.index import read_index
+    from foundation.data.splits import read_split
+    import torch
+
+    from foundation.workflows.linear import _fit_ridge, run_linear
+
+    vrecipe = from_dict(Recipe, {"name": "grid", "datasets": [{"plugin": "synthetic", "name": "vol", "options": {
+        "mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80, "n_categories": 4}}],
+        "shards": {"root": str(tmp_path / "shards"), "samples_per_shard": 64}, "run": {"dir": str(tmp_path / "g")}})
+    metrics = json.loads(Path(run_linear(vrecipe, alignment="grid", progress=False)).read_text())
+    chosen = metrics["linear"]["chosen"]["vol"]
+    assert metrics["method"] == "grid-ridge" and metrics["linear"]["alignment"] == "grid"
+    index = read_index(next((tmp_path / "shards").glob("vol-*")))
+    subjects = ["sub-01", "sub-02"]
+    pos = {s: index.voxel_positions(s) for s in subjects}
+    union = np.unique(np.concatenate(list(pos.values())))
+    assert chosen["grid_voxels"] == len(union)
+    parts = {s: {sp: read_split(index, s, sp) for sp in ("train", "test")} for s in subjects}
+
+    def placed(s, x):
+        tr = parts[s]["train"].x
+        out = np.zeros((len(x), len(union)), np.float32)
+        out[:, np.searchsorted(union, pos[s])] = (x - tr.mean(0)) / (tr.std(0) + 1e-6)
+        return out
+
+    z = np.concatenate([placed(s, parts[s]["train"].x) for s in subjects])
+    fit = _fit_ridge(z - z.mean(0), np.concatenate([parts[s]["train"].y for s in subjects]), chosen["strength"])
+    from foundation.objectives.metrics import multilabel_metrics
+
+    for s in subjects:
+        probs = fit(placed(s, parts[s]["test"].x) - z.mean(0))
+        expected = multilabel_metrics(torch.from_numpy(probs).float(), torch.from_numpy(parts[s]["test"].y).int())
+        assert metrics["test"]["per_subject"][f"vol/{s}"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-5)
+    roi = _recipe(tmp_path)
+    with pytest.raises(FoundationError, match="'roi'"):
+        run_linear(dataclasses.replace(roi, run=dataclasses.replace(roi.run, dir=str(tmp_path / "r"))),
+                   alignment="grid", progress=False)
+
+
+def test_grid_pooled_readout_places_each_subjects_voxels_where_they_lie():
+    """Two subjects with partly overlapping masks whose labels are read from the shared voxels: one pooled map
+    reads both; the union is the grid width; shuffling a subject's voxel order together with its positions
+    changes no prediction (a voxel goes where its position says, not where its column is)."""
+    from foundation.workflows.linear import fit_pooled_grid
+
+    rng = np.random.default_rng(0)
+    n, grid_cells = 240, 30
+    w = rng.normal(size=(10, 2))  # the labels: a map over grid cells 10..19, which both subjects see
+    positions = {"sub-01": np.arange(0, 20), "sub-02": np.arange(10, 30)}
+    data = {}
+    for s, pos in positions.items():
+        full = rng.normal(size=(n, grid_cells)).astype(np.float32)
+        y = (full[:, 10:20] @ w > 0).astype(np.float32)
+        x = full[:, pos]
+        parts = {}
+        for split, rows in (("train", slice(0, 160)), ("val", slice(160, 200)), ("test", slice(200, 240))):
+            idx = np.arange(n)[rows]
+            parts[split] = Split([f"{s}-{i}" for i in idx], [str(i) for i in idx], x[idx], y[idx],
+                                 np.zeros((len(idx), 2), np.float32), np.zeros((len(idx), 2), np.float32))
+        data[s] = parts
+    predict, report = fit_pooled_grid(data, positions=positions, solver="ridge")
+    assert report["grid_voxels"] == grid_cells and report["n_train"] == 320
+    for s in data:
+        probs, y = predict[s](data[s]["test"].x), data[s]["test"].y
+        assert ((probs > 0.5) == (y > 0.5)).mean() > 0.85, s
+    perm = rng.permutation(20)
+    shuffled = {s: dict(p) for s, p in data.items()}
+    shuffled["sub-02"] = {k: Split(v.keys, v.stimuli, v.x[:, perm], v.y, v.low, v.high) for k, v in data["sub-02"].items()}
+    again, _ = fit_pooled_grid(shuffled, positions={**positions, "sub-02": positions["sub-02"][perm]}, solver="ridge")
+    np.testing.assert_allclose(again["sub-02"](shuffled["sub-02"]["test"].x), predict["sub-02"](data["sub-02"]["test"].x),
+                               rtol=1e-4, atol=1e-5)
