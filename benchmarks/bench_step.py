@@ -16,7 +16,8 @@ on the device without a sync) on random data of the right shapes:
 * ``hcp``: ``recipes/hcp.yaml`` — the plugin's crop of the MNI grid, 111×127×111 (``2:,4:-5,:-2`` of
   113×136×113; ~446k in-mask voxels per subject), padded on the device to 112×128×112, through the
   ResNet-style patchifier [32, 64, 128, 512] with the 2 Transformer layers × 8 heads interleaved →
-  7×8×7 = 392 tokens of 512, 859 WordNet labels, λ_low = 0.1; 4 subjects.  Default batch 4 (the
+  7×8×7 = 392 tokens of 512, 859 WordNet labels, λ_low = 0.1; 4 subjects; the recipe's ``volume_input`` and
+  ``volume_readout`` (``--volume-input raw --volume-readout attention``: the paper's model).  Default batch 4 (the
   recipe's 64 is a GPU setting). ``--patchifier cnn --channels 16 32 64 128`` measures the earlier
   plain CNN; ``--hcp-grid 113 136 113`` the uncropped grid.
 
@@ -50,6 +51,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _perf
 
@@ -59,6 +62,8 @@ HCP_BRAIN_VOXELS = 446_000
 SHAPES = ("nsd", "hcp")
 DEFAULT_BATCH = {"nsd": 64, "hcp": 4}
 DEFAULT_STEPS = {"nsd": 5, "hcp": 3}
+#: recipes/hcp.yaml's model section: the HCP shape's input and read-out follow the recipe users run
+HCP_MODEL = yaml.safe_load((REPO / "recipes" / "hcp.yaml").read_text()).get("model") or {}
 
 
 # ------------------------------------------------------------------------------------------ the setup
@@ -108,7 +113,8 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
         lr, low_dim, high_dim = 1e-4, 768, 512
     else:
         cfg = ModelConfig(dim=512, depth=args.depth or 2, heads=8, mlp_ratio=4.0, dropout=0.1, tokens="subject",
-                          head_hidden=512, volume_channels=list(args.channels), patchifier=args.patchifier)
+                          head_hidden=512, volume_channels=list(args.channels), patchifier=args.patchifier,
+                          volume_input=args.volume_input, volume_readout=args.volume_readout)
         grid = tuple(args.hcp_grid)
         subjects = tuple(f"{100610 + i}" for i in range(4))
         info = DatasetInfo(kind="volume", label_names=tuple(f"w{i}" for i in range(859)), subjects=subjects,
@@ -319,7 +325,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
            "--gemm-reps", str(args.gemm_reps), "--gemm-dtype", args.gemm_dtype,
            "--token-dim", str(args.token_dim), "--adam", args.adam,
            "--seed", str(args.seed), "--patchifier", args.patchifier,
-           "--channels", *map(str, args.channels), "--hcp-grid", *map(str, args.hcp_grid)]
+           "--channels", *map(str, args.channels), "--hcp-grid", *map(str, args.hcp_grid),
+           "--volume-input", args.volume_input, "--volume-readout", args.volume_readout]
     if args.depth:
         out += ["--depth", str(args.depth)]
     if args.batch:
@@ -393,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patchifier", choices=["resnet", "cnn"], default="resnet", help="HCP volume patchifier")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 512], help="HCP volume_channels")
     p.add_argument("--hcp-grid", type=int, nargs=3, default=list(HCP_GRID), help="HCP grid (default: the crop)")
+    p.add_argument("--volume-input", choices=["raw", "standardize"], default=HCP_MODEL.get("volume_input", "raw"),
+                   help="HCP model.volume_input (default: recipes/hcp.yaml's)")
+    p.add_argument("--volume-readout", choices=["attention", "spatial"],
+                   default=HCP_MODEL.get("volume_readout", "attention"),
+                   help="HCP model.volume_readout (default: recipes/hcp.yaml's; attention is the paper's)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
     p.add_argument("--gemm-dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="dtype of the reference GEMM (auto: fp32 on CPU, bf16 on a GPU); bf16 on a CPU with AMX "
