@@ -16,8 +16,9 @@ on the device without a sync) on random data of the right shapes:
 * ``hcp``: ``recipes/hcp.yaml`` — the plugin's crop of the MNI grid, 111×127×111 (``2:,4:-5,:-2`` of
   113×136×113; ~446k in-mask voxels per subject), padded on the device to 112×128×112, through the
   ResNet-style patchifier [32, 64, 128, 512] with the 2 Transformer layers × 8 heads interleaved →
-  7×8×7 = 392 tokens of 512, 859 WordNet labels, λ_low = 0.1; 4 subjects; the recipe's ``volume_input`` and
-  ``volume_readout`` (``--volume-input raw --volume-readout attention``: the paper's model).  Default batch 4 (the
+  7×8×7 = 392 tokens of 512, 859 WordNet labels, λ_low = 0.1; 4 subjects; the recipe's ``volume_input``,
+  ``volume_readout`` and ``volume_linear_rank`` (``--volume-input raw --volume-readout attention
+  --volume-linear-rank 0``: the paper's model).  Default batch 4 (the
   recipe's 64 is a GPU setting). ``--patchifier cnn --channels 16 32 64 128`` measures the earlier
   plain CNN; ``--hcp-grid 113 136 113`` the uncropped grid.
 
@@ -114,7 +115,8 @@ def build(shape: str, batch: int, device: Any, args: argparse.Namespace) -> Setu
     else:
         cfg = ModelConfig(dim=512, depth=args.depth or 2, heads=8, mlp_ratio=4.0, dropout=0.1, tokens="subject",
                           head_hidden=512, volume_channels=list(args.channels), patchifier=args.patchifier,
-                          volume_input=args.volume_input, volume_readout=args.volume_readout)
+                          volume_input=args.volume_input, volume_readout=args.volume_readout,
+                          volume_linear_rank=args.volume_linear_rank)
         grid = tuple(args.hcp_grid)
         subjects = tuple(f"{100610 + i}" for i in range(4))
         info = DatasetInfo(kind="volume", label_names=tuple(f"w{i}" for i in range(859)), subjects=subjects,
@@ -326,7 +328,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
            "--token-dim", str(args.token_dim), "--adam", args.adam,
            "--seed", str(args.seed), "--patchifier", args.patchifier,
            "--channels", *map(str, args.channels), "--hcp-grid", *map(str, args.hcp_grid),
-           "--volume-input", args.volume_input, "--volume-readout", args.volume_readout]
+           "--volume-input", args.volume_input, "--volume-readout", args.volume_readout,
+           "--volume-linear-rank", str(args.volume_linear_rank)]
     if args.depth:
         out += ["--depth", str(args.depth)]
     if args.batch:
@@ -405,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-readout", choices=["attention", "spatial"],
                    default=HCP_MODEL.get("volume_readout", "attention"),
                    help="HCP model.volume_readout (default: recipes/hcp.yaml's; attention is the paper's)")
+    p.add_argument("--volume-linear-rank", type=int, default=HCP_MODEL.get("volume_linear_rank", 0),
+                   help="HCP model.volume_linear_rank (default: recipes/hcp.yaml's; 0 is the paper's)")
     p.add_argument("--gemm", type=int, default=4096, help="size n of the n×n reference GEMM")
     p.add_argument("--gemm-dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="dtype of the reference GEMM (auto: fp32 on CPU, bf16 on a GPU); bf16 on a CPU with AMX "

@@ -178,6 +178,11 @@ class ModelConfig:
     #: the ``resnet`` patchifier: run the public code's position mixer (``ShallowAttention``: an MLP over channels,
     #: then one over the cell positions) before its last stride-2 stage (``foundation.model.volume_resnet``)
     volume_mixer: bool = False
+    #: volume datasets: a linear read-out of the input volume itself beside the network, with this many components
+    #: (0: off, the paper's model): the voxels as the patchifier is fed them, average-pooled 2× per axis, mapped to
+    #: ``volume_linear_rank`` numbers and from them to the readout tokens, added like ``spatial`` (after the norm,
+    #: starting at zero; one per dataset, shared by its subjects: ``foundation.model.readout.VoxelReadout``)
+    volume_linear_rank: NonNegativeInt = 0
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .clip_mused import CLIPMUSED, TOKEN_MODES, ModelOutput
 from .encoder import Attention, Block, Encoder, Mlp
-from .readout import SpatialReadout
+from .readout import SpatialReadout, VoxelReadout
 from .tokens import SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
 
@@ -18,6 +18,7 @@ __all__ = [
     "VolumeGrid",
     "ResNetVolumeAdapter",
     "SpatialReadout",
+    "VoxelReadout",
     "Attention",
     "Mlp",
     "Block",

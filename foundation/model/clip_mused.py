@@ -13,7 +13,8 @@ Sequence layout for a batch of one dataset (``R`` readout tokens, ``M`` patches)
     logits = MLP(concat(z_low, z_high))                               (B, C)          Eq. 12-13
 
 (``model.volume_readout: spatial``, volume datasets: ``z += SpatialReadout(h[:, R:])``, a read-out with a weight per
-patch position, ``readout.py``; not in the paper.)
+patch position; ``model.volume_linear_rank: r``: ``z += VoxelReadout(volume)``, a rank-r linear read-out of the voxels
+themselves; both in ``readout.py``, not in the paper.)
 
 Readout tokens by ``ModelConfig.tokens``:
 
@@ -40,7 +41,7 @@ from foundation.core.errors import CheckpointError
 from .adapters import ROIAdapter, VolumeAdapter, VolumeGrid
 from .alignment import ALIGNMENTS, JOINT_FITTERS, SubjectAlignment
 from .encoder import Encoder
-from .readout import SpatialReadout
+from .readout import SpatialReadout, VoxelReadout
 from .tokens import TOKEN_INIT_STD, SubjectTokens, SubjectVocab
 from .volume_resnet import ResNetVolumeAdapter
 
@@ -210,6 +211,8 @@ class CLIPMUSED(nn.Module):
         self.mlps = nn.ModuleDict()
         # model.volume_readout=spatial: a read-out with a weight per patch position beside the attention (readout.py)
         self.spatial_readouts = nn.ModuleDict()
+        # model.volume_linear_rank > 0: a low-rank linear read-out of the input volume itself (readout.py)
+        self.voxel_readouts = nn.ModuleDict()
         for ds, info in self.infos.items():
             adapter = self._make_adapter(info)
             self.adapters[ds] = adapter
@@ -221,6 +224,9 @@ class CLIPMUSED(nn.Module):
                 self.pos_embed[ds] = nn.Parameter(torch.empty(1, self.n_readout + adapter.num_tokens, d))
                 if cfg.volume_readout == "spatial" and isinstance(adapter, VolumeGrid):
                     self.spatial_readouts[ds] = SpatialReadout(adapter.num_tokens, d, self.n_readout)
+                if cfg.volume_linear_rank and isinstance(adapter, VolumeGrid):
+                    self.voxel_readouts[ds] = VoxelReadout(adapter.grid, d, self.n_readout,
+                                                           rank=cfg.volume_linear_rank)
             if cfg.label_head == "dataset":
                 self.heads[ds] = self._make_head(info.num_labels)
         # label_head=shared: one head over the union of label names (first-seen order over the datasets)
@@ -250,7 +256,7 @@ class CLIPMUSED(nn.Module):
         self.apply(_init_transformer_weights)
         for p in self.pos_embed.values():
             _trunc_normal_(p.data)
-        for readout in self.spatial_readouts.values():
+        for readout in [*self.spatial_readouts.values(), *self.voxel_readouts.values()]:
             readout.reset_parameters()  # starts at zero: the paper's model until it learns
 
     # ------------------------------------------------------------------ construction helpers
@@ -426,6 +432,8 @@ class CLIPMUSED(nn.Module):
             x = torch.cat([readout, patches], dim=1) + self.pos_embed[dataset]  # (B, R + M, D)
             h, attention = self.encoder(self.pos_drop(x), return_attention=return_attention)
             z = self._read(dataset, h)  # (B, R, D)
+        if dataset in self.voxel_readouts:  # model.volume_linear_rank: the voxels' own linear read-out, added
+            z = z + self.voxel_readouts[dataset](adapter.densify(fmri, voxel_index, padded=False))  # (B, R, D)
         z_low, z_high = z[:, 0], z[:, -1]
         # The label head and the mappers run in float32 even under bf16 autocast (as the losses do): with a bf16
         # head the default world's test mAP fell by 0.034 over 3 seeds, with a float32 one it matched float32

@@ -123,6 +123,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="CLIP-MUSED with each sample's voxels standardised and a read-out with a weight per patch "
                        "position added to the readout tokens (model.volume_readout=spatial, recipes/hcp.yaml's "
                        "default; on ROI datasets it is clip-mused)"),
+    Method("voxel-clip-mused", "CLIP-MUSED, spatial + voxel read-outs",
+           ("model.tokens=subject", "model.volume_input=standardize", "model.volume_readout=spatial",
+            "model.volume_linear_rank=64"),
+           description="spatial-clip-mused plus a rank-64 linear read-out of the voxels themselves, shared by the "
+                       "subjects (model.volume_linear_rank=64; on ROI datasets it is clip-mused)"),
     Method("aligned-mlp", "MS-SMODEL-MLP + alignment",
            ("model.tokens=shared", "model.backbone=mlp", "model.alignment=guidance-ridge", *NO_GUIDANCE),
            description="one MLP pooled over all subjects on their aligned inputs; no per-subject learned parameters"),

@@ -55,6 +55,10 @@ code's position mixer in the ResNet patchifier, default off) are new model field
 made before them resume with their defaults), and ``recipes/hcp.yaml`` sets ``volume_input: standardize`` and
 ``volume_readout: spatial`` (docs/RESULTS.md §4j). Dataset options, guidance options and shard directories are
 unchanged.
+
+And by issue 14 (stop 28): ``model.volume_linear_rank`` (0, the paper's and the default, or the rank of a linear
+read-out of the voxels added to the readout tokens) is a new model field (every whole-recipe hash; runs made before
+it resume with its default). Dataset options, guidance options and shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -71,21 +75,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "46704c60e8e4cc19", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "ec46510195edad7a", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "edfbd8cfa1536e16", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "1fbee327a78f17e3", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "13fdf5d3b1ccbb94", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "20bd8ca154e58ae4", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "0d9c9c63f791b13f", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "1f068599581f52ea", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "35cbae4053f8dc73", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "d69c7d9487f5d694", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "469823f53a0c102b", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "7b338fa739b0426a", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "0ef16935a790d237", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "9bc5b5624339b61f", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "4db714cbcbe48ccb", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "30f6e51c870351e8", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

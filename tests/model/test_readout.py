@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from foundation.model.readout import SpatialReadout
+from foundation.model.readout import SpatialReadout, VoxelReadout
 
 
 def test_shapes_zero_start_and_parameter_count():
@@ -46,3 +46,31 @@ def test_learns_a_sign_that_depends_on_where_the_feature_is():
         loss.backward()
         opt.step()
     assert ((pooled(x.mean(1)).squeeze(1) > 0).float() == y).float().mean().item() < 0.75
+
+
+def test_voxel_readout_shapes_zero_start_and_parameter_count():
+    r = VoxelReadout((5, 6, 7), 8, 2, rank=3)
+    assert r.pooled_grid == (3, 3, 4)  # a partial last cell is kept
+    out = r(torch.randn(4, 1, 5, 6, 7))
+    assert out.shape == (4, 2, 8) and torch.equal(out, torch.zeros_like(out))
+    assert sum(p.numel() for p in r.parameters()) == (36 * 3 + 3) + (3 * 2 * 8 + 2 * 8)
+    with pytest.raises(ValueError, match=r"built for \(B, 1, 5, 6, 7\) volumes, got \(4, 1, 5, 6, 8\)"):
+        r(torch.randn(4, 1, 5, 6, 8))
+    with pytest.raises(ValueError, match="positive sizes"):
+        VoxelReadout((5, 6, 7), 8, 2, rank=0)
+
+
+def test_voxel_readout_learns_a_contrast_between_two_places_of_the_volume():
+    # label = mean of one 2×2×2 corner minus the opposite corner: a weight per (pooled) voxel reads it directly
+    torch.manual_seed(0)
+    v = torch.randn(256, 1, 4, 4, 4)
+    y = (v[:, 0, :2, :2, :2].mean((1, 2, 3)) - v[:, 0, 2:, 2:, 2:].mean((1, 2, 3)) > 0).float()
+    r = VoxelReadout((4, 4, 4), 4, 1, rank=2)
+    head = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam([*r.parameters(), *head.parameters()], lr=0.05)
+    for _ in range(200):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(r(v)[:, 0]).squeeze(1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ((head(r(v)[:, 0]).squeeze(1) > 0).float() == y).float().mean().item() > 0.95
