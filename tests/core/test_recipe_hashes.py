@@ -58,7 +58,8 @@ unchanged.
 
 And by issue 14 (stop 28): ``model.volume_linear_rank`` (0, the paper's and the default, or the rank of a linear
 read-out of the voxels added to the readout tokens) is a new model field (every whole-recipe hash; runs made before
-it resume with its default). Dataset options, guidance options and shard directories are unchanged.
+it resume with its default), and ``recipes/hcp.yaml`` sets it to 64 (docs/RESULTS.md §4j). Dataset options,
+guidance options and shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "ec46510195edad7a", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "81dc475cfe2e96c9", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
     "hcp_aligned": {"recipe": "1fbee327a78f17e3", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
