@@ -72,7 +72,7 @@ OVERRIDDEN = (
       "guidance.options.clip.pretrained=random"), "clip-mused", "-random-clip"),
     ("synthetic_volume_early", "recipes/synthetic_volume.yaml",
      ("aligned-lin-clip-mused", "aligned-clip-mused", "ridge", "aligned-ridge", "grid-ridge", "ss-mlp", "clip-mused",
-      "spatial-clip-mused", "voxel-clip-mused"), 3,
+      "spatial-clip-mused"), 3,
      ("train.lr=3e-4", "train.steps=800", "train.eval_every=50", "train.checkpoint_every=50"), "ridge",
      "-volume-early"),
     *(
