@@ -341,12 +341,10 @@ def run_linear(recipe, *, solver: Solver = "ridge", alignment: str | None = None
                     predictors, chosen[cfg.id] = fit_pooled_grid(data, positions=positions, solver=solver,
                                                                  seed=recipe.seed)
                 else:
-                    predictors, chosen[cfg.id] = fit_pooled_aligned(data, alignment=alignment, solver=solver,
-                                                                dim=recipe.model.alignment_dim, seed=recipe.seed,
-                                                                positions=positions,
-                                                                share=recipe.model.alignment_share,
-                                                                pool_gib=recipe.model.alignment_pool_gib,
-                                                                pool_samples=recipe.model.alignment_pool_samples)
+                    predictors, chosen[cfg.id] = fit_pooled_aligned(
+                        data, alignment=alignment, solver=solver, dim=recipe.model.alignment_dim, seed=recipe.seed,
+                        positions=positions, share=recipe.model.alignment_share,
+                        pool_gib=recipe.model.alignment_pool_gib, pool_samples=recipe.model.alignment_pool_samples)
                 if progress:
                     c = chosen[cfg.id]
                     print(f"{cfg.id}: {what} over {len(data)} subjects, {'alpha' if solver == 'ridge' else 'C'}="

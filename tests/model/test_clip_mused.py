@@ -339,23 +339,30 @@ def test_volume_input_reaches_the_patchifier_and_survives_the_config_round_trip(
 
 
 @pytest.mark.parametrize("patchifier", ["resnet", "cnn"])
-def test_spatial_readout_starts_as_the_papers_model_then_learns_and_survives_the_config_round_trip(patchifier):
+@pytest.mark.parametrize(("modules", "option"), [("spatial_readouts", {"volume_readout": "spatial"}),
+                                                 ("voxel_readouts", {"volume_linear_rank": 4})])
+def test_shared_readouts_start_as_the_papers_model_then_learn_and_survive_the_config_round_trip(patchifier, modules,
+                                                                                                option):
+    """``model.volume_readout: spatial`` (a weight per patch position) and ``model.volume_linear_rank`` (a linear map
+    of the voxels): built for volume datasets only, zero at the start, trained from the first step, saved."""
     voxels, index = volume_batch(3)
     torch.manual_seed(0)
-    m = CLIPMUSED(cfg(patchifier=patchifier, volume_readout="spatial", dropout=0.0), DATASETS, SUBJECTS)
-    assert list(m.spatial_readouts) == ["hcp"]  # volume datasets only; the ROI dataset reads through attention
+    m = CLIPMUSED(cfg(patchifier=patchifier, dropout=0.0, **option), DATASETS, SUBJECTS)
+    assert list(getattr(m, modules)) == ["hcp"]  # volume datasets only; the ROI dataset reads through attention
+    if modules == "voxel_readouts":
+        assert m.voxel_readouts["hcp"].grid == tuple(DATASETS["hcp"].grid)
     idx = m.subject_index(["hcp/100"] * 3)
-    paper = {k: v for k, v in m.state_dict().items() if not k.startswith("spatial_readouts.")}
+    paper = {k: v for k, v in m.state_dict().items() if not k.startswith(f"{modules}.")}
     torch.manual_seed(0)
     reference = CLIPMUSED(cfg(patchifier=patchifier, dropout=0.0), DATASETS, SUBJECTS)
     reference.load_state_dict(paper)
     before = m("hcp", voxels, idx, voxel_index=index)
-    # the position map starts at zero: the untrained model computes exactly the paper's read-out
+    # the read-out's last map starts at zero: the untrained model computes exactly the paper's read-out
     assert torch.equal(before.logits, reference("hcp", voxels, idx, voxel_index=index).logits)
     out = m("hcp", voxels, idx, voxel_index=index)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, torch.ones_like(out.logits))
     loss.backward()
-    read = m.spatial_readouts["hcp"].read.weight
+    read = getattr(m, modules)["hcp"].read.weight
     assert read.grad is not None and read.grad.abs().sum() > 0  # it trains from the first step
     with torch.no_grad():
         read.normal_(0, 0.05)
@@ -364,37 +371,7 @@ def test_spatial_readout_starts_as_the_papers_model_then_learns_and_survives_the
     m2 = CLIPMUSED.from_config_dict(json.loads(json.dumps(m.config_dict())))
     m2.load_state_dict(m.state_dict())
     assert torch.equal(m2("hcp", voxels, idx, voxel_index=index).logits, changed)
-    # a checkpoint written before the key existed loads as the paper's attention read-out
+    # a checkpoint written before the key existed loads as the paper's read-out
     d = json.loads(json.dumps(m.config_dict()))
-    del d["model"]["volume_readout"]
-    assert len(CLIPMUSED.from_config_dict(d).spatial_readouts) == 0
-
-
-@pytest.mark.parametrize("patchifier", ["resnet", "cnn"])
-def test_voxel_readout_starts_as_the_papers_model_then_learns_and_survives_the_config_round_trip(patchifier):
-    voxels, index = volume_batch(3)
-    torch.manual_seed(0)
-    m = CLIPMUSED(cfg(patchifier=patchifier, volume_linear_rank=4, dropout=0.0), DATASETS, SUBJECTS)
-    assert list(m.voxel_readouts) == ["hcp"]  # volume datasets only
-    assert m.voxel_readouts["hcp"].grid == tuple(DATASETS["hcp"].grid)
-    idx = m.subject_index(["hcp/100"] * 3)
-    paper = {k: v for k, v in m.state_dict().items() if not k.startswith("voxel_readouts.")}
-    torch.manual_seed(0)
-    reference = CLIPMUSED(cfg(patchifier=patchifier, dropout=0.0), DATASETS, SUBJECTS)
-    reference.load_state_dict(paper)
-    before = m("hcp", voxels, idx, voxel_index=index)
-    assert torch.equal(before.logits, reference("hcp", voxels, idx, voxel_index=index).logits)
-    out = m("hcp", voxels, idx, voxel_index=index)
-    torch.nn.functional.binary_cross_entropy_with_logits(out.logits, torch.ones_like(out.logits)).backward()
-    read = m.voxel_readouts["hcp"].read.weight
-    assert read.grad is not None and read.grad.abs().sum() > 0  # it trains from the first step
-    with torch.no_grad():
-        read.normal_(0, 0.05)
-    changed = m("hcp", voxels, idx, voxel_index=index).logits
-    assert not torch.allclose(changed, before.logits)
-    m2 = CLIPMUSED.from_config_dict(json.loads(json.dumps(m.config_dict())))
-    m2.load_state_dict(m.state_dict())
-    assert torch.equal(m2("hcp", voxels, idx, voxel_index=index).logits, changed)
-    d = json.loads(json.dumps(m.config_dict()))
-    del d["model"]["volume_linear_rank"]  # a checkpoint written before the key existed: no voxel read-out
-    assert len(CLIPMUSED.from_config_dict(d).voxel_readouts) == 0
+    del d["model"][next(iter(option))]
+    assert len(getattr(CLIPMUSED.from_config_dict(d), modules)) == 0
