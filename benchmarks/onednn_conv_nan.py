@@ -10,7 +10,7 @@ on and off, in one layout, and counts the trials whose weight gradient is not fi
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onednn_conv_nan.py --shape 24 28 24 --batch 16 --layout cl
 
 Not a reliable reproduction: at stop 28 this shape gave 61 of 100 with oneDNN (0 of 100 without) once, in a
-process that ran beside four training jobs, and 0 of 100 in the four quiet processes after it; a count of 0 does not
+process that ran beside four training jobs, and 0 in the four processes after it (beside two); a count of 0 does not
 clear a shape.
 """
 
