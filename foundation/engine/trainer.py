@@ -161,6 +161,8 @@ class _NonFiniteWatch:
             f"step {step}: the training loss is not finite (non-finite term(s): {', '.join(bad)}) on "
             f"{n} samples of dataset {dataset!r} (first {key}, shard {shard}); the inputs are finite, so training diverged: lower train.lr "
             f"(now {self.recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
+            f"on a CPU it has also come from a 3-D convolution's weight gradient in oneDNN, intermittently "
+            f"(docs/RESULTS.md §4j); "
             f"the last checkpoint is intact")
 
 
