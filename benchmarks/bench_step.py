@@ -281,6 +281,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 step()
             _perf.sync(device)
         profile = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
+        if torch.device(device).type == "cuda":  # the same steps by time on the GPU
+            profile += "\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=args.profile_rows)
         if args.profile_shapes:
             profile += "\n" + prof.key_averages(group_by_input_shape=True).table(
                 sort_by="self_cpu_time_total", row_limit=2 * args.profile_rows)
@@ -288,6 +290,20 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.profile_rows]]
     else:
         top = None
+
+    syncs = None
+    if args.sync_debug and torch.device(device).type == "cuda":  # where one step waits for the GPU
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = dict(Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                             if "synchroniz" in str(w.message)))
 
     peak = gemm.flops
     per_step_eff = [(flops / s) / (peak / g) for s, g in zip(step_s, gemm_s)]
@@ -316,7 +332,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "build_s": build_s, "warmup_s": warmup_s,
         "peak_rss_mib": _perf.peak_rss_mib(), "cuda_peak_mib": cuda_mem,
         "mem_available_gib_before": mem_before,
-        "profile_table": profile, "profile_top": top, "ceiling": ceiling,
+        "profile_table": profile, "profile_top": top, "ceiling": ceiling, "device_syncs": syncs,
     }
 
 
@@ -346,6 +362,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
         out += ["--profile", str(args.profile), "--profile-rows", str(args.profile_rows)]
         if args.profile_shapes:
             out.append("--profile-shapes")
+    if args.sync_debug:
+        out.append("--sync-debug")
     return out
 
 
@@ -421,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps (torch.profiler)")
     p.add_argument("--profile-rows", type=int, default=20)
     p.add_argument("--profile-shapes", action="store_true", help="also print the profile grouped by input shape")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="cuda: also run one step under torch.cuda.set_sync_debug_mode and print where it syncs")
     p.add_argument("--depth", type=int, default=None, help="override the layer count (quick experiments only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write all measurements as JSON here")
@@ -467,8 +487,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"  {shape}: batch {r['batch']}, median step {1e3 * r['median_step_s']:.1f} ms, "
                   f"efficiency {100 * r['efficiency']:.1f} % of {r['gemm_dtype']} GEMM peak", flush=True)
+        if r.get("device_syncs") is not None:
+            syncs = r["device_syncs"]
+            print(f"  {shape}: device syncs in one step: {sum(syncs.values())} "
+                  + (", ".join(f"{k} x{v}" for k, v in syncs.items()) or "(none)"), flush=True)
         if r.get("profile_table"):
-            print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time:\n{r['profile_table']}")
+            print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time"
+                  f"{' (then by GPU time)' if args.device.startswith('cuda') else ''}:\n{r['profile_table']}")
     print()
     print(table(results))
     ceilings = [r for r in results if r.get("ceiling")]

@@ -35,7 +35,9 @@ def _write(tmp_path: Path, name: str, *, datasets: str, **train) -> Path:
 
 
 def _launch(tmp_path: Path, recipe: Path, *, processes: int) -> dict:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    # CPU DDP over gloo on every machine: on one with GPUs, Accelerate would otherwise wait on them in its barriers
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     if processes > 1:
         launch += ["--multi_gpu"]  # with ACCELERATE_USE_CPU=1: gloo DDP on CPU (--cpu alone runs 1 process)

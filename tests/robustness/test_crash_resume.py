@@ -289,7 +289,8 @@ def _same_best(run: Path, clean: Path) -> None:
 
 
 def _accelerate(tmp_path: Path, recipe: Path, processes: int) -> subprocess.Popen:
-    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "ACCELERATE_USE_CPU": "1"}
+    # CUDA hidden: the gloo DDP on CPU this test means, also on a machine with GPUs
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     if processes > 1:
         launch += ["--multi_gpu"]  # with ACCELERATE_USE_CPU=1: gloo DDP on CPU
