@@ -206,6 +206,10 @@ class TrainConfig:
     grad_accum: PositiveInt = 1
     #: ``null``: no clipping
     max_grad_norm: Optional[PositiveFloat] = 1.0
+    #: a step whose gradient is not finite (NaN or inf, with a finite loss) is skipped — parameters and Adam's state
+    #: left as they were, counted in ``metrics.json`` ``skipped_steps`` — and the run stops once more than this many
+    #: were skipped (0: at the first).  float16 runs leave it to the gradient scaler, which skips them alone
+    max_skipped_steps: NonNegativeInt = 10
     warmup_steps: NonNegativeInt = 50
     eval_every: PositiveInt = 250
     checkpoint_every: PositiveInt = 250

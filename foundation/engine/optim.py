@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FUSED_ADAM_DEVICES", "build_adam"]
+__all__ = ["FUSED_ADAM_DEVICES", "NonFiniteStepGuard", "build_adam"]
 
 #: Device types with a fused Adam kernel in the torch this project pins (``torch.optim.optimizer``'s
 #: private list, copied here so that a torch that renames it does not break training).
@@ -41,3 +41,48 @@ def build_adam(param_groups: Iterable[dict[str, Any]], *, lr: float, weight_deca
         g["params"] = list(g["params"])
     fused = _fusable(groups, torch.device(device))
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+class NonFiniteStepGuard:
+    """Skips an optimizer step whose gradient norm is not finite, and counts the skips.
+
+    A step with a NaN or infinite gradient would write NaN into every parameter and both Adam moments
+    (through the clipping coefficient, every gradient becomes NaN), and the run would stop at the next
+    check with a non-finite loss.  Seen on CPUs: an intermittent non-finite weight gradient of a 3-D
+    convolution in oneDNN, with a finite loss (docs/RESULTS.md §4j).  The guard leaves the parameters and
+    the optimizer's state as they were for such a step, as AMP's gradient scaler does for float16.
+
+    No device sync per step: with fused Adam the decision travels as a tensor (the kernel's
+    ``found_inf``, which also takes the step count back); other Adam implementations read it on the
+    host (one sync per step).  :meth:`total` reads the count (one sync): the trainer calls it where it
+    already syncs (logging, validation, checkpoints).
+    """
+
+    def __init__(self, optimizer: Any, device: torch.device | str) -> None:
+        self.inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds torch's Adam
+        self.fused = all(bool(g.get("fused")) for g in self.inner.param_groups)
+        self.skipped = torch.zeros((), dtype=torch.float32, device=device)
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def step(self, optimizer: Any, grad_norm: torch.Tensor | None, *, step: int) -> None:
+        """``optimizer.step()``, unless ``grad_norm`` (the total gradient norm of this step) is not finite.
+
+        ``grad_norm=None`` (no norm computed: a micro-step that accumulates) steps as usual."""
+        if grad_norm is None:
+            optimizer.step()
+            return
+        bad = (~torch.isfinite(grad_norm.detach())).to(torch.float32).reshape(())
+        self.skipped += bad
+        self.first = torch.where((bad > 0) & (self.first < 0), torch.full_like(self.first, step), self.first)
+        if self.fused:
+            self.inner.found_inf = bad
+            try:
+                optimizer.step()
+            finally:
+                del self.inner.found_inf
+        elif not bool(bad):
+            optimizer.step()
+
+    def total(self) -> tuple[int, int]:
+        """(steps skipped so far, the first of them or -1): one device sync."""
+        return int(self.skipped), int(self.first)

@@ -30,7 +30,7 @@ from foundation.core.config import Recipe
 from foundation.core.locks import hold
 from foundation.core.errors import (CheckpointError, FoundationError, NonFiniteError, RecipeError, ShardError,
                                     UnknownSubjectError)
-from foundation.engine.optim import build_adam
+from foundation.engine.optim import NonFiniteStepGuard, build_adam
 from foundation.engine.surgery import SPEC_NAME as FINETUNE_SPEC
 from foundation.engine.surgery import FinetuneSpec
 from foundation.core.convert import to_dict
@@ -43,7 +43,7 @@ log = logging.getLogger("foundation.train")
 #: (``train.num_workers`` is not one: each DataLoader worker draws and shuffles its own stream, so the
 #: batch order, and the results, depend on it)
 RESUMABLE_CHANGES = {"run.dir", "train.log_every", "train.eval_batch_size", "train.background_loader",
-                     "train.shard_cache_mib"}
+                     "train.shard_cache_mib", "train.max_skipped_steps"}
 
 
 #: the file that marks a directory as a run directory made by foundation (only such a directory, or an
@@ -218,6 +218,8 @@ class TrainState:
     #: seconds spent in the training loop up to ``step``, summed over every process that trained this run
     #: (a killed process counts up to its last checkpoint: the steps after it are trained again)
     train_seconds: float = 0.0
+    #: optimizer steps skipped so far because the gradient was not finite (``train.max_skipped_steps``)
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -486,7 +488,8 @@ class Trainer:
             raise CheckpointError(f"cannot restore {ckpt}: {type(exc).__name__}: {detail}") from exc
         self.state = TrainState(step=raw["step"], best_step=raw["best_step"],
                                 best_score=raw["best_score"], history=raw["history"],
-                                train_seconds=float(raw.get("train_seconds", 0.0)))
+                                train_seconds=float(raw.get("train_seconds", 0.0)),
+                                skipped_steps=int(raw.get("skipped_steps", 0)))
         if self.accelerator.is_main_process:  # best/ of this checkpoint's history, not of a killed process'
             restore_best(ckpt, self.run_dir, best_step=self.state.best_step)
         self.accelerator.wait_for_everyone()
@@ -514,6 +517,9 @@ class Trainer:
         running: dict[str, torch.Tensor] = {}
         n_running = 0
         watch = _NonFiniteWatch(acc.device, r)
+        # float16's gradient scaler skips non-finite steps itself; every other precision gets the guard
+        guard = NonFiniteStepGuard(self.optimizer, acc.device) if acc.scaler is None else None
+        skipped_before = self.state.skipped_steps  # steps skipped by the processes before this one
         t0, before = time.perf_counter(), self.state.train_seconds  # time of the processes before this one
         self.model.train()
         while self.state.step < t.steps:
@@ -529,9 +535,16 @@ class Trainer:
                     loss, terms = clip_mused_loss(out, batch.labels, batch.low, batch.high, r.loss)
                     watch.see(step + 1, loss, terms, batch)
                     acc.backward(loss)
+                    grad_norm = None
                     if acc.sync_gradients and t.max_grad_norm:
-                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                    self.optimizer.step()
+                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    elif acc.sync_gradients and guard is not None:
+                        grad_norm = torch.nn.utils.get_total_norm(
+                            [p.grad for p in self.model.parameters() if p.grad is not None])
+                    if guard is None:
+                        self.optimizer.step()
+                    else:
+                        guard.step(self.optimizer, grad_norm, step=step + 1)
                     self.optimizer.zero_grad(set_to_none=True)
                 for k, v in terms.items():
                     running[k] = running.get(k, 0) + v.detach().float()
@@ -542,6 +555,8 @@ class Trainer:
 
             if step == t.steps or not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every):
                 watch.check()  # before anything of this step is logged, selected or saved
+                if guard is not None:
+                    self._check_skipped(guard, skipped_before, step)
             if step % t.log_every == 0 or step == t.steps:
                 values = {f"train/{k}": float(v) / n_running for k, v in running.items()}  # syncs here only
                 values["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -576,6 +591,26 @@ class Trainer:
             from foundation.engine.surgery import check_frozen
 
             check_frozen(self.finetune, self.core.state_dict())
+
+    def _check_skipped(self, guard: NonFiniteStepGuard, before: int, step: int) -> None:
+        """Record the steps ``guard`` skipped (one sync); warn about new ones; stop past ``train.max_skipped_steps``."""
+        count, first = guard.total()
+        total = before + count
+        if total > self.state.skipped_steps:
+            log.warning("step %d: %d optimizer step(s) skipped so far (the first in this process at step %d): the "
+                        "gradient was not finite, so the parameters were left as they were (train.max_skipped_steps: "
+                        "%d)", step, total, first, self.recipe.train.max_skipped_steps)
+        self.state.skipped_steps = total
+        limit = self.recipe.train.max_skipped_steps
+        if total > limit:
+            raise NonFiniteError(
+                f"step {step}: {total} optimizer steps had a non-finite gradient (the first in this process at step "
+                f"{first}), more than train.max_skipped_steps ({limit}); each was skipped, so the parameters and the "
+                f"last checkpoint are finite. The loss stayed finite, so the gradient itself overflowed: lower "
+                f"train.lr (now {self.recipe.train.lr:g}) or keep train.max_grad_norm set; on a CPU a 3-D "
+                f"convolution's weight gradient in oneDNN has also come out non-finite intermittently "
+                f"(docs/RESULTS.md §4j), which a rerun from the last checkpoint may not repeat (a higher train.max_skipped_steps "
+                f"resumes the run)")
 
     def _sync_state(self) -> None:
         """Broadcast the main process' best-score bookkeeping to every rank."""
@@ -684,6 +719,8 @@ class Trainer:
                 "model_tokens": self.recipe.model.tokens,
                 "parameters": self.n_params,
                 "train_seconds": getattr(self, "train_seconds", None),
+                # optimizer steps skipped because their gradient was not finite (train.max_skipped_steps)
+                "skipped_steps": self.state.skipped_steps,
                 "num_processes": acc.num_processes,
                 # what train.mixed_precision resolved to on this machine ("auto": bf16 on a GPU that has it)
                 "device": acc.device.type,

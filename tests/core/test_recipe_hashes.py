@@ -60,6 +60,11 @@ And by issue 14 (stop 28): ``model.volume_linear_rank`` (0, the paper's and the 
 read-out of the voxels added to the readout tokens) is a new model field (every whole-recipe hash; runs made before
 it resume with its default), and ``recipes/hcp.yaml`` sets it to 64 (docs/RESULTS.md §4j). Dataset options,
 guidance options and shard directories are unchanged.
+
+And by issue 14 (stop 29): ``train.max_skipped_steps`` (how many optimizer steps with a non-finite gradient may be
+skipped before a run stops) is a new train field (every whole-recipe hash; it changes no result of a run that
+never skips, and is resumable, ``RESUMABLE_CHANGES``, so a stopped run can go on with a higher limit). Dataset
+options, guidance options and shard directories are unchanged.
 """
 
 from __future__ import annotations
@@ -76,21 +81,21 @@ ROOT = Path(__file__).parents[2] / "recipes"
 
 #: the whole-recipe hash names no directory (shards are named by the dataset fingerprints, pinned below)
 PINNED = {
-    "hcp": {"recipe": "81dc475cfe2e96c9", "datasets.0.options": "2a873d918f907816",
+    "hcp": {"recipe": "8c31d3adb5d506e5", "datasets.0.options": "2a873d918f907816",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_aligned": {"recipe": "1fbee327a78f17e3", "datasets.0.options": "2a873d918f907816",
+    "hcp_aligned": {"recipe": "c1cfc8676fc036e9", "datasets.0.options": "2a873d918f907816",
                     "guidance.clip": "c82c9e49fe2f1f15"},
-    "hcp_nsd": {"recipe": "20bd8ca154e58ae4", "datasets.0.options": "e01a14a955ea0772",
+    "hcp_nsd": {"recipe": "4deebd2209ab708c", "datasets.0.options": "e01a14a955ea0772",
                 "datasets.1.options": "2a873d918f907816", "guidance.clip": "c82c9e49fe2f1f15"},
-    "nsd": {"recipe": "1f068599581f52ea", "datasets.0.options": "dbae4797f76d8375",
+    "nsd": {"recipe": "dc5bf18c60f89bde", "datasets.0.options": "dbae4797f76d8375",
             "guidance.clip": "c82c9e49fe2f1f15"},
-    "synthetic": {"recipe": "d69c7d9487f5d694", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic": {"recipe": "d12afdae5bd57470", "datasets.0.options": "f7f8f3e608412373",
                   "guidance.planted": "44136fa355b3678a"},
-    "synthetic_multi": {"recipe": "7b338fa739b0426a", "datasets.0.options": "f7f8f3e608412373",
+    "synthetic_multi": {"recipe": "66f5f608065f1cca", "datasets.0.options": "f7f8f3e608412373",
                         "datasets.1.options": "f637f2c7467e92c3", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_population": {"recipe": "9bc5b5624339b61f", "datasets.0.options": "b27278c849fe7fd5",
+    "synthetic_population": {"recipe": "966ffb61fa1e0669", "datasets.0.options": "b27278c849fe7fd5",
                              "datasets.1.options": "eb4f85a35c310c2a", "guidance.planted": "44136fa355b3678a"},
-    "synthetic_volume": {"recipe": "30f6e51c870351e8", "datasets.0.options": "b515df0bf8d9e1b9",
+    "synthetic_volume": {"recipe": "c1716a6ba36c9de6", "datasets.0.options": "b515df0bf8d9e1b9",
                          "guidance.planted": "44136fa355b3678a"},
 }
 

@@ -247,3 +247,51 @@ def test_bf16_on_cpu_trains_in_bf16_and_metrics_record_the_precision(tiny_recipe
     assert all(w.dtype == torch.float32 for w in w16.values())  # autocast: the weights stay float32
     assert any(not w32[k].equal(w16[k]) for k in w32)
 
+
+
+def _poison_gradient(trainer, steps: set[int]) -> None:
+    """A NaN weight gradient (with a finite loss) at the given training steps, as oneDNN's convolution gave."""
+    import torch
+
+    param = next(p for p in trainer.core.parameters() if p.requires_grad and p.dim() == 2)
+    calls = [0]
+
+    def poison(grad):
+        calls[0] += 1  # one backward per step (grad_accum 1)
+        return torch.full_like(grad, float("nan")) if calls[0] in steps else grad
+
+    param.register_hook(poison)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_counted_and_kept_across_a_resume(tiny_recipe, caplog):
+    import torch
+
+    from foundation.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_recipe(), progress=False)
+    _poison_gradient(trainer, {3, 7})
+    with caplog.at_level("WARNING", logger="foundation.train"):
+        trainer.fit()
+    metrics = json.loads(trainer.test().read_text())
+    assert metrics["skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in trainer.core.parameters())
+    assert math.isfinite(metrics["test"]["mAP"])
+    assert any("step 5: 1 optimizer step(s) skipped" in r.getMessage() and "at step 3" in r.getMessage()
+               for r in caplog.records)
+    again = Trainer(tiny_recipe(), progress=False)
+    again.resume()
+    assert again.state.step == 20 and again.state.skipped_steps == 2
+
+
+def test_more_non_finite_gradients_than_allowed_stop_the_run_with_finite_weights(tiny_recipe):
+    import torch
+
+    from foundation.core.errors import NonFiniteError
+    from foundation.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_recipe(**{"train.max_skipped_steps": 1}), progress=False)
+    _poison_gradient(trainer, {3, 4})
+    with pytest.raises(NonFiniteError, match=r"^step 5: 2 optimizer steps had a non-finite gradient \(the first in "
+                                             r"this process at step 3\), more than train.max_skipped_steps \(1\)"):
+        trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.core.parameters())
