@@ -37,11 +37,32 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import VolumeGrid, _norm
 
-__all__ = ["BasicBlock3d", "PositionMixer3d", "ResNetVolumeAdapter"]
+__all__ = ["BasicBlock3d", "PositionMixer3d", "ResNetVolumeAdapter", "StemConv3d"]
+
+
+class StemConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that pads explicitly, on a CPU, an input not larger than its kernel.
+
+    The same function and parameters (state-dict keys) as ``nn.Conv3d``.  Why: on CPUs, oneDNN's weight gradient
+    of a 7³ stride-2 convolution zero-padded by 3 is wrong for maps of 5 to 7 voxels (torch 2.14.1: errors up to
+    1e34 against torch's own convolution, NaN, once a heap corruption that aborted the process; 3–4 and ≥ 8
+    voxels agree to 1e-4), which is the stem's second convolution on the volume world's 6×7×6 map
+    (docs/RESULTS.md §4k).  With the padding written into the input first, the gradient agrees with the
+    reference.  Inputs larger than the kernel (every HCP-sized map) and other devices keep the plain call, so
+    their results and speed do not change.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        small = any(s <= k for s, k in zip(input.shape[2:], self.kernel_size))
+        if input.device.type != "cpu" or not small or self.padding_mode != "zeros" or not any(self.padding):
+            return super()._conv_forward(input, weight, bias)
+        pad = [p for q in reversed(self.padding) for p in (q, q)]  # F.pad: last dimension first
+        return F.conv3d(F.pad(input, pad), weight, bias, self.stride, 0, self.dilation, self.groups)
 
 
 class BasicBlock3d(nn.Module):
@@ -142,7 +163,7 @@ class ResNetVolumeAdapter(VolumeGrid):
         n_stem = min(2, len(channels))
         stem: list[nn.Module] = []
         for c_in, c_out in zip([1, *channels[: n_stem - 1]], channels[:n_stem]):
-            stem += [nn.Conv3d(c_in, c_out, kernel_size=7, stride=2, padding=3, bias=False), _norm(c_out), nn.ReLU()]
+            stem += [StemConv3d(c_in, c_out, kernel_size=7, stride=2, padding=3, bias=False), _norm(c_out), nn.ReLU()]
         self.stem = nn.Sequential(*stem)
         c = channels[n_stem - 1]
         stages = [_stage(c, c, stride=1, blocks=blocks)]

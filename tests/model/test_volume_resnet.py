@@ -143,3 +143,33 @@ def test_the_mixer_reaches_the_model_and_its_config_round_trip() -> None:
     m2.load_state_dict(m.state_dict())
     del d["model"]["volume_mixer"]  # a checkpoint written before the option existed: no mixer
     assert not any(isinstance(s, PositionMixer3d) for s in CLIPMUSED.from_config_dict(d).adapters["v"].stages)
+
+
+def test_the_stem_convolution_pads_a_map_not_larger_than_its_kernel_itself_and_computes_the_same_function() -> None:
+    from foundation.model.volume_resnet import StemConv3d
+
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(16, 32, kernel_size=7, stride=2, padding=3, bias=False)
+    stem = StemConv3d(16, 32, kernel_size=7, stride=2, padding=3, bias=False)
+    stem.load_state_dict(plain.state_dict())  # the same parameters under the same keys
+    for shape in [(4, 16, 6, 7, 6), (2, 16, 7, 7, 7), (2, 16, 9, 8, 10)]:
+        x = torch.randn(*shape)
+        g = torch.randn(shape[0], 32, *[(s + 1) // 2 for s in shape[2:]])
+        torch.backends.mkldnn.enabled = False  # torch's own convolution: the reference
+        try:
+            xr = x.clone().requires_grad_(True)
+            plain(xr).backward(g)
+        finally:
+            torch.backends.mkldnn.enabled = True
+        xs = x.clone().requires_grad_(True)
+        y = stem(xs)
+        y.backward(g)
+        assert y.shape == g.shape
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(stem.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+        if shape[2] > 7:  # larger than the kernel: the plain call, bit for bit
+            assert torch.equal(y, plain(x))
+        plain.zero_grad()
+        stem.zero_grad()
+    adapter = ResNetVolumeAdapter((12, 14, 12), 32, [8, 16])
+    assert all(isinstance(adapter.stem[i], StemConv3d) for i in (0, 3))
