@@ -1,42 +1,54 @@
-"""Diagnostic (not a test): does this CPU's oneDNN convolution return a non-finite weight gradient?
+"""Diagnostic (not a test): is this CPU's oneDNN weight gradient of a 3-D convolution right, map size by map size?
 
-Three volume-world runs stopped with a non-finite loss at stop 28 (docs/RESULTS.md §4j); a resume under
-``torch.autograd.set_detect_anomaly`` named a 3-D convolution's *weight* gradient, and the same resumes with
-``torch.backends.mkldnn.enabled = False`` ran on.  This times nothing: it runs one bare ``nn.Conv3d`` forward and
-backward ``--trials`` times on random inputs of the shape the volume world's second stem convolution sees, with oneDNN
-on and off, in one layout, and counts the trials whose weight gradient is not finite::
+Volume-world runs stopped with a non-finite loss (docs/RESULTS.md §4j), and resumed runs skipped steps whose
+gradient was not finite (§4k).  This compares, for each input map size of ``--sizes`` (a cube ``n×n×n``), the weight
+gradient of one ``Conv3d`` forward + backward computed by oneDNN with the one torch computes without it
+(``torch.backends.mkldnn.enabled = False``, the reference), the same weights, input and output gradient, and with
+the padding written into the input first (what ``foundation.model.volume_resnet.StemConv3d`` does on a CPU for maps
+not larger than its kernel).  Each size runs in its own process, since a wrong kernel can corrupt the heap::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onednn_conv_nan.py --trials 100
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onednn_conv_nan.py --shape 24 28 24 --batch 16 --layout cl
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onednn_conv_nan.py                       # 7³/2 pad 3, n = 3..9
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onednn_conv_nan.py --kernel 3 --padding 1 --sizes 1 2 3 4
 
-Not a reliable reproduction: at stop 28 this shape gave 61 of 100 with oneDNN (0 of 100 without) once, in a
-process that ran beside four training jobs, and 0 in the four processes after it (beside two); a count of 0 does not
-clear a shape.
+Measured (docs/RESULTS.md §4k, torch 2.14.1, oneDNN 3.12): n = 5, 6, 7 wrong (errors up to 1e34, NaN, a heap
+corruption abort), n = 3, 4 and ≥ 8 right to 1e-4; padded first, right at every n.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import subprocess
+import sys
 
 import torch
+import torch.nn.functional as F
 
 
-def trial(*, cin: int, cout: int, kernel: int, stride: int, padding: int, shape: tuple[int, int, int], batch: int,
-          trials: int, mkldnn: bool, layout: str) -> int:
-    """How many of ``trials`` backward passes give a non-finite weight gradient."""
-    torch.backends.mkldnn.enabled = mkldnn
-    conv = torch.nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
-    bad = 0
-    for _ in range(trials):
-        x = torch.randn(batch, cin, *shape)
-        if layout == "cl":
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        conv.zero_grad()
-        out = conv(x)
-        out.backward(torch.randn_like(out))
-        bad += int(not torch.isfinite(conv.weight.grad).all())
-    return bad
+def one(*, n: int, cin: int, cout: int, kernel: int, stride: int, padding: int, batch: int, seed: int) -> str:
+    """One map size: the largest |oneDNN − reference| of the weight gradient, plain and padded first."""
+    torch.manual_seed(seed)
+    w = torch.randn(cout, cin, kernel, kernel, kernel) * (cin * kernel**3) ** -0.5
+    x = torch.randn(batch, cin, n, n, n)
+    out = (n + 2 * padding - kernel) // stride + 1
+    g = torch.randn(batch, cout, out, out, out)
+
+    def grad(mkldnn: bool, padded: bool) -> torch.Tensor:
+        torch.backends.mkldnn.enabled = mkldnn
+        try:
+            ww = w.clone().requires_grad_(True)
+            if padded:
+                F.conv3d(F.pad(x, [padding] * 6), ww, None, stride, 0).backward(g)
+            else:
+                F.conv3d(x, ww, None, stride, padding).backward(g)
+            return ww.grad
+        finally:
+            torch.backends.mkldnn.enabled = True
+
+    ref = grad(False, False)
+    plain, padded = grad(True, False), grad(True, True)
+    scale = float(ref.abs().max())
+    return (f"n = {n}: reference max |grad| {scale:.3g}; oneDNN max |error| {float((plain - ref).abs().max()):.3g}"
+            f" (finite: {bool(torch.isfinite(plain).all())}); padded first {float((padded - ref).abs().max()):.3g}")
 
 
 def main() -> None:
@@ -45,21 +57,26 @@ def main() -> None:
     p.add_argument("--kernel", type=int, default=7)
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--padding", type=int, default=3)
-    p.add_argument("--shape", type=int, nargs=3, default=[6, 7, 6], help="input map (the volume world's stem.3)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--trials", type=int, default=100)
-    p.add_argument("--layout", choices=["nc", "cl"], default="nc", help="contiguous NCDHW or channels_last_3d input")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(range(3, 10)), help="cube edges of the input map")
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the per-size worker
     a = p.parse_args()
-    torch.manual_seed(a.seed)
-    t0 = time.perf_counter()
-    for mkldnn in (True, False):
-        bad = trial(cin=a.channels[0], cout=a.channels[1], kernel=a.kernel, stride=a.stride, padding=a.padding,
-                    shape=tuple(a.shape), batch=a.batch, trials=a.trials, mkldnn=mkldnn, layout=a.layout)
-        print(f"Conv3d({a.channels[0]}, {a.channels[1]}, {a.kernel}, stride={a.stride}, padding={a.padding}) on "
-              f"{(a.batch, a.channels[0], *a.shape)} ({a.layout}), oneDNN {'on' if mkldnn else 'off'}: non-finite "
-              f"weight gradient in {bad} of {a.trials} trials", flush=True)
-    print(f"torch {torch.__version__}, {time.perf_counter() - t0:.0f} s")
+    spec = dict(cin=a.channels[0], cout=a.channels[1], kernel=a.kernel, stride=a.stride, padding=a.padding,
+                batch=a.batch, seed=a.seed)
+    if a.one is not None:
+        print(one(n=a.one, **spec), flush=True)
+        return
+    print(f"Conv3d({a.channels[0]}, {a.channels[1]}, {a.kernel}, stride={a.stride}, padding={a.padding}), batch "
+          f"{a.batch}, torch {torch.__version__}; weight gradient against torch's convolution without oneDNN")
+    for n in a.sizes:
+        args = [sys.executable, __file__, "--one", str(n), "--channels", *map(str, a.channels), "--kernel",
+                str(a.kernel), "--stride", str(a.stride), "--padding", str(a.padding), "--batch", str(a.batch),
+                "--seed", str(a.seed)]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        line = proc.stdout.strip() or f"n = {n}: the process died (exit {proc.returncode}): " + \
+            " ".join(proc.stderr.split())[-200:]
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
