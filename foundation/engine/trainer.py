@@ -161,8 +161,8 @@ class _NonFiniteWatch:
             f"step {step}: the training loss is not finite (non-finite term(s): {', '.join(bad)}) on "
             f"{n} samples of dataset {dataset!r} (first {key}, shard {shard}); the inputs are finite, so training diverged: lower train.lr "
             f"(now {self.recipe.train.lr:g}), keep train.max_grad_norm set, or check the loss weights (loss.*); "
-            f"on a CPU it has also come from a 3-D convolution's weight gradient in oneDNN, intermittently "
-            f"(docs/RESULTS.md §4j); "
+            f"on a CPU it has also come from oneDNN's wrong weight gradient of a 3-D convolution over a map "
+            f"not larger than its kernel (docs/RESULTS.md §4k); "
             f"the last checkpoint is intact")
 
 
@@ -603,14 +603,15 @@ class Trainer:
         self.state.skipped_steps = total
         limit = self.recipe.train.max_skipped_steps
         if total > limit:
+            where = f" (the first in this process at step {first})" if first >= 0 else ""
             raise NonFiniteError(
-                f"step {step}: {total} optimizer steps had a non-finite gradient (the first in this process at step "
-                f"{first}), more than train.max_skipped_steps ({limit}); each was skipped, so the parameters and the "
-                f"last checkpoint are finite. The loss stayed finite, so the gradient itself overflowed: lower "
-                f"train.lr (now {self.recipe.train.lr:g}) or keep train.max_grad_norm set; on a CPU a 3-D "
-                f"convolution's weight gradient in oneDNN has also come out non-finite intermittently "
-                f"(docs/RESULTS.md §4j), which a rerun from the last checkpoint may not repeat (a higher train.max_skipped_steps "
-                f"resumes the run)")
+                f"step {step}: {total} optimizer steps had a non-finite gradient{where}, more than "
+                f"train.max_skipped_steps ({limit}); each was skipped, so the parameters and the last checkpoint are "
+                f"finite. The loss stayed finite, so the backward pass overflowed: lower train.lr (now "
+                f"{self.recipe.train.lr:g}) or keep train.max_grad_norm set; on a CPU, oneDNN's weight gradient of a "
+                f"7³ stride-2 convolution is wrong on maps of 5-7 voxels (docs/RESULTS.md §4k: the volume "
+                f"patchifier's stem pads such maps itself; a plugin's own model may not). A higher "
+                f"train.max_skipped_steps resumes the run from the last checkpoint")
 
     def _sync_state(self) -> None:
         """Broadcast the main process' best-score bookkeeping to every rank."""
