@@ -48,9 +48,10 @@ class NonFiniteStepGuard:
 
     A step with a NaN or infinite gradient would write NaN into every parameter and both Adam moments
     (through the clipping coefficient, every gradient becomes NaN), and the run would stop at the next
-    check with a non-finite loss.  Seen on CPUs: an intermittent non-finite weight gradient of a 3-D
-    convolution in oneDNN, with a finite loss (docs/RESULTS.md §4j).  The guard leaves the parameters and
-    the optimizer's state as they were for such a step, as AMP's gradient scaler does for float16.
+    check with a non-finite loss.  Seen on CPUs: oneDNN's weight gradient of the volume patchifier's stem
+    convolution, wrong (and some steps NaN) on small maps while the loss was finite (docs/RESULTS.md §4k; the stem
+    now pads such maps itself).  The guard leaves the parameters and the optimizer's state as they were for
+    such a step, as AMP's gradient scaler does for float16.
 
     No device sync per step: with fused Adam the decision travels as a tensor (the kernel's
     ``found_inf``, which also takes the step count back); other Adam implementations read it on the

@@ -49,8 +49,8 @@ class StemConv3d(nn.Conv3d):
     """``nn.Conv3d`` that pads explicitly, on a CPU, an input not larger than its kernel.
 
     The same function and parameters (state-dict keys) as ``nn.Conv3d``.  Why: on CPUs, oneDNN's weight gradient
-    of a 7³ stride-2 convolution zero-padded by 3 is wrong for maps of 5 to 7 voxels (torch 2.14.1: errors up to
-    1e34 against torch's own convolution, NaN, once a heap corruption that aborted the process; 3–4 and ≥ 8
+    of a 7³ stride-2 convolution zero-padded by 3 is wrong for maps of 5 to 7 voxels (torch 2.14.1: errors of 1e20 to
+    5e34 against torch's own convolution, NaN, once a heap corruption that aborted the process; 3–4 and ≥ 8
     voxels agree to 1e-4), which is the stem's second convolution on the volume world's 6×7×6 map
     (docs/RESULTS.md §4k).  With the padding written into the input first, the gradient agrees with the
     reference.  Inputs larger than the kernel (every HCP-sized map) and other devices keep the plain call, so
