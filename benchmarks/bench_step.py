@@ -186,6 +186,14 @@ def make_step(setup: Setup, device: Any, args: argparse.Namespace):
     running: dict[str, Any] = {}
     counter = [0]
 
+    def core(fmri, idx, voxel_index, labels, low, high):
+        with autocast:
+            out = setup.forward(setup.dataset, fmri.float(), idx, voxel_index=voxel_index)
+        return clip_mused_loss(out, labels, low, high, setup.loss_cfg)
+
+    if args.compile_step:  # forward + loss in one graph; AOTAutograd compiles their backward with them
+        core = torch.compile(core, mode=args.compile_step)
+
     def forward_loss(batch: dict[str, Any]):
         b = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         idx = model.subject_index(b["subjects"]).to(dev)
@@ -193,9 +201,7 @@ def make_step(setup: Setup, device: Any, args: argparse.Namespace):
         if setup.bank is not None:
             rows = torch.tensor([setup.bank_rows[s] for s in b["subjects"]], device=dev)  # as VoxelIndexBank
             voxel_index = setup.bank[rows]
-        with autocast:
-            out = setup.forward(setup.dataset, b["fmri"].float(), idx, voxel_index=voxel_index)
-        return clip_mused_loss(out, b["labels"], b["low"], b["high"], setup.loss_cfg)
+        return core(b["fmri"], idx, voxel_index, b["labels"], b["low"], b["high"])
 
     def step() -> None:
         batch = setup.batches[counter[0] % len(setup.batches)]
@@ -315,7 +321,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "shape": shape, "batch": batch, "steps": steps, "warmup": args.warmup, "tokens": setup.tokens,
         "parameters": setup.parameters, "device": device, "threads": torch.get_num_threads(),
         "amp_bf16": args.amp if args.amp is not None else torch.device(device).type == "cuda",
-        "compile": args.compile, "adam": args.adam, "depth": setup.model.cfg.depth,
+        "compile": args.compile, "compile_step": args.compile_step, "adam": args.adam, "depth": setup.model.cfg.depth,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "token_dim": args.token_dim if shape == "nsd" else None,
         "flops_per_step": flops, "flops_per_op": per_op,
         "step_s": step_s, "gemm_s": gemm_s, "gemm_s_after": gemm_after, "gemm_n": args.gemm,
@@ -352,6 +358,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
         out += ["--batch", str(args.batch)]
     if args.compile:
         out.append("--compile")
+    if args.compile_step:
+        out += ["--compile-step", args.compile_step]
     if args.amp is not None:
         out.append("--amp" if args.amp else "--no-amp")
     if args.channels_last:
@@ -377,6 +385,9 @@ def run_shape(args: argparse.Namespace, shape: str) -> dict[str, Any]:
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not result.is_file():
             return {"shape": shape, "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+        if proc.stderr.strip():  # the worker's warnings (e.g. torch.compile's "skipping cudagraphs due to ...")
+            tail = proc.stderr.strip().splitlines()[-40:]
+            print(f"  {shape}: the worker's stderr (last {len(tail)} lines):", *tail, sep="\n    ", file=sys.stderr)
         return json.loads(result.read_text())
 
 
@@ -409,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
+    p.add_argument("--compile-step", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   default=None, help="torch.compile the forward and the loss together in this mode (their backward "
+                                      "with them); reduce-overhead replays the step's kernels as CUDA graphs")
     p.add_argument("--amp", dest="amp", action="store_true", default=None,
                    help="bf16 autocast (default: on for cuda, off for cpu, as train.mixed_precision=auto)")
     p.add_argument("--no-amp", dest="amp", action="store_false")
