@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/paper_results.py                 # ~5 h wall on 2 CPU cores (2 × 1 thread), reuses finished runs
     .venv/bin/python benchmarks/paper_results.py --jobs 4 --runs /scratch/bench
 
-Eleven ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
+Twelve ``foundation bench`` invocations (runs whose ``metrics.json`` exists are reused, so an
 interrupted call resumes by rerunning it) and the figures of ``foundation plot``:
 
 1. ``recipes/synthetic.yaml`` (ROI world, NSD-like: 10 subjects, mostly disjoint stimuli): CLIP-MUSED,
@@ -21,7 +21,9 @@ interrupted call resumes by rerunning it) and the figures of ``foundation plot``
    aligned rows and the ridge read-outs on two worlds that no choice was made on
    (``datasets.0.options.world_seed`` 1 and 2: the replication check of §4d), 3 seeds; SRM against the
    per-subject ridge on those two worlds (recipe defaults), 3 seeds; and the ROI world's
-   main rows on ``world_seed`` 1 (the replication check of §1), 3 seeds;
+   main rows on ``world_seed`` 1 (the replication check of §1), 3 seeds; and the unaligned volume networks,
+   SS-CNN included, with a linear label head under that protocol beside the per-subject, grid and aligned
+   ridge read-outs (RESULTS.md §4l), 3 seeds;
 4. figures of seed 0's CLIP-MUSED run of each (training curves, readout-token attention over ROIs /
    on the MNI template, between-subject token RSMs) and, for the ROI world, its per-subject mAP against
    seed 0's SS-ViT models (Fig. C5/C6).
@@ -65,7 +67,7 @@ PLAN = (
 #: stopping) for every trained row, and the aligned model with a linear head beside the paper's; then that table's
 #: aligned and ridge rows on two other worlds of the same generator (the replication check of §4d), SRM against
 #: the per-subject ridge on those two worlds (§4d's room above ridge), and the ROI world's main rows on another
-#: world (§1's)
+#: world (§1's); and §4l: the unaligned volume networks, SS-CNN included, with a linear label head under §4d's protocol
 OVERRIDDEN = (
     ("synthetic_random_clip", "recipes/synthetic.yaml", ("clip-mused",), 3,
      ("guidance.low=clip", "guidance.high=clip", "guidance.allow_random_weights=true",
@@ -90,6 +92,10 @@ OVERRIDDEN = (
     ("synthetic_world1", "recipes/synthetic.yaml",
      ("clip-mused", "ms-emb", "ss-mlp", "ridge", "aligned-ridge", "aligned-clip-mused"), 3,
      ("datasets.0.options.world_seed=1",), "ridge", "-world1"),
+    ("synthetic_volume_linear_head", "recipes/synthetic_volume.yaml",
+     ("ridge", "grid-ridge", "aligned-ridge", "clip-mused", "spatial-clip-mused", "voxel-clip-mused", "ss-mlp"), 3,
+     ("train.lr=3e-4", "train.steps=800", "train.eval_every=50", "train.checkpoint_every=50", "model.head=linear"),
+     "ridge", "-volume-linear-head"),
 )
 
 
