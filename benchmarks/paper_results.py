@@ -67,7 +67,8 @@ PLAN = (
 #: stopping) for every trained row, and the aligned model with a linear head beside the paper's; then that table's
 #: aligned and ridge rows on two other worlds of the same generator (the replication check of §4d), SRM against
 #: the per-subject ridge on those two worlds (§4d's room above ridge), and the ROI world's main rows on another
-#: world (§1's); and §4l: the unaligned volume networks, SS-CNN included, with a linear label head under §4d's protocol
+#: world (§1's); and §4l: the unaligned volume networks, SS-CNN included, with a linear label head under §4d's
+#: protocol
 OVERRIDDEN = (
     ("synthetic_random_clip", "recipes/synthetic.yaml", ("clip-mused",), 3,
      ("guidance.low=clip", "guidance.high=clip", "guidance.allow_random_weights=true",
