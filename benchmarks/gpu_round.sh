@@ -15,7 +15,8 @@
 #   4. README's first recipe on the GPU through `accelerate launch foundation/train.py` (shards and run beside OUT_DIR);
 #   5. (round 12) the NSD step's forward + loss compiled as one graph (`bench_step.py --compile-step`), eager, compiled
 #      and replayed as CUDA graphs, then profiled with the device syncs listed (where the step's time goes).
-# ONLY=PREFIX runs only the parts whose name starts with PREFIX (ONLY=compile: round 12's).
+# ONLY="PREFIX ..." runs only the parts whose name starts with one of the prefixes (round 12's with its eager
+# baseline from part 1: ONLY="nsd_bf16_b256 compile").
 set -u
 OUT=${1:?usage: gpu_round.sh OUT_DIR}
 DEVICE=${DEVICE:-cuda}
@@ -26,7 +27,11 @@ else S=20; W=5; G=8192; B=256; BIG=1024; HB=4; HB2=16; TSTEPS=1500; SAMPLES=4096
 
 part() {  # part NAME LIMIT_S COMMAND...: run one measurement, log it, keep going on failure
     local name=$1 limit=$2; shift 2
-    case $name in "${ONLY:-}"*) ;; *) return 0 ;; esac
+    if [ -n "${ONLY:-}" ]; then
+        local prefix hit=""
+        for prefix in $ONLY; do case $name in "$prefix"*) hit=1 ;; esac; done
+        [ -n "$hit" ] || return 0
+    fi
     echo "=== $name: $*" | tee -a "$OUT/summary.log"
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -62,8 +67,8 @@ part train_synthetic 150 env HF_HUB_OFFLINE=1 $PY -m accelerate.commands.launch 
 cp "$OUT.run/metrics.json" "$OUT/train_metrics.json" 2>/dev/null || true
 # 1b. torch.compile last: its compile time is the least predictable
 part nsd_bf16_compile_b$B 120 $STEP --shape nsd --batch "$B" --amp --compile --warmup 3 --out "$OUT/nsd_compile_b$B.json"
-# 5. round 12: the step compiled (forward + loss as one graph, its backward with it), and as CUDA graphs
-part compile_nsd_eager_b$B 60 $STEP --shape nsd --batch "$B" --amp --out "$OUT/compile_nsd_eager_b$B.json"
+# 5. round 12: the step compiled (forward + loss as one graph, its backward with it), and as CUDA graphs; the eager
+#    step beside them is part 1's nsd_bf16_b$B
 part compile_nsd_graphs_b$B 150 $STEP --shape nsd --batch "$B" --amp --compile-step reduce-overhead --warmup 3 \
     --out "$OUT/compile_nsd_graphs_b$B.json"
 part compile_nsd_default_b$B 150 $STEP --shape nsd --batch "$B" --amp --compile-step default --warmup 3 \
