@@ -218,7 +218,86 @@ def make_step(setup: Setup, device: Any, args: argparse.Namespace):
         loss, _ = forward_loss(setup.batches[0])
         loss.backward()
 
+    if args.cuda_graph:
+        return graphed_step(setup, dev, autocast, params, running), fwd_bwd, running
     return step, fwd_bwd, running
+
+
+def graphed_step(setup: Setup, dev: Any, autocast: Any, params: list[Any], running: dict[str, Any]):
+    """The whole step (forward, loss, backward, clipping, Adam) captured once as a CUDA graph and replayed.
+
+    What a host-bound step would gain if the trainer did the same: every replay launches the step's
+    kernels from the device, and the host only copies the next batch into the graph's input buffers
+    (pinned → device, no sync) and looks up its subject rows.  Follows torch.cuda.graphs' "whole network
+    capture": three eager steps on a side stream first (allocations, autotuning, Adam's state), the
+    optimizer rebuilt ``capturable`` so its step count lives on the device, gradients set to None before
+    capture so the captured backward allocates them in the graph's pool.  Autocast runs with its weight
+    cache off (a cache filled during capture would be freed with it).
+    """
+    import torch
+
+    from foundation.objectives.losses import clip_mused_loss
+
+    if dev.type != "cuda":
+        raise SystemExit("--cuda-graph needs a CUDA device")
+    model = setup.model
+    inner = torch.optim.Adam(params, lr=setup.optimizer.param_groups[0]["lr"], weight_decay=0.0,
+                             fused=True, capturable=True)
+    setup.optimizer = inner
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast._enabled,
+                              cache_enabled=False)
+    first = setup.batches[0]
+    static = {k: v.to(dev).clone() for k, v in first.items() if torch.is_tensor(v)}
+    static["idx"] = model.subject_index(first["subjects"]).to(dev)
+    if setup.bank is not None:
+        static["rows"] = torch.tensor([setup.bank_rows[s] for s in first["subjects"]], device=dev)
+    terms_out: dict[str, Any] = {}
+
+    def body() -> None:
+        voxel_index = setup.bank[static["rows"]] if setup.bank is not None else None
+        with autocast:
+            out = model(setup.dataset, static["fmri"].float(), static["idx"], voxel_index=voxel_index)
+        loss, terms = clip_mused_loss(out, static["labels"], static["low"], static["high"], setup.loss_cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        inner.step()
+        terms_out.update({k: v.detach().float() for k, v in terms.items()})
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            inner.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    inner.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    host_idx = {}  # the subject rows of each host batch, looked up once (a loader would hand them over)
+    counter = [0]
+
+    def step() -> None:
+        batch = setup.batches[counter[0] % len(setup.batches)]
+        counter[0] += 1
+        for k, v in static.items():
+            if k in batch:
+                v.copy_(batch[k], non_blocking=True)
+        key = id(batch)
+        if key not in host_idx:
+            idx = model.subject_index(batch["subjects"]).pin_memory()
+            rows = torch.tensor([setup.bank_rows[s] for s in batch["subjects"]]).pin_memory() \
+                if setup.bank is not None else None
+            host_idx[key] = (idx, rows)
+        idx, rows = host_idx[key]
+        static["idx"].copy_(idx, non_blocking=True)
+        if rows is not None:
+            static["rows"].copy_(rows, non_blocking=True)
+        graph.replay()
+        for k, v in terms_out.items():
+            running[k] = running.get(k, 0) + v
+
+    return step
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -321,7 +400,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "shape": shape, "batch": batch, "steps": steps, "warmup": args.warmup, "tokens": setup.tokens,
         "parameters": setup.parameters, "device": device, "threads": torch.get_num_threads(),
         "amp_bf16": args.amp if args.amp is not None else torch.device(device).type == "cuda",
-        "compile": args.compile, "compile_step": args.compile_step, "adam": args.adam, "depth": setup.model.cfg.depth,
+        "compile": args.compile, "compile_step": args.compile_step, "cuda_graph": args.cuda_graph,
+        "dynamo_counters": dynamo_counters(), "adam": args.adam, "depth": setup.model.cfg.depth,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "token_dim": args.token_dim if shape == "nsd" else None,
         "flops_per_step": flops, "flops_per_op": per_op,
         "step_s": step_s, "gemm_s": gemm_s, "gemm_s_after": gemm_after, "gemm_n": args.gemm,
@@ -342,6 +422,18 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def dynamo_counters() -> dict[str, dict[str, int]] | None:
+    """torch._dynamo's counters (frames compiled, graph breaks, recompiles, …), None if nothing was compiled:
+    whether a ``--compile`` / ``--compile-step`` run ran compiled code at all."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return None
+    from torch._dynamo.utils import counters
+
+    return {group: {str(k): int(v) for k, v in c.items()} for group, c in counters.items() if c} or None
+
+
 # ------------------------------------------------------------------------------------------ driver
 def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
     out = ["--shape", shape or args.shape, "--steps", str(args.steps or 0), "--warmup", str(args.warmup),
@@ -360,6 +452,8 @@ def cli_args(args: argparse.Namespace, shape: str | None = None) -> list[str]:
         out.append("--compile")
     if args.compile_step:
         out += ["--compile-step", args.compile_step]
+    if args.cuda_graph:
+        out.append("--cuda-graph")
     if args.amp is not None:
         out.append("--amp" if args.amp else "--no-amp")
     if args.channels_last:
@@ -455,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-shapes", action="store_true", help="also print the profile grouped by input shape")
     p.add_argument("--sync-debug", action="store_true",
                    help="cuda: also run one step under torch.cuda.set_sync_debug_mode and print where it syncs")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="cuda: capture the whole step (forward, loss, backward, clipping, Adam) as one CUDA graph "
+                        "and replay it (what a host-bound step would gain)")
     p.add_argument("--depth", type=int, default=None, help="override the layer count (quick experiments only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write all measurements as JSON here")
@@ -505,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
             syncs = r["device_syncs"]
             print(f"  {shape}: device syncs in one step: {sum(syncs.values())} "
                   + (", ".join(f"{k} x{v}" for k, v in syncs.items()) or "(none)"), flush=True)
+        if r.get("dynamo_counters"):
+            print(f"  {shape}: torch._dynamo counters: {json.dumps(r['dynamo_counters'])}", flush=True)
         if r.get("profile_table"):
             print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time"
                   f"{' (then by GPU time)' if args.device.startswith('cuda') else ''}:\n{r['profile_table']}")

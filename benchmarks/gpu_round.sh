@@ -15,6 +15,8 @@
 #   4. README's first recipe on the GPU through `accelerate launch foundation/train.py` (shards and run beside OUT_DIR);
 #   5. (round 12) the NSD step's forward + loss compiled as one graph (`bench_step.py --compile-step`), eager, compiled
 #      and replayed as CUDA graphs, then profiled with the device syncs listed (where the step's time goes).
+#   6. (round 13) the whole NSD step captured as one CUDA graph (`bench_step.py --cuda-graph`), batch 256 and 1024,
+#      and its profile.
 # ONLY="PREFIX ..." runs only the parts whose name starts with one of the prefixes (round 12's with its eager
 # baseline from part 1: ONLY="nsd_bf16_b256 compile").
 set -u
@@ -78,4 +80,10 @@ for mode in none reduce-overhead; do  # where the time goes: the profile (CPU, t
     part compile_nsd_profile_$mode 150 $STEP --shape nsd --batch "$B" --amp $c --profile 2 --profile-rows 25 \
         --sync-debug --out "$OUT/compile_nsd_profile_$mode.json"
 done
+# 6. round 13: the whole step (forward, loss, backward, clipping, Adam) captured once as a CUDA graph and replayed
+#    (bench_step --cuda-graph): what the host-bound step gains when the host only copies the batch in
+part graph_nsd_b$B 120 $STEP --shape nsd --batch "$B" --amp --cuda-graph --out "$OUT/graph_nsd_b$B.json"
+part graph_nsd_b$BIG 120 $STEP --shape nsd --batch "$BIG" --amp --cuda-graph --out "$OUT/graph_nsd_b$BIG.json"
+part graph_nsd_profile_b$B 120 $STEP --shape nsd --batch "$B" --amp --cuda-graph --profile 2 --profile-rows 15 \
+    --sync-debug --out "$OUT/graph_nsd_profile_b$B.json"
 echo "done" | tee -a "$OUT/summary.log"
