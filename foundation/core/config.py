@@ -129,11 +129,14 @@ class ModelConfig:
     #: paper: one shared linear embedding of every subject's ROI tokens), ``guidance-ridge`` (each
     #: subject's flattened inputs mapped by ridge onto the guidance space, two tokens of
     #: ``alignment_dim`` components; ROI datasets) or ``guidance-encoding`` (the same space, reached by
-    #: inverting a per-subject encoding model: more sample-efficient for new subjects), or
+    #: inverting a per-subject encoding model: more sample-efficient for new subjects), ``guidance-pca-ridge``
+    #: (the ridge map fitted through the subject's own leading principal components, the rank chosen by
+    #: leave-one-out: a reduced-rank map that drops noise-only directions), or
     #: ``guidance-ridge-joint`` (volume datasets: every subject's ridge map fitted together, a map shared in the
     #: voxel grid plus each subject's own; subjects added by ``foundation finetune`` are fitted against the
     #: kept shared map; ``foundation.model.alignment_joint``)
-    alignment: Literal["none", "guidance-ridge", "guidance-encoding", "guidance-ridge-joint"] = "none"
+    alignment: Literal["none", "guidance-ridge", "guidance-encoding", "guidance-pca-ridge", "guidance-ridge-joint"] = \
+        "none"
     alignment_dim: PositiveInt = 32
     #: ``guidance-ridge-joint``: prior weight of the shared map against each subject's own (0: per subject)
     alignment_share: NonNegativeFloat = 1.0

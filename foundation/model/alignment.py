@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from .alignment_joint import SharedMap
 
-__all__ = ["ALIGNMENTS", "FITTED_ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "RIDGE_ALPHAS", "SubjectAlignment", "fit_guidance_encoding",
-           "fit_guidance_ridge", "guidance_basis", "guidance_bases", "guidance_targets"]
+__all__ = ["ALIGNMENTS", "FITTED_ALIGNMENTS", "FITTERS", "JOINT_FITTERS", "PCA_RANKS", "RIDGE_ALPHAS",
+           "SubjectAlignment", "fit_guidance_encoding", "fit_guidance_pca_ridge", "fit_guidance_ridge",
+           "guidance_basis", "guidance_bases", "guidance_targets"]
 
 #: ridge ``alpha`` grid for generalised cross-validation (features standardised per subject)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -103,10 +104,55 @@ def fit_guidance_encoding(x: np.ndarray, targets: np.ndarray, *,
     return mean.astype(np.float32), (weight / std[:, None]).astype(np.float32), {"alpha": float(model.alpha_)}
 
 
+#: the ranks :func:`fit_guidance_pca_ridge` tries (those up to the training samples − 1), besides full rank
+PCA_RANKS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def fit_guidance_pca_ridge(x: np.ndarray, targets: np.ndarray, *, alphas: Sequence[float] = RIDGE_ALPHAS,
+                           ranks: Sequence[int] = PCA_RANKS) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Ridge onto the guidance targets through the subject's own leading principal components (reduced rank).
+
+    The subject's standardised training inputs are decomposed once (``xs = U S Vᵀ``, through the ``(n, n)``
+    Gram matrix ``xs xsᵀ``, so the memory beyond ``xs`` is ``n²``: a subject's samples, not its voxels); for
+    each rank ``k`` of ``ranks`` (and full rank, which is :func:`fit_guidance_ridge`'s fit) a ridge regression
+    from the first ``k`` component scores to the targets is fitted with its alpha by efficient leave-one-out,
+    and the ``(k, alpha)`` with the lowest leave-one-out error wins. The map stays one ``(F, T)`` matrix (``V_k`` times the ridge
+    weights), so the model applies it exactly as it applies the others.
+
+    Why: a subject's voxels are a low-rank image of what drives them plus noise in every voxel; a ridge over all
+    voxels shrinks the weak directions but still fits them, while cutting them off removes their noise (measured on
+    the volume world, 12 areas in 848 voxels per subject: docs/RESULTS.md §4n). The components are
+    computed with every training sample, so the leave-one-out error is slightly optimistic for every rank alike.
+
+    Args / returns: as :func:`fit_guidance_ridge`; ``info`` holds the chosen ``alpha`` and ``rank`` (0: full).
+    """
+    from sklearn.linear_model import RidgeCV
+
+    xs, mean, std = _standardised(x)
+    t = targets.astype(np.float64)
+    # the components from the (n, n) Gram matrix: no (n, F) factor beside xs (HCP: F ~ 0.45 M voxels)
+    eigval, u = np.linalg.eigh(xs @ xs.T)  # ascending
+    order = np.argsort(eigval)[::-1]
+    sv = np.sqrt(np.clip(eigval[order], 0.0, None))
+    keep = sv > 1e-6 * sv[0]  # centring leaves one null direction (more if F < n); eigh's noise is ~1e-8 here
+    u, sv = u[:, order][:, keep], sv[keep]  # (n, r), (r,): scores u · sv
+    full = len(sv)
+    best: tuple[float, int, float, np.ndarray] | None = None
+    for k in [r for r in ranks if r < full] + [full]:
+        model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit(u[:, :k] * sv[:k], t)
+        if best is None or model.best_score_ > best[0]:
+            best = (float(model.best_score_), k, float(model.alpha_), model.coef_.T)  # coef (k, T)
+    _, k, alpha, coef = best
+    weight = xs.T @ (u[:, :k] @ (coef / sv[:k, None]))  # V_k = xsᵀ U_k S_k⁻¹ → (F, T)
+    return (mean.astype(np.float32), (weight / std[:, None]).astype(np.float32),
+            {"alpha": alpha, "rank": float(0 if k == full else k)})
+
+
 #: alignment name -> fitter ``(x (n, F), targets (n, T)) -> (mean (F,), weight (F, T), info)``
 FITTERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, dict[str, float]]]] = {
     "guidance-ridge": fit_guidance_ridge,
     "guidance-encoding": fit_guidance_encoding,
+    "guidance-pca-ridge": fit_guidance_pca_ridge,
 }
 #: alignments fitted over all subjects of a volume dataset together (``foundation.model.alignment_joint``)
 JOINT_FITTERS = ("guidance-ridge-joint",)

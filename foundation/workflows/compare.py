@@ -105,6 +105,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            ("model.tokens=subject", "model.alignment=guidance-ridge", "model.head=linear"),
            description="aligned-clip-mused with one linear map from the two readout tokens to the labels instead "
                        "of the paper's MLP head (model.head=linear)"),
+    Method("pca-aligned-ridge", "Ridge pooled + PCA alignment", (), kind="linear",
+           args=("--solver", "ridge", "--alignment", "guidance-pca-ridge"),
+           description="aligned-ridge with each subject's map fitted through its own leading principal components, "
+                       "the rank by leave-one-out (model.alignment=guidance-pca-ridge)"),
+    Method("pca-aligned-lin-clip-mused", "CLIP-MUSED + PCA alignment, linear head",
+           ("model.tokens=subject", "model.alignment=guidance-pca-ridge", "model.head=linear"),
+           description="aligned-lin-clip-mused with the reduced-rank alignment (model.alignment=guidance-pca-ridge)"),
     Method("joint-ridge", "Ridge pooled + joint alignment", (), kind="linear",
            args=("--solver", "ridge", "--alignment", "guidance-ridge-joint"),
            description="aligned-ridge with the subjects' maps fitted together, a map shared in the voxel grid plus "

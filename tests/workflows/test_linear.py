@@ -164,7 +164,7 @@ def _aligned_world(n_subjects: int, *, seed: int = 0):
     return data, codes
 
 
-@pytest.mark.parametrize("alignment", ["guidance-ridge", "guidance-encoding"])
+@pytest.mark.parametrize("alignment", ["guidance-ridge", "guidance-encoding", "guidance-pca-ridge"])
 def test_pooled_aligned_readout_undoes_each_subjects_coordinates(alignment):
     """Subjects that differ only by their input coordinates get the same predictions from the pooled
     read-out: the per-subject alignment maps both onto one space before the one shared read-out."""
