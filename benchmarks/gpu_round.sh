@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/PERFORMANCE.md round 11, in one pass (a benchmark, not a test):
+# The GPU measurements of docs/PERFORMANCE.md rounds 11-13, in one pass (a benchmark, not a test):
 #
-#     bash benchmarks/gpu_round.sh OUT_DIR         # on a machine with a CUDA GPU, ~6 min on one H200 (+ ~4: part 5)
+#     bash benchmarks/gpu_round.sh OUT_DIR         # on a machine with a CUDA GPU, ~6 min on one H200 (+ ~4: parts 5-6)
 #     QUICK=1 DEVICE=cpu bash benchmarks/gpu_round.sh /tmp/dry   # a dry run of every command on a CPU
 #
 # Every part runs under its own time limit and writes its JSON and log under OUT_DIR, so a part that
