@@ -219,11 +219,11 @@ def make_step(setup: Setup, device: Any, args: argparse.Namespace):
         loss.backward()
 
     if args.cuda_graph:
-        return graphed_step(setup, dev, autocast, params, running), fwd_bwd, running
+        return graphed_step(setup, dev, amp, params, running), fwd_bwd, running
     return step, fwd_bwd, running
 
 
-def graphed_step(setup: Setup, dev: Any, autocast: Any, params: list[Any], running: dict[str, Any]):
+def graphed_step(setup: Setup, dev: Any, amp: bool, params: list[Any], running: dict[str, Any]):
     """The whole step (forward, loss, backward, clipping, Adam) captured once as a CUDA graph and replayed.
 
     What a host-bound step would gain if the trainer did the same: every replay launches the step's
@@ -244,8 +244,7 @@ def graphed_step(setup: Setup, dev: Any, autocast: Any, params: list[Any], runni
     inner = torch.optim.Adam(params, lr=setup.optimizer.param_groups[0]["lr"], weight_decay=0.0,
                              fused=True, capturable=True)
     setup.optimizer = inner
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast._enabled,
-                              cache_enabled=False)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False)
     first = setup.batches[0]
     static = {k: v.to(dev).clone() for k, v in first.items() if torch.is_tensor(v)}
     static["idx"] = model.subject_index(first["subjects"]).to(dev)
@@ -425,8 +424,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def dynamo_counters() -> dict[str, dict[str, int]] | None:
     """torch._dynamo's counters (frames compiled, graph breaks, recompiles, …), None if nothing was compiled:
     whether a ``--compile`` / ``--compile-step`` run ran compiled code at all."""
-    import sys
-
     if "torch._dynamo" not in sys.modules:
         return None
     from torch._dynamo.utils import counters
