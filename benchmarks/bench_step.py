@@ -600,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {shape}: device syncs in one step: {sum(syncs.values())} "
                   + (", ".join(f"{k} x{v}" for k, v in syncs.items()) or "(none)"), flush=True)
         if r.get("dynamo_counters"):
-            print(f"  {shape}: torch._dynamo counters: {json.dumps(r['dynamo_counters'])}", flush=True)
+            shown = {k: v for k, v in r["dynamo_counters"].items() if k != "aten_mm_info"}  # (the JSON has all)
+            print(f"  {shape}: torch._dynamo counters: {json.dumps(shown)}", flush=True)
         if r.get("profile_table"):
             print(f"\ntorch.profiler, {shape}, {args.profile} step(s), sorted by self CPU time"
                   f"{' (then by GPU time)' if args.device.startswith('cuda') else ''}:\n{r['profile_table']}")
