@@ -93,7 +93,8 @@ def fit_alignments(model, streams: Mapping[str, Any], subjects: Mapping[str, Seq
                                          "without the pool's shared map)")
             if log is not None:
                 log(f"{gid}: {report[gid].get('method', model.cfg.alignment)} alignment on {len(rows)} training "
-                    f"samples, alpha {info['alpha']:.3g}")
+                    f"samples, alpha {info['alpha']:.3g}" + (f", rank {int(info['rank'])} (0: all components)"
+                                                             if "rank" in info else ""))
     return report
 
 

@@ -249,6 +249,8 @@ def fit_pooled_aligned(data: dict[str, dict[str, Any]], *, alignment: str, solve
     for subject, (mean, weight, info) in zip(data, fits):
         maps[subject] = (mean, weight)
         report["alpha"][subject] = info["alpha"]
+        if "rank" in info:  # guidance-pca-ridge: the number of components kept (0: all)
+            report.setdefault("rank", {})[subject] = int(info["rank"])
 
     def aligned(subject: str, x: np.ndarray) -> np.ndarray:
         mean, weight = maps[subject]

@@ -117,7 +117,8 @@ def test_finetune_fits_only_the_new_subject_on_its_kept_training_samples(aligned
     np.testing.assert_allclose(after[f"alignments.{DS}.weight"][2].numpy(), weight, rtol=1e-5, atol=1e-6)
 
 
-def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applies_it(tmp_path):
+@pytest.mark.parametrize("alignment", ["guidance-ridge", "guidance-pca-ridge"])
+def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applies_it(tmp_path, alignment):
     """Volume datasets take the same alignment: each subject's map over its own in-mask voxels (rows beyond
     them zero), fitted on its training split, and predict on the shards scores what the model's forward does."""
     from foundation.core.config import Recipe
@@ -125,13 +126,13 @@ def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applie
     from foundation.data.index import read_index
     from foundation.data.splits import read_split
     from foundation.engine.checkpoint import load_model
-    from foundation.model.alignment import fit_guidance_ridge
+    from foundation.model.alignment import FITTERS
     from foundation.workflows.predict import predict_run
     from foundation.workflows.train import train
     from tests.conftest import tiny_recipe_dict
 
     d = tiny_recipe_dict(tmp_path, **{"train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 4,
-                                      "model.alignment": "guidance-ridge", "model.alignment_dim": 6})
+                                      "model.alignment": alignment, "model.alignment_dim": 6})
     d["datasets"] = [{"plugin": "synthetic", "name": "vol",
                       "options": {"mode": "volume", "n_subjects": 2, "grid": [6, 7, 6], "seconds": 80,
                                   "n_categories": 4}}]
@@ -148,8 +149,10 @@ def test_volume_dataset_alignment_is_fitted_on_in_mask_voxels_and_predict_applie
         part = read_split(index, subject, "train")
         n_vox = part.x.shape[1]
         assert n_vox == index.data["voxels"][subject] <= al.in_features
-        mean, weight, _ = fit_guidance_ridge(part.x, al.targets(part.low, part.high))
+        mean, weight, info = FITTERS[alignment](part.x, al.targets(part.low, part.high))
         np.testing.assert_allclose(al.weight[row, :n_vox].numpy(), weight, rtol=1e-5, atol=1e-6)
+        fit = json.loads((tmp_path / "run" / "alignment" / "fit.json").read_text())
+        assert ("rank" in fit[f"vol/{subject}"]) == (alignment == "guidance-pca-ridge"), fit
         assert not al.weight[row, n_vox:].any() and not al.mean[row, n_vox:].any()
     test = read_split(index, "sub-02", "test")
     records = predict_run(tmp_path / "run", shards, subject="vol/sub-02", progress=False)

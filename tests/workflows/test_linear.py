@@ -173,6 +173,7 @@ def test_pooled_aligned_readout_undoes_each_subjects_coordinates(alignment):
     data, _ = _aligned_world(3)
     predictors, report = fit_pooled_aligned(data, alignment=alignment, solver="ridge", dim=4)
     assert report["alignment"] == alignment and set(report["alpha"]) == set(data)
+    assert (set(report.get("rank", {})) == set(data)) == (alignment == "guidance-pca-ridge")  # components kept
     assert report["n_train"] == 3 * 100
     test = data["sub-01"]["test"]
     p1 = predictors["sub-01"](test.x)
