@@ -33,7 +33,8 @@ What is planted (fixed before any model was run on it; the generative choices an
   from a network's score.
 
 Per-subject logistic and ridge read-outs, and one ridge pooled over the subjects aligned onto the guidance
-space (``--alignment guidance-ridge``, the pooled linear yardstick of RESULTS §4d; ``guidance-ridge-joint``:
+space (``--alignment guidance-ridge``, the pooled linear yardstick of RESULTS §4d; ``guidance-pca-ridge``: the
+same through each subject's own leading principal components, §4n; ``guidance-ridge-joint``:
 the subjects' alignments fitted together, sharing a map in the voxel grid; ``grid``: no alignment, the
 subjects' voxels pooled where they lie in the grid, one map for all), are the baselines.
 The dataset options used: ``segments: wordnet`` (clips = runs of labelled seconds; every second here is
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, dict]] = []
     linear = [("logistic", None, "logistic per subject (shard voxels)"), ("ridge", None, "ridge per subject (shard voxels)"),
               ("ridge", "guidance-ridge", "ridge pooled over subjects aligned onto the guidance space"),
+              ("ridge", "guidance-pca-ridge", "the same, each alignment through the subject's own principal components"),
               ("ridge", "guidance-ridge-joint", "ridge pooled over subjects aligned jointly (map shared in the grid)"),
               ("ridge", "grid", "ridge pooled over subjects' voxels in the grid (one map, no alignment)")]
     for solver, alignment, name in linear:

@@ -131,7 +131,8 @@ class ModelConfig:
     #: ``alignment_dim`` components; ROI datasets) or ``guidance-encoding`` (the same space, reached by
     #: inverting a per-subject encoding model: more sample-efficient for new subjects), ``guidance-pca-ridge``
     #: (the ridge map fitted through the subject's own leading principal components, the rank chosen by
-    #: leave-one-out: a reduced-rank map that drops noise-only directions), or
+    #: leave-one-out: a reduced-rank map that drops noise-only directions; RESULTS.md §4n: better on the volume
+    #: world, worse on planted HCP-layout data), or
     #: ``guidance-ridge-joint`` (volume datasets: every subject's ridge map fitted together, a map shared in the
     #: voxel grid plus each subject's own; subjects added by ``foundation finetune`` are fitted against the
     #: kept shared map; ``foundation.model.alignment_joint``)

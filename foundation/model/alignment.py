@@ -120,8 +120,9 @@ def fit_guidance_pca_ridge(x: np.ndarray, targets: np.ndarray, *, alphas: Sequen
     weights), so the model applies it exactly as it applies the others.
 
     Why: a subject's voxels are a low-rank image of what drives them plus noise in every voxel; a ridge over all
-    voxels shrinks the weak directions but still fits them, while cutting them off removes their noise (measured on
-    the volume world, 12 areas in 848 voxels per subject: docs/RESULTS.md §4n). The components are
+    voxels shrinks the weak directions but still fits them, while cutting them off removes their noise. Measured
+    (docs/RESULTS.md §4n): better on the volume world (12 areas in 848 voxels per subject), much worse on planted
+    HCP-layout data (a weak response spread over ~60 000 voxels), so not a default. The components are
     computed with every training sample, so the leave-one-out error is slightly optimistic for every rank alike.
 
     Args / returns: as :func:`fit_guidance_ridge`; ``info`` holds the chosen ``alpha`` and ``rank`` (0: full).
