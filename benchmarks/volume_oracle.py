@@ -44,49 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from volume_ceiling import _noise_model, _splits, _test_map  # noqa: E402
 
 
-def area_maps(world: Any, subject: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps (V, K), drive (T, K))`` of one subject: the generator's area maps over its in-mask voxels and the
-    areas' haemodynamically smoothed drive, drawn from the generator's own random streams in its order
-    (``World._volume_responses``; :func:`check_replica` holds the two together)."""
-    from foundation_synthetic.world import _rng
-
-    o = world.o
-    v = o.subject_variability
-    grid = np.array(o.grid)
-    canon = _rng(o.world_seed, "areas")
-    centres = canon.uniform(0.2, 0.8, size=(o.n_areas, 3)) * grid
-    level = np.clip(centres[:, 1] / grid[1], 0, 1)
-    w_low = canon.normal(size=(o.n_areas, o.low_dim)) / np.sqrt(o.low_dim)
-    w_high = canon.normal(size=(o.n_areas, o.high_dim)) / np.sqrt(o.high_dim)
-    r = _rng(o.world_seed, *world._subject_key, subject)
-    centres = centres + v * r.normal(0, 1.0, centres.shape)
-    widths = 1.6 * np.exp(v * r.normal(0, 0.2, o.n_areas))
-    gains = np.exp(v * r.normal(0, 0.3, o.n_areas))
-    w_low = w_low + 0.5 * v * r.normal(size=w_low.shape) / np.sqrt(o.low_dim)
-    w_high = w_high + 0.5 * v * r.normal(size=w_high.shape) / np.sqrt(o.high_dim)
-    axes = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in o.grid], indexing="ij"), -1)
-    radii = grid / 2 * (0.92 + 0.06 * r.uniform(-1, 1, 3))
-    mask = (((axes - grid / 2) / radii) ** 2).sum(-1) <= 1.0
-    coords = axes[mask]
-    maps = gains * np.exp(-((coords[:, None, :] - centres[None]) ** 2).sum(-1) / (2 * widths**2))
-    st = world.stimuli
-    drive = (1 - level) * (st.low[rows] @ w_low.T) + level * (st.high[rows] @ w_high.T)
-    kernel = np.exp(-np.arange(6) / 2.0)
-    kernel /= kernel.sum()
-    drive = np.stack([np.convolve(drive[:, k], kernel)[: len(rows)] for k in range(o.n_areas)], 1)
-    return maps, drive
-
-
-def check_replica(maps: np.ndarray, drive: np.ndarray, clean: np.ndarray, subject: str) -> None:
-    """Stop unless ``drive @ maps.T``, z-scored per voxel, is the generator's noise-free recording ``clean``."""
-    signal = drive @ maps.T
-    signal = (signal - signal.mean(0)) / (signal.std(0) + 1e-6)
-    err = float(np.abs(signal - clean).max())
-    if err > 1e-3:
-        raise SystemExit(f"{subject}: the replicated area maps do not reproduce the generator's noise-free "
-                         f"recording (max |error| {err:.3g}); foundation_synthetic.world changed, update area_maps")
-
-
 def area_signals(fmri: np.ndarray, clean: np.ndarray, maps: np.ndarray, drive: np.ndarray) -> np.ndarray:
     """``(T, K)`` area signals of the recording ``fmri`` (T, V) by generalised least squares through the maps as
     the recording sees them (z-scored: each voxel's map scaled by its gain against the noise-free twin)."""
@@ -213,8 +170,7 @@ def measure(options: Any, *, world_seed: int) -> dict[str, list[float]]:
     voxels, est, drives = [], [], []
     for subject in world.subjects:
         data, data0 = world.subject(subject), quiet.subject(subject)
-        maps, drive = area_maps(world, subject, data.stimulus_rows)
-        check_replica(maps, drive, data0.fmri, subject)
+        maps, drive = world.area_maps(subject)  # the generator's answer key (same draws as data.fmri's)
         y = st.labels[data.stimulus_rows]
         voxels.append(_splits(data.fmri, y, data.splits))
         est.append(_splits(area_signals(data.fmri, data0.fmri, maps, drive), y, data.splits))

@@ -273,7 +273,21 @@ class World:
             out[:, k] = (tokens - mean) / std
         return out
 
-    def _volume_responses(self, subject: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def area_maps(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps (V, K), drive (T, K))`` of a volume-mode subject: its ``K = n_areas`` area maps over its in-mask
+        voxels and the areas' drive per second, haemodynamically smoothed — the planted answer key behind
+        ``subject(...).fmri`` (``drive @ maps.T`` plus noise, z-scored per voxel), for diagnostics
+        (``benchmarks/volume_oracle.py``)."""
+        if self.o.mode != "volume":
+            raise ValueError(f"area maps exist in volume mode only; this world is in {self.o.mode!r} mode")
+        rows, _ = self.splits_for(subject)
+        maps, drive, _, _ = self._volume_areas(subject, rows)
+        return maps, drive
+
+    def _volume_areas(self, subject: str, rows: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+        """``(maps (V, K), drive (T, K), mask, r)``: the subject's area maps, smoothed drive and brain mask, and its
+        random stream after every draw they took (the noise is drawn from it next)."""
         o = self.o
         v = o.subject_variability
         grid = np.array(o.grid)
@@ -302,7 +316,12 @@ class World:
         kernel = np.exp(-np.arange(6) / 2.0)
         kernel /= kernel.sum()
         drive = np.stack([np.convolve(drive[:, k], kernel)[: len(rows)] for k in range(o.n_areas)], 1)
-        noise = o.noise * np.exp(v * r.normal(0, 0.2)) * r.normal(size=(len(rows), len(coords)))
+        return maps, drive, mask, r
+
+    def _volume_responses(self, subject: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        o = self.o
+        maps, drive, mask, r = self._volume_areas(subject, rows)
+        noise = o.noise * np.exp(o.subject_variability * r.normal(0, 0.2)) * r.normal(size=(len(rows), len(maps)))
         fmri = drive @ maps.T + 0.5 * noise
         fmri = (fmri - fmri.mean(0)) / (fmri.std(0) + 1e-6)  # z-score each voxel over time
         return fmri.astype(np.float32), mask

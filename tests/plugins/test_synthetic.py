@@ -46,6 +46,21 @@ def test_volume_subject_does_not_depend_on_the_number_of_subjects() -> None:
         assert _same_subject(few.subject(s), many.subject(s))
 
 
+def test_volume_area_maps_are_the_answer_key_of_the_recording() -> None:
+    """``area_maps`` gives the maps and drive the recording was made from: without noise, ``drive @ maps.T``
+    z-scored per voxel is the subject's recording; other subjects have other maps; ROI worlds have none."""
+    quiet = world(VOLUME, noise=0.0)
+    maps, drive = quiet.area_maps("sub-01")
+    data = quiet.subject("sub-01")
+    assert maps.shape == (int(data.mask.sum()), quiet.o.n_areas) and drive.shape == (len(data.stimulus_rows), 12)
+    signal = drive @ maps.T
+    np.testing.assert_allclose((signal - signal.mean(0)) / (signal.std(0) + 1e-6), data.fmri, atol=1e-4)
+    other, _ = quiet.area_maps("sub-02")
+    assert other.shape[1] == maps.shape[1] and not np.allclose(other[: len(maps)], maps[: len(other)])
+    with pytest.raises(ValueError, match="volume mode only"):
+        world(ROI).area_maps("sub-01")
+
+
 def test_roi_stimulus_ids_and_splits_do_not_depend_on_the_number_of_subjects() -> None:
     few, many = world(ROI, n_subjects=3), world(ROI, n_subjects=5)
     for s in few.subjects:
