@@ -81,8 +81,16 @@ def conflict(archive: Path, *, run_dir: Path, recipe_file: Path) -> Path | None:
 
 
 def save(archive: Path, *, run_dir: Path, recipe_file: Path) -> None:
-    """Archive a finished run's ``metrics.json`` and its planned recipe (each written atomically)."""
+    """Archive a finished run's ``metrics.json`` and its planned recipe (each written atomically).
+
+    An entry that already holds these metrics for the same recipe (a run restored from it) is left as it is:
+    its ``recipe.yaml`` may have been written before keys were added to the schema, and rewriting it would
+    change the user's archive for nothing."""
     dst = entry(archive, run_dir)
+    metrics, recipe = dst / "metrics.json", dst / "recipe.yaml"
+    if (metrics.is_file() and recipe.is_file() and metrics.read_bytes() == (run_dir / "metrics.json").read_bytes()
+            and _same_recipe(recipe, recipe_file)):
+        return
     dst.mkdir(parents=True, exist_ok=True)
     for src, name in ((run_dir / "metrics.json", "metrics.json"), (recipe_file, "recipe.yaml")):
         with atomic_open(dst / name) as f:

@@ -166,8 +166,16 @@ def test_bench_archive_restores_unchanged_runs_and_retrains_changed_ones(recipe_
     assert saved == ["ridge-seed0", "ridge-seed1"]
     assert all((archive / "tiny" / name / "recipe.yaml").is_file() for name in saved)
 
+    # an archive written before a key was added to the schema (model.volume_input absent = its default)
+    old = archive / "tiny" / "ridge-seed0" / "recipe.yaml"
+    d = yaml.safe_load(old.read_text())
+    del d["model"]["volume_input"]
+    old.write_text(yaml.safe_dump(d))
+    before = old.read_bytes()
+
     logs.clear()  # a clean runs folder: everything restored, nothing trained, the same table
     again = bench(recipe_file, out=tmp_path / "b", log=logs.append, **kw)
+    assert old.read_bytes() == before  # restoring does not rewrite the user's archive
     assert logs[0].startswith("2 runs (0 to train, 2 restored from")
     assert again.read_text().split("### ", 1)[1] == first.split("### ", 1)[1]
     assert "2 of the 2 runs are metrics restored from a bench archive" in again.read_text()
