@@ -57,6 +57,14 @@ def area_signals(fmri: np.ndarray, clean: np.ndarray, maps: np.ndarray, drive: n
     return np.linalg.solve(lhs, (a * w[:, None]).T @ centred.T).T
 
 
+def planted_codes(world: Any) -> dict[str, np.ndarray]:
+    """``split -> (seconds, low + high)``: the planted codes of every second of the movie (every subject saw it)."""
+    rows, splits = world.splits_for(world.subjects[0])
+    where = np.array(splits)
+    codes = np.concatenate([world.stimuli.low[rows], world.stimuli.high[rows]], 1)
+    return {split: codes[where == split] for split in ("train", "val", "test")}
+
+
 def to_codes(parts: dict[str, SimpleNamespace], codes: dict[str, np.ndarray]) -> dict[str, SimpleNamespace]:
     """``parts`` with its features replaced by their ridge prediction of the planted codes (low ⊕ high) of each
     second, fitted on the training split (alpha by sklearn's efficient leave-one-out): the subject's signals
@@ -65,26 +73,6 @@ def to_codes(parts: dict[str, SimpleNamespace], codes: dict[str, np.ndarray]) ->
 
     fit = RidgeCV(alphas=np.logspace(-3, 5, 17)).fit(parts["train"].x, codes["train"])
     return {k: SimpleNamespace(x=fit.predict(v.x), y=v.y) for k, v in parts.items()}
-
-
-def _pooled_test_maps(parts: list[dict[str, SimpleNamespace]]) -> list[float]:
-    """One ridge read-out fitted on every subject's training split (alpha on all validation splits), then
-    each subject's test mAP."""
-    import torch
-
-    from foundation.objectives.metrics import multilabel_metrics
-    from foundation.workflows.linear import fit_subject
-
-    def stack(split: str) -> SimpleNamespace:
-        return SimpleNamespace(x=np.concatenate([p[split].x for p in parts]),
-                               y=np.concatenate([p[split].y for p in parts]))
-
-    _, _, predict = fit_subject(stack("train"), stack("val"), solver="ridge")
-    out = []
-    for p in parts:
-        probs = torch.from_numpy(predict(p["test"].x)).float()
-        out.append(float(multilabel_metrics(probs, torch.from_numpy(p["test"].y).int())["mAP"]))
-    return out
 
 
 def _val_test(parts: list[dict[str, SimpleNamespace]], *, pooled: bool) -> tuple[float, list[float]]:
@@ -129,8 +117,7 @@ def practical(options: Any, *, world_seed: int, ks: tuple[int, ...]) -> dict[str
     rows, splits = world.splits_for(world.subjects[0])
     where = np.array(splits)
     y = st.labels[rows]
-    codes_all = np.concatenate([st.low[rows], st.high[rows]], 1)
-    codes = {split: codes_all[where == split] for split in ("train", "val", "test")}
+    codes = planted_codes(world)
     xs = [d.fmri.astype(np.float64) for d in data]
     xs = [(x - x[where == "train"].mean(0)) / (x[where == "train"].std(0) + 1e-8) for x in xs]
     out: dict[str, tuple[int | None, list[float]]] = {}
@@ -175,18 +162,15 @@ def measure(options: Any, *, world_seed: int) -> dict[str, list[float]]:
         voxels.append(_splits(data.fmri, y, data.splits))
         est.append(_splits(area_signals(data.fmri, data0.fmri, maps, drive), y, data.splits))
         drives.append(_splits(drive, y, data.splits))
-    rows, splits = world.splits_for(world.subjects[0])
-    where = np.array(splits)
-    codes = np.concatenate([st.low[rows], st.high[rows]], 1)
-    codes = {split: codes[where == split] for split in ("train", "val", "test")}
+    aligned = [to_codes(p, planted_codes(world)) for p in est]
     return {
         "ridge, voxels": [_test_map(p) for p in voxels],
         "per subject, area signals (maps known)": [_test_map(p) for p in est],
-        "pooled, area signals (maps known)": _pooled_test_maps(est),
-        "per subject, area signals aligned to the codes": [_test_map(to_codes(p, codes)) for p in est],
-        "pooled, area signals aligned to the codes": _pooled_test_maps([to_codes(p, codes) for p in est]),
+        "pooled, area signals (maps known)": _val_test(est, pooled=True)[1],
+        "per subject, area signals aligned to the codes": [_test_map(p) for p in aligned],
+        "pooled, area signals aligned to the codes": _val_test(aligned, pooled=True)[1],
         "per subject, noise-free area drives": [_test_map(p) for p in drives],
-        "pooled, noise-free area drives": _pooled_test_maps(drives),
+        "pooled, noise-free area drives": _val_test(drives, pooled=True)[1],
     }
 
 

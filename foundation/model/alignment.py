@@ -116,8 +116,8 @@ def fit_guidance_pca_ridge(x: np.ndarray, targets: np.ndarray, *, alphas: Sequen
     Gram matrix ``xs xsᵀ``, so the memory beyond ``xs`` is ``n²``: a subject's samples, not its voxels); for
     each rank ``k`` of ``ranks`` (and full rank, which is :func:`fit_guidance_ridge`'s fit) a ridge regression
     from the first ``k`` component scores to the targets is fitted with its alpha by efficient leave-one-out,
-    and the ``(k, alpha)`` with the lowest leave-one-out error wins. The map stays one ``(F, T)`` matrix (``V_k`` times the ridge
-    weights), so the model applies it exactly as it applies the others.
+    and the ``(k, alpha)`` with the lowest leave-one-out error wins. The map stays one ``(F, T)`` matrix (``V_k``
+    times the ridge weights), so the model applies it exactly as it applies the others.
 
     Why: a subject's voxels are a low-rank image of what drives them plus noise in every voxel; a ridge over all
     voxels shrinks the weak directions but still fits them, while cutting them off removes their noise. Measured
@@ -132,11 +132,10 @@ def fit_guidance_pca_ridge(x: np.ndarray, targets: np.ndarray, *, alphas: Sequen
     xs, mean, std = _standardised(x)
     t = targets.astype(np.float64)
     # the components from the (n, n) Gram matrix: no (n, F) factor beside xs (HCP: F ~ 0.45 M voxels)
-    eigval, u = np.linalg.eigh(xs @ xs.T)  # ascending
-    order = np.argsort(eigval)[::-1]
-    sv = np.sqrt(np.clip(eigval[order], 0.0, None))
+    eigval, u = np.linalg.eigh(xs @ xs.T)  # ascending: reversed below, largest first
+    sv = np.sqrt(np.clip(eigval[::-1], 0.0, None))
     keep = sv > 1e-6 * sv[0]  # centring leaves one null direction (more if F < n); eigh's noise is ~1e-8 here
-    u, sv = u[:, order][:, keep], sv[keep]  # (n, r), (r,): scores u · sv
+    u, sv = u[:, ::-1][:, keep], sv[keep]  # (n, r), (r,): scores u · sv
     full = len(sv)
     best: tuple[float, int, float, np.ndarray] | None = None
     for k in [r for r in ranks if r < full] + [full]:
