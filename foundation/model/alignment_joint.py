@@ -216,7 +216,8 @@ def fit_joint_and_shared(xs: Sequence[np.ndarray], positions: Sequence[np.ndarra
     lam = np.clip(lam, 0.0, None)
     uty = u.T @ y
     if errors is None:  # exact leave-one-out
-        errors = [float(e) for e in _loo_column_errors(lam, u, y, [a * scale for a in alphas]).mean(1)]
+        errors = [float(e) for e in _loo_column_errors(lam, u, y, [a * scale for a in alphas],
+                                                       sizes=sizes).mean(1)]
     pick = int(np.argmin(errors))
     rel, cv_mse = float(alphas[pick]), float(errors[pick])
     dual = u @ (uty / (lam + rel * scale)[:, None])  # dual coefficients (n, T)
@@ -306,7 +307,7 @@ def fit_guidance_ridge_to_shared(x: np.ndarray, positions: np.ndarray, targets: 
             info["cv"] = f"{folds}-fold over stimuli"
         else:
             eig, vec = np.linalg.eigh(kernel)
-            errors = _loo_column_errors(np.clip(eig, 0.0, None), vec, stacked, lams)
+            errors = _loo_column_errors(np.clip(eig, 0.0, None), vec, stacked, lams, sizes=[len(z)])
             info["cv"] = "leave-one-out"
         errors = errors.reshape(len(lams), len(scales), t).mean(2)
         pick, which = np.unravel_index(int(np.argmin(errors)), errors.shape)
@@ -414,13 +415,23 @@ def _cv_column_errors(kernel: np.ndarray, y: np.ndarray, lams: Sequence[float], 
     return sse / count
 
 
-def _loo_column_errors(lam: np.ndarray, u: np.ndarray, y: np.ndarray, lams: Sequence[float]) -> np.ndarray:
+def _loo_column_errors(lam: np.ndarray, u: np.ndarray, y: np.ndarray, lams: Sequence[float], *,
+                       sizes: Sequence[int]) -> np.ndarray:
     """``(len(lams), y.shape[1])`` exact leave-one-out mean squared error of kernel ridge, every column of ``y``,
-    from the kernel's eigendecomposition (``lam`` clipped at 0, ``u``)."""
+    from the kernel's eigendecomposition (``lam`` clipped at 0, ``u``).
+
+    The inputs were centred per subject (``sizes``: the subjects' consecutive row counts) and ``y`` is centred the
+    same way: the model has one unpenalised intercept per subject, which spans the kernel's null directions
+    ``1_s`` (``K 1_s = 0``). Its hat matrix is ``P + K (K + λ I)⁻¹`` with ``P`` the projection onto those
+    indicators (diagonal ``1 / n_s``); leaving ``P`` out (as a kernel ridge without intercept) scores each sample
+    by a residual shrunk toward zero at small ``λ`` and makes leave-one-out choose the grid's floor."""
+    if sum(sizes) != len(y):
+        raise ValueError(f"sizes {list(sizes)} do not add up to the {len(y)} rows")
+    intercept = np.concatenate([np.full(n, 1.0 / n) for n in sizes])  # (n,) diagonal of P
     uty = u.T @ y
     out = np.empty((len(lams), y.shape[1]))
     for j, penalty in enumerate(lams):
         shrink = lam / (lam + penalty)
-        hat = np.einsum("ij,j,ij->i", u, shrink, u)
+        hat = intercept + np.einsum("ij,j,ij->i", u, shrink, u)
         out[j] = np.mean(((y - u @ (shrink[:, None] * uty)) / (1.0 - hat)[:, None]) ** 2, axis=0)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foundation.model.alignment_joint import fit_guidance_ridge_joint
+from foundation.model.alignment_joint import JOINT_ALPHAS, fit_guidance_ridge_joint
 
 
 def _world(rng, *, grid=200, shared=1.0, noise=4.0):
@@ -85,18 +85,21 @@ def test_bad_inputs_are_refused():
 
 
 def test_alpha_is_chosen_over_stimuli_held_out_in_every_subject_at_once():
-    """Subjects that saw the same stimuli share their targets: leave-one-out sees a sample's twin in the other
-    subject and keeps alpha at the grid's floor; folds over stimuli do not."""
+    """Subjects that saw the same stimuli share their targets and what else the stimulus evokes: leave-one-out
+    recognises a sample by its twin in the other subject, is optimistic and keeps alpha at the grid's floor;
+    folds over stimuli do not."""
     rng = np.random.default_rng(3)
     pos = np.arange(300)
     t = rng.normal(size=(40, 4))  # 40 stimuli, both subjects saw all
-    enc = rng.normal(size=(4, 300))
-    xs = [t @ enc + 6.0 * rng.normal(size=(40, 300)) for _ in range(2)]
+    enc = 0.3 * rng.normal(size=(4, 300))
+    evoked = 5.0 * rng.normal(size=(40, 300))  # each stimulus's response beyond its targets, alike in both subjects
+    xs = [t @ enc + evoked + 6.0 * rng.normal(size=(40, 300)) for _ in range(2)]
     ids = [[f"stim{i:03d}" for i in range(40)]] * 2
     loo = fit_guidance_ridge_joint(xs, [pos, pos], [t, t], share=1.0)
     cv = fit_guidance_ridge_joint(xs, [pos, pos], [t, t], share=1.0, stimuli=ids)
     assert loo[0][2]["cv"] == "leave-one-out" and cv[0][2]["cv"] == "5-fold over stimuli"
     assert cv[0][2]["cv_mse"] > loo[0][2]["cv_mse"]  # the twins made leave-one-out optimistic
+    assert loo[0][2]["alpha"] == min(JOINT_ALPHAS) < cv[0][2]["alpha"]
     with pytest.raises(ValueError, match="one id per training sample"):
         fit_guidance_ridge_joint(xs, [pos, pos], [t, t], stimuli=[ids[0][:5], ids[1]])
     with pytest.raises(ValueError, match="distinct stimuli"):
@@ -258,3 +261,35 @@ def test_the_chunked_float64_products_equal_the_direct_ones():
     assert aj._standardise(z, mean, std, overwrite=True) is z  # in place
     kept = a.copy()
     assert aj._standardise(kept, mean, std, overwrite=False) is not kept and np.array_equal(kept, a)
+
+
+def test_leave_one_out_errors_match_refitting_without_each_sample():
+    """The closed-form leave-one-out errors equal refitting the ridge with one unpenalised intercept per subject
+    without each sample in turn (one subject, as a newcomer's fit; two, as the joint fit's), at every penalty —
+    the penalty's floor included, where an intercept left out of the hat matrix made the errors vanish."""
+    from foundation.model.alignment_joint import _loo_column_errors
+
+    rng = np.random.default_rng(5)
+    for sizes in ([12], [9, 7]):
+        n, features = sum(sizes), 30  # fewer samples than features: the kernel's only null directions are 1_s
+        groups = np.repeat(np.arange(len(sizes)), sizes)
+        phi = rng.normal(size=(n, features))
+        y = phi[:, :3] @ rng.normal(size=(3, 2)) + rng.normal(size=(n, 2)) + 3.0 * groups[:, None]
+        for g in range(len(sizes)):  # centred per subject, as the fits do
+            phi[groups == g] -= phi[groups == g].mean(0)
+            y[groups == g] -= y[groups == g].mean(0)
+        lam, u = np.linalg.eigh(phi @ phi.T)
+        lams = [1e-3, 0.1, 10.0, 1e3]
+        closed = _loo_column_errors(np.clip(lam, 0.0, None), u, y, lams, sizes=sizes)
+        onehot = (groups[:, None] == np.arange(len(sizes))).astype(float)
+        design = np.hstack([phi, onehot])
+        for j, penalty in enumerate(lams):
+            ridge = np.diag([penalty] * features + [0.0] * len(sizes))  # intercepts unpenalised
+            errors = np.empty_like(y)
+            for i in range(n):
+                rest = np.arange(n) != i
+                coef = np.linalg.solve(design[rest].T @ design[rest] + ridge, design[rest].T @ y[rest])
+                errors[i] = (y[i] - design[i] @ coef) ** 2
+            np.testing.assert_allclose(closed[j], errors.mean(0), rtol=1e-6)
+    with pytest.raises(ValueError, match="add up"):
+        _loo_column_errors(np.clip(lam, 0.0, None), u, y, lams, sizes=[3])
