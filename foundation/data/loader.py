@@ -286,7 +286,7 @@ class CachedSamples(IterableDataset):
                 yield self.samples[i]
 
 
-def exit_with_parent(_worker_id: int) -> None:
+def exit_with_parent(_worker_id: int, *, parent: int | None = None) -> None:
     """DataLoader ``worker_init_fn``: the worker exits when the process that started it is gone.
 
     A trainer killed with SIGKILL (out of memory, a scheduler's kill) cannot stop its loader workers; torch's own
@@ -294,11 +294,17 @@ def exit_with_parent(_worker_id: int) -> None:
     exit (seen in the 2-process kill test: an orphaned ``pt_data_worker`` holding the launcher's output open).  A
     daemon thread polls the parent pid four times a second and leaves with ``os._exit`` (no queue flush to wait on).
     Touches no random state, so the batches are unchanged.
+
+    ``parent``: the trainer's pid, recorded in the trainer when the loader is made (:func:`_worker_init`).  Read in
+    the worker instead, a trainer killed between the fork and this call would already have handed its worker to
+    init, and the worker would watch init for ever (torch's own check reads it there too).
     """
     import threading
     import time
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:  # gone before the worker got here
+        os._exit(0)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -306,6 +312,12 @@ def exit_with_parent(_worker_id: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="foundation-exit-with-parent", daemon=True).start()
+
+
+def _worker_init() -> partial:
+    """The loader workers' ``worker_init_fn``: :func:`exit_with_parent` with this process's pid, taken now, before
+    any worker is forked."""
+    return partial(exit_with_parent, parent=os.getpid())
 
 
 class DatasetStream:
@@ -350,11 +362,11 @@ class DatasetStream:
             # (Linux only): the pipeline is not pickled (a spawned worker would need it to be)
             return DataLoader(pipeline, batch_size=None, num_workers=1, pin_memory=pin_memory,
                               generator=torch.Generator(), multiprocessing_context="fork",
-                              worker_init_fn=exit_with_parent)
+                              worker_init_fn=_worker_init())
         if num_workers == 0:
             return pipeline
         return DataLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                          worker_init_fn=exit_with_parent)
+                          worker_init_fn=_worker_init())
 
     def train_keys(self) -> dict[str, list[str]]:
         """``{tar path: kept sample keys}`` of the training shards under ``train_fraction`` (cached)."""

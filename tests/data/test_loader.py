@@ -540,3 +540,24 @@ def test_small_batches_cross_processes_inside_the_pickle(monkeypatch: pytest.Mon
             a, b = getattr(got, name), getattr(sent, name)
             assert a.dtype == b.dtype and torch.equal(a, b), name
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the background loader forks on Linux only")
+def test_a_worker_whose_trainer_died_before_it_started_exits_at_once(tmp_path: Path) -> None:
+    """The trainer's pid is taken in the trainer, not in the worker: a worker that starts after its trainer was
+    killed (handed to init between the fork and ``worker_init_fn``) must leave, not watch init for ever.  Here the
+    "worker" is a process whose recorded trainer has exited and is not its parent."""
+    import subprocess
+
+    from foundation.data.loader import _worker_init
+
+    init = _worker_init()
+    assert init.keywords == {"parent": os.getpid()}
+    trainer = subprocess.Popen(["true"])
+    trainer.wait()
+    code = ("import os, time\nfrom foundation.data.loader import exit_with_parent\n"
+            f"exit_with_parent(0, parent={trainer.pid})  # the trainer that forked it is gone\n"
+            "time.sleep(30)\nprint('still here', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0 and "still here" not in done.stdout, done.stderr[-2000:]
