@@ -94,6 +94,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="each subject's inputs aligned as model.alignment=guidance-ridge, then one ridge read-out "
                        "pooled over all subjects (alpha on the subject-mean val mAP); no per-subject learned "
                        "parameters: the linear counterpart of aligned-mlp"),
+    Method("aligned-logistic", "Logistic pooled + alignment", (), kind="linear",
+           args=("--solver", "logistic", "--alignment", "guidance-ridge"),
+           description="aligned-ridge with one L2 logistic regression per label instead of the ridge (C on the "
+                       "subject-mean val mAP): the linear counterpart of a logistic label head"),
     Method("aligned-clip-mused", "CLIP-MUSED + alignment", ("model.tokens=subject", "model.alignment=guidance-ridge"),
            description="CLIP-MUSED on per-subject inputs aligned in closed form onto the guidance space "
                        "(model.alignment=guidance-ridge)"),
