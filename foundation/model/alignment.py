@@ -97,7 +97,7 @@ def fit_guidance_encoding(x: np.ndarray, targets: np.ndarray, *,
     t = targets.astype(np.float64)
     tc = t - t.mean(0)
     model = RidgeCV(alphas=list(alphas), fit_intercept=False).fit(tc, xs)
-    enc = model.coef_.T  # (T, F)
+    enc = model.coef_.reshape(xs.shape[1], -1).T  # (T, F): scikit-learn drops the axis of a one-column target
     noise = ((xs - tc @ enc) ** 2).sum(0) / max(1, len(x) - 1) + 1e-6  # (F,)
     scaled = enc / noise  # B Σ⁻¹  (T, F)
     weight = np.linalg.solve(scaled @ enc.T + np.eye(enc.shape[0]), scaled).T  # (F, T)
@@ -135,6 +135,9 @@ def fit_guidance_pca_ridge(x: np.ndarray, targets: np.ndarray, *, alphas: Sequen
     eigval, u = np.linalg.eigh(xs @ xs.T)  # ascending: reversed below, largest first
     sv = np.sqrt(np.clip(eigval[::-1], 0.0, None))
     keep = sv > 1e-6 * sv[0]  # centring leaves one null direction (more if F < n); eigh's noise is ~1e-8 here
+    if not keep.any():  # inputs constant over the training samples: nothing to reduce, the ridge's (zero) map
+        mean, weight, info = fit_guidance_ridge(x, targets, alphas=alphas)
+        return mean, weight, {**info, "rank": 0.0}
     u, sv = u[:, ::-1][:, keep], sv[keep]  # (n, r), (r,): scores u · sv
     full = len(sv)
     best: tuple[float, int, float, np.ndarray] | None = None

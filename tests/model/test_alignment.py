@@ -88,6 +88,25 @@ def test_pca_ridge_alignment_at_full_rank_is_the_ridge_alignment():
     np.testing.assert_allclose(w1, w2, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fitter", ["fit_guidance_ridge", "fit_guidance_pca_ridge", "fit_guidance_encoding"])
+def test_every_fitter_takes_a_single_input_and_inputs_that_never_change(fitter):
+    """Edge subjects: one input feature (scikit-learn drops the axis of a one-column target, which broke the
+    encoding fit) and inputs constant over every training sample (no component for the reduced rank to keep, which
+    stopped the PCA fit with a scikit-learn message about 0 features): a finite map of the right shape, and for the
+    constant subject a zero one (it carries nothing)."""
+    from foundation.model import alignment
+
+    fit = getattr(alignment, fitter)
+    rng = np.random.default_rng(2)
+    t = rng.normal(size=(30, 4))
+    x = t[:, :1] + 0.3 * rng.normal(size=(30, 1))
+    mean, weight, _ = fit(x, t)
+    assert mean.shape == (1,) and weight.shape == (1, 4) and np.isfinite(weight).all()
+    mean, weight, info = fit(np.full((30, 6), 2.5), t)
+    assert weight.shape == (6, 4) and not weight.any() and np.isfinite(mean).all()
+    assert fitter != "fit_guidance_pca_ridge" or info["rank"] == 0
+
+
 def test_guidance_basis_has_unit_mean_variance():
     from foundation.model.alignment import guidance_basis
 
