@@ -541,9 +541,8 @@ def test_small_batches_cross_processes_inside_the_pickle(monkeypatch: pytest.Mon
             assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the background loader forks on Linux only")
-def test_a_worker_whose_trainer_died_before_it_started_exits_at_once(tmp_path: Path) -> None:
+def test_a_worker_whose_trainer_died_before_it_started_exits_at_once() -> None:
     """The trainer's pid is taken in the trainer, not in the worker: a worker that starts after its trainer was
     killed (handed to init between the fork and ``worker_init_fn``) must leave, not watch init for ever.  Here the
     "worker" is a process whose recorded trainer has exited and is not its parent."""
