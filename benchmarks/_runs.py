@@ -36,3 +36,14 @@ def fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def paired_summary(pairs: list[tuple[float, float]], unit: str) -> str:
+    """``mean A vs B, diff, better on k of n UNIT pairs, paired t p`` of ``(ours, theirs)`` figures."""
+    import numpy as np
+    from scipy import stats
+
+    ours, theirs = (np.array(v) for v in zip(*pairs))
+    diff = ours - theirs
+    return (f"mean {ours.mean():.4f} vs {theirs.mean():.4f}, diff {diff.mean():+.4f}, better on {(diff > 0).sum()} of "
+            f"{len(diff)} {unit} pairs, paired t p = {stats.ttest_rel(ours, theirs).pvalue:.2g}")

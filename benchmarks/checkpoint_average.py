@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def averaged(run: Path, steps: list[int]) -> dict[str, Any]:
     """The mean of the floating-point tensors of ``run``'s checkpoints at ``steps`` (the last one's others)."""
@@ -49,7 +47,7 @@ def per_subject(split: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scipy import stats
+    from _runs import paired_summary
 
     from foundation.core.recipe import load_recipe
     from foundation.engine.checkpoint import latest_checkpoint, read_state
@@ -83,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs += [(ours[s], theirs[s]) for s in ours if math.isfinite(ours[s] + theirs[s])]
         print(f"| {run.name} | {metrics['best_step']} | {metrics['test']['mAP']:.4f} | {end} | {test['mAP']:.4f} |",
               flush=True)
-    diff = np.array([o - t for o, t in pairs])
-    print(f"\naveraged ({a.window} checkpoints) vs selected: mean {np.mean([o for o, _ in pairs]):.4f} vs "
-          f"{np.mean([t for _, t in pairs]):.4f}, diff {diff.mean():+.4f}, better on {(diff > 0).sum()} of {len(diff)} "
-          f"run x subject pairs, paired t p = {stats.ttest_rel(*zip(*pairs)).pvalue:.2g}")
+    print(f"\naveraged ({a.window} checkpoints) vs selected: {paired_summary(pairs, 'run x subject')}")
     print(f"rerun: {Path(sys.executable).name} {' '.join(sys.argv)}")
     return 0
 

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="aligned-lin-clip-mused", help="the reference method's runs")
     a = p.parse_args(argv)
 
-    from scipy import stats
+    from _runs import paired_summary
 
     from foundation.core.recipe import load_recipe
     from foundation.engine.trainer import Trainer
@@ -241,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, subjects in ours.items():
             theirs = _per_subject(a.reference / f"{a.method}-seed{seed}" / "metrics.json")
             pairs += [(subjects[s], theirs[s]) for s in subjects if math.isfinite(subjects[s] + theirs[s])]
-        diff = np.array([o - t for o, t in pairs])
-        print(f"probe head vs {a.method} ({a.reference}): mean {np.mean([o for o, _ in pairs]):.4f} vs "
-              f"{np.mean([t for _, t in pairs]):.4f}, diff {diff.mean():+.4f}, better on {(diff > 0).sum()} of "
-              f"{len(diff)} seed x subject pairs, paired t p = {stats.ttest_rel(*zip(*pairs)).pvalue:.2g}")
+        print(f"probe head vs {a.method} ({a.reference}): {paired_summary(pairs, 'seed x subject')}")
     print(f"rerun: {Path(sys.executable).name} {' '.join(sys.argv)}")
     return 0
 
