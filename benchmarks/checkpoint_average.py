@@ -12,7 +12,8 @@ buffers are taken from step ``s``), the averaged model is scored on validation, 
 subject-mean validation mAP is kept — the trainer's own rule, applied to the averaged models.  Its test metrics are
 compared with the run's ``metrics.json`` (the selected checkpoint), per subject, paired over run x subject. ::
 
-    .venv/bin/python benchmarks/checkpoint_average.py /tmp/bench/synthetic_volume/aligned-lin-clip-mused-seed* --window 4
+    .venv/bin/python benchmarks/checkpoint_average.py \\
+        /tmp/bench/synthetic_volume/aligned-lin-clip-mused-seed* --window 4
 """
 
 from __future__ import annotations
