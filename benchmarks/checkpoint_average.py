@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="finished run directories")
     p.add_argument("--window", type=int, default=4, help="checkpoints averaged at each evaluation step")
+    p.add_argument("--curve", action="store_true",
+                   help="also score test at every step: how validation and test agree along the run, and the best "
+                        "test over steps (an upper bound no selection rule reaches: it looks at test)")
     a = p.parse_args(argv)
     pairs: list[tuple[float, float]] = []
+    curves: list[str] = []
     print("| run | selected step | its test mAP | averaged: end step | its test mAP |\n|---|---|---|---|---|")
     for run in a.runs:
         metrics = json.loads((run / "metrics.json").read_text())
@@ -67,11 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(load_recipe(run / "config.yaml", [f"run.dir={run}"]), progress=False)
         try:
             best: tuple[float, int] | None = None
+            vals, tests = [], []
             for i, step in enumerate(steps):
                 trainer.core.load_state_dict(averaged(run, steps[max(0, i - a.window + 1):i + 1]))
                 score = float(trainer.evaluate("val")["mAP"])
                 if best is None or (math.isfinite(score) and score > best[0]):
                     best = (score, step)
+                if a.curve:
+                    vals.append(score)
+                    tests.append(float(trainer.evaluate("test")["mAP"]))
+            if a.curve:
+                from scipy import stats
+
+                top = max(range(len(steps)), key=lambda j: tests[j])
+                curves.append(f"{run.name}: validation vs test over {len(steps)} steps, Spearman "
+                              f"{stats.spearmanr(vals, tests).statistic:+.2f}; best test {tests[top]:.4f} at step "
+                              f"{steps[top]}, test at the best validation step {tests[steps.index(best[1])]:.4f}")
             end = best[1]
             i = steps.index(end)
             trainer.core.load_state_dict(averaged(run, steps[max(0, i - a.window + 1):i + 1]))
@@ -83,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {run.name} | {metrics['best_step']} | {metrics['test']['mAP']:.4f} | {end} | {test['mAP']:.4f} |",
               flush=True)
     print(f"\naveraged ({a.window} checkpoints) vs selected: {paired_summary(pairs, 'run x subject')}")
+    if curves:
+        print("\n" + "\n".join(curves))
     print(f"rerun: {Path(sys.executable).name} {' '.join(sys.argv)}")
     return 0
 
