@@ -7,11 +7,12 @@ mean diagonal, because on a movie a left-out second has its neighbours in time (
 the training folds and leave-one-out is optimistic there.  Does the per-subject fit lose by it?
 
 What it does, per world seed, with no training: reads the recipe's shards (built if missing), fits every subject's
-``guidance-ridge`` map twice — as shipped (``fit_guidance_ridge``) and with alpha from the joint fitter's stimulus
-folds and relative grid (``JOINT_ALPHAS``; the same kernel ridge, one intercept) — and for each the bench's
+``guidance-ridge`` map twice — as shipped (``fit_guidance_ridge``) and by the joint fitter for that one subject with
+no shared map (``fit_guidance_ridge_joint``, ``share=0``: the same ridge, with its stimulus folds and its grid
+relative to the kernel's mean diagonal, ``JOINT_ALPHAS``) — and for each the bench's
 ``aligned-ridge`` read-out (``fit_pooled_readout``: one ridge pooled over the aligned subjects, alpha on the
 subject-mean validation mAP), scored per subject on test.  Prints per world the two subject-mean test mAPs and the
-alphas, then the paired comparison over every subject of every world. ::
+alphas divided by the subject's input count (the standardised kernel's mean diagonal), then the paired comparison over every subject of every world. ::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_cv.py recipes/synthetic_volume.yaml --world-seeds 0 1 2
 """
@@ -25,27 +26,11 @@ from pathlib import Path
 import numpy as np
 
 
-def folds_fit(x: np.ndarray, targets: np.ndarray, stimuli: list[str], folds: int = 5) -> tuple[np.ndarray, np.ndarray,
-                                                                                             float]:
-    """``guidance-ridge``'s map with alpha by ``folds``-fold CV over stimulus blocks, relative grid:
-    ``(mean (F,), weight (F, T), penalty)``."""
-    from foundation.model.alignment import _standardised
-    from foundation.model.alignment_joint import JOINT_ALPHAS, _cv_errors, _stimulus_folds
-
-    xs, mean, std = _standardised(x)
-    y = targets.astype(np.float64) - targets.mean(0)
-    kernel = xs @ xs.T
-    lams = [a * float(np.mean(np.diag(kernel))) for a in JOINT_ALPHAS]
-    errors = _cv_errors(kernel, y, lams, _stimulus_folds([stimuli], [len(stimuli)], folds))
-    penalty = lams[int(np.argmin(errors))]
-    dual = np.linalg.solve(kernel + penalty * np.eye(len(xs)), y)
-    return mean, (xs.T @ dual) / std[:, None], penalty
-
-
 def world(recipe_file: str, overrides: list[str]) -> dict[str, dict[str, float]]:
     """``{"shipped" | "folds": {subject: test mAP, "alpha:<subject>": alpha}}`` of one world."""
     from foundation.core.recipe import load_recipe
     from foundation.model.alignment import fit_guidance_ridge, guidance_bases, guidance_targets
+    from foundation.model.alignment_joint import fit_guidance_ridge_joint
     from foundation.objectives.metrics import multilabel_metrics
     from foundation.workflows.closed_form import prepare_run
     from foundation.workflows.linear import _subject_splits, fit_pooled_readout
@@ -70,11 +55,14 @@ def world(recipe_file: str, overrides: list[str]) -> dict[str, dict[str, float]]
         for s in subjects:
             train = data[s]["train"]
             targets = guidance_targets(train.low, train.high, bases)
+            width = train.x.shape[1]
             if how == "shipped":
                 mean, weight, info = fit_guidance_ridge(train.x, targets)
+                row[f"alpha:{s}"] = info["alpha"] / width  # standardised inputs: the kernel's mean diagonal is F
+            else:  # the joint fitter for one subject with no shared map (share 0): its folds and relative grid
+                ((mean, weight, info),) = fit_guidance_ridge_joint([train.x], [np.arange(width)], [targets],
+                                                                   share=0.0, stimuli=[list(train.stimuli)])
                 row[f"alpha:{s}"] = info["alpha"]
-            else:
-                mean, weight, row[f"alpha:{s}"] = folds_fit(train.x, targets, list(train.stimuli))
             maps[s] = (mean, weight)
         z = np.concatenate([(data[s]["train"].x - maps[s][0]) @ maps[s][1] for s in subjects])
         y = np.concatenate([data[s]["train"].y for s in subjects])
@@ -105,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         mean = {how: np.mean([got[how][s] for s in subjects]) for how in got}
         alphas = {how: " ".join(f"{got[how][f'alpha:{s}']:.3g}" for s in subjects) for how in got}
         print(f"world {w}: test mAP leave-one-out (shipped) {mean['shipped']:.4f}, stimulus folds {mean['folds']:.4f} "
-              f"({mean['folds'] - mean['shipped']:+.4f}); alphas shipped {alphas['shipped']} | folds {alphas['folds']}",
+              f"({mean['folds'] - mean['shipped']:+.4f}); alphas / voxels shipped {alphas['shipped']} | folds "
+              f"{alphas['folds']}",
               flush=True)
     print(f"stimulus folds vs leave-one-out, every subject of every world: {paired_summary(pairs, 'subject')}")
     print(f"rerun: {Path(sys.executable).name} {' '.join(sys.argv)}")
