@@ -38,6 +38,11 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def subject_maps(split: dict) -> dict[str, float]:
+    """``{subject: mAP}`` of one split block of a ``metrics.json`` (its ``per_subject`` figures)."""
+    return {s: float(m["mAP"]) for s, m in split["per_subject"].items()}
+
+
 def paired_summary(pairs: list[tuple[float, float]], unit: str) -> str:
     """``mean A vs B, diff, better on k of n UNIT pairs, paired t p`` of ``(ours, theirs)`` figures."""
     import numpy as np

@@ -43,12 +43,8 @@ def averaged(run: Path, steps: list[int]) -> dict[str, Any]:
     return out
 
 
-def per_subject(split: dict[str, Any]) -> dict[str, float]:
-    return {s: float(m["mAP"]) for s, m in split["per_subject"].items()}
-
-
 def main(argv: list[str] | None = None) -> int:
-    from _runs import paired_summary
+    from _runs import paired_summary, subject_maps
 
     from foundation.core.recipe import load_recipe
     from foundation.engine.checkpoint import latest_checkpoint, read_state
@@ -79,21 +75,24 @@ def main(argv: list[str] | None = None) -> int:
                     best = (score, step)
                 if a.curve:
                     vals.append(score)
-                    tests.append(float(trainer.evaluate("test")["mAP"]))
+                    tests.append(trainer.evaluate("test"))
+            end = best[1]
+            i = steps.index(end)
             if a.curve:
                 from scipy import stats
 
-                top = max(range(len(steps)), key=lambda j: tests[j])
+                maps = [float(t["mAP"]) for t in tests]
+                top = max(range(len(steps)), key=lambda j: maps[j])
                 curves.append(f"{run.name}: validation vs test over {len(steps)} steps, Spearman "
-                              f"{stats.spearmanr(vals, tests).statistic:+.2f}; best test {tests[top]:.4f} at step "
-                              f"{steps[top]}, test at the best validation step {tests[steps.index(best[1])]:.4f}")
-            end = best[1]
-            i = steps.index(end)
-            trainer.core.load_state_dict(averaged(run, steps[max(0, i - a.window + 1):i + 1]))
-            test = trainer.evaluate("test")
+                              f"{stats.spearmanr(vals, maps).statistic:+.2f}; best test {maps[top]:.4f} at step "
+                              f"{steps[top]}, test at the best validation step {maps[i]:.4f}")
+                test = tests[i]  # scored above
+            else:
+                trainer.core.load_state_dict(averaged(run, steps[max(0, i - a.window + 1):i + 1]))
+                test = trainer.evaluate("test")
         finally:
             trainer.close()
-        ours, theirs = per_subject(test), per_subject(metrics["test"])
+        ours, theirs = subject_maps(test), subject_maps(metrics["test"])
         pairs += [(ours[s], theirs[s]) for s in ours if math.isfinite(ours[s] + theirs[s])]
         print(f"| {run.name} | {metrics['best_step']} | {metrics['test']['mAP']:.4f} | {end} | {test['mAP']:.4f} |",
               flush=True)

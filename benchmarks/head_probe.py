@@ -186,7 +186,10 @@ def start_from_probe(trainer) -> dict[str, dict[str, float]]:
 
 
 def _per_subject(path: Path) -> dict[str, float]:
-    return {s: float(m["mAP"]) for s, m in json.loads(path.read_text())["test"]["per_subject"].items()}
+    """``{subject: test mAP}`` of a run's ``metrics.json``."""
+    from _runs import subject_maps
+
+    return subject_maps(json.loads(path.read_text())["test"])
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
