@@ -12,7 +12,8 @@ no shared map (``fit_guidance_ridge_joint``, ``share=0``: the same ridge, with i
 relative to the kernel's mean diagonal, ``JOINT_ALPHAS``) — and for each the bench's
 ``aligned-ridge`` read-out (``fit_pooled_readout``: one ridge pooled over the aligned subjects, alpha on the
 subject-mean validation mAP), scored per subject on test.  Prints per world the two subject-mean test mAPs and the
-alphas divided by the subject's input count (the standardised kernel's mean diagonal), then the paired comparison over every subject of every world. ::
+alphas divided by the subject's input count (the standardised kernel's mean diagonal), then the paired comparison
+over every subject of every world. ::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_cv.py recipes/synthetic_volume.yaml --world-seeds 0 1 2
 """
